@@ -1,0 +1,203 @@
+//! `migrate_pages_batch()`: unmap a batch, flush the TLB once, hand the batch-eligible
+//! pairs to the migrator in one call, move every folio (copying on the CPU what is not
+//! marked), and undo whatever is left.
+
+use std::time::Instant;
+
+use crate::mm::{Folio, TlbBatch};
+use crate::offload::CopyBatch;
+use crate::Errno;
+
+use super::move_folio::migrate_folios_move;
+use super::undo::{migrate_folio_undo_dst, migrate_folio_undo_src};
+use super::unmap::{folio_can_batch_copy, migrate_folio_unmap, try_split_folio, Unmapped};
+use super::{elapsed_ns, Ctx, MigratePagesStats, Mode, Reason};
+
+/// Retry and failure counters shared by both move loops (`retry`, `thp_retry`,
+/// `nr_failed`, `nr_retry_pages`).
+#[derive(Default)]
+pub(crate) struct PassCounters {
+    pub(crate) retry: usize,
+    pub(crate) thp_retry: usize,
+    pub(crate) nr_failed: usize,
+    pub(crate) nr_retry_pages: usize,
+}
+
+/// `migrate_pages_batch(from, ..., mode, reason, ret_folios, split_folios, stats, nr_pass)`.
+///
+/// Holds more than one folio only in `Mode::Async` (holding several folio locks while
+/// sleeping can deadlock). Folios that still want a retry after `nr_pass` passes stay on
+/// `from`; permanent failures go to `ret_folios`. Returns the number of failed folios or
+/// `ENOMEM`.
+pub(crate) fn migrate_pages_batch(
+    ctx: &mut Ctx<'_, '_>,
+    from: &mut Vec<Folio>,
+    mode: Mode,
+    ret_folios: &mut Vec<Folio>,
+    mut split_folios: Option<&mut Vec<Folio>>,
+    stats: &mut MigratePagesStats,
+    nr_pass: usize,
+) -> Result<usize, Errno> {
+    debug_assert!(mode == Mode::Async || from.len() <= 1, "sync batch holds more than one folio");
+    let mm = ctx.mm;
+    let reason = ctx.reason;
+    let nosplit = reason == Reason::NumaMisplaced;
+    // The gate: one decision for the whole batch (static key && reason mask).
+    let offload = mm.offload.should_offload(reason);
+
+    let mut unmap_batch: Vec<Folio> = Vec::new();
+    let mut dst_batch: Vec<Folio> = Vec::new();
+    let mut unmap_single: Vec<Folio> = Vec::new();
+    let mut dst_single: Vec<Folio> = Vec::new();
+    let mut tlb = TlbBatch::new();
+    let mut c = PassCounters { retry: 1, ..Default::default() };
+    let mut rc_saved: Option<Errno> = None;
+    let mut go_out = false;
+
+    let t_unmap = Instant::now();
+    let mut pass = 0;
+    'unmap: while pass < nr_pass && c.retry > 0 {
+        c.retry = 0;
+        c.thp_retry = 0;
+        c.nr_retry_pages = 0;
+        let list = std::mem::take(from);
+        let mut it = list.into_iter();
+        while let Some(folio) = it.next() {
+            let f = mm.folio(folio);
+            let is_thp = f.is_thp() as usize;
+            let is_large = f.is_large();
+            let nr_pages = f.nr_pages();
+            match migrate_folio_unmap(ctx, folio, mode, &mut tlb, ret_folios) {
+                Ok(Unmapped::Freed) => {
+                    stats.nr_succeeded += nr_pages;
+                    stats.nr_thp_succeeded += is_thp;
+                }
+                Ok(Unmapped::Dst(dst)) => {
+                    if offload && folio_can_batch_copy(mm, folio) {
+                        unmap_batch.push(folio);
+                        dst_batch.push(dst);
+                    } else {
+                        unmap_single.push(folio);
+                        dst_single.push(dst);
+                    }
+                }
+                Err(Errno::Again) => {
+                    c.retry += 1;
+                    c.thp_retry += is_thp;
+                    c.nr_retry_pages += nr_pages;
+                    from.push(folio);
+                }
+                Err(Errno::NoMem) => {
+                    // Memory is low: stop unmapping, move what is unmapped, then exit.
+                    c.nr_failed += 1;
+                    stats.nr_thp_failed += is_thp;
+                    if is_large && !nosplit {
+                        if let Some(split) = split_folios.as_deref_mut() {
+                            match try_split_folio(mm, folio, split, mode) {
+                                Ok(()) => {
+                                    stats.nr_thp_split += is_thp;
+                                    stats.nr_split += 1;
+                                    continue;
+                                }
+                                Err(Errno::Again) if reason == Reason::LongtermPin => {
+                                    c.retry += 1;
+                                    c.thp_retry += is_thp;
+                                    c.nr_retry_pages += nr_pages;
+                                    c.nr_failed -= 1;
+                                    stats.nr_thp_failed -= is_thp;
+                                    from.push(folio);
+                                    continue;
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                    }
+                    stats.nr_failed_pages += nr_pages + c.nr_retry_pages;
+                    stats.nr_thp_failed += c.thp_retry;
+                    rc_saved = Some(Errno::NoMem);
+                    // The folio and the untried rest stay on `from`.
+                    from.push(folio);
+                    from.extend(it);
+                    go_out = unmap_batch.is_empty() && unmap_single.is_empty();
+                    break 'unmap;
+                }
+                Err(_) => {
+                    // Permanent failure (-EBUSY, ...): on ret_folios, not retried.
+                    c.nr_failed += 1;
+                    stats.nr_thp_failed += is_thp;
+                    stats.nr_failed_pages += nr_pages;
+                }
+            }
+        }
+        pass += 1;
+    }
+    if rc_saved.is_none() {
+        c.nr_failed += c.retry;
+        stats.nr_thp_failed += c.thp_retry;
+        stats.nr_failed_pages += c.nr_retry_pages;
+    }
+    stats.phases.unmap_ns += elapsed_ns(t_unmap);
+
+    let mut rc: Result<usize, Errno> = Err(Errno::NoMem);
+    if !go_out {
+        let hooks = mm.hooks.clone();
+        let copy_early = hooks.as_ref().is_some_and(|h| h.copy_before_flush());
+        let batch_copy = |stats: &mut MigratePagesStats| {
+            if !unmap_batch.is_empty() {
+                let t = Instant::now();
+                // One call for the whole batch; the return value is ignored: correctness
+                // rests on the per-folio CONTENT_COPIED marks.
+                let _ = mm.offload.batch_copy(&CopyBatch::new(mm, &dst_batch, &unmap_batch));
+                stats.phases.copy_ns += elapsed_ns(t);
+            }
+        };
+        if copy_early {
+            // Negative control: copying before the shootdown races with accessors that
+            // still hold the old translation.
+            batch_copy(stats);
+        }
+        // Flush TLBs for all unmapped folios (try_to_unmap_flush).
+        let t = Instant::now();
+        tlb.flush();
+        stats.phases.flush_ns += elapsed_ns(t);
+        if !copy_early {
+            batch_copy(stats);
+        }
+        if let Some(h) = &hooks {
+            h.after_batch_copy(mm);
+        }
+
+        let t_move = Instant::now();
+        c.retry = 1;
+        let mut pass = 0;
+        while pass < nr_pass && c.retry > 0 {
+            c.retry = 0;
+            c.thp_retry = 0;
+            c.nr_retry_pages = 0;
+            // Batch-copied folios first, then the single list, sharing the counters.
+            migrate_folios_move(ctx, &mut unmap_batch, &mut dst_batch, mode, ret_folios, stats, &mut c, pass);
+            migrate_folios_move(ctx, &mut unmap_single, &mut dst_single, mode, ret_folios, stats, &mut c, pass);
+            pass += 1;
+        }
+        c.nr_failed += c.retry;
+        stats.nr_thp_failed += c.thp_retry;
+        stats.nr_failed_pages += c.nr_retry_pages;
+        stats.phases.move_ns += elapsed_ns(t_move);
+        rc = match rc_saved {
+            Some(e) => Err(e),
+            None => Ok(c.nr_failed),
+        };
+    }
+
+    // Cleanup: undo whatever is still unmapped, in both list pairs.
+    let t_undo = Instant::now();
+    for (srcs, dsts) in [(&mut unmap_batch, &mut dst_batch), (&mut unmap_single, &mut dst_single)] {
+        for (src, dst) in srcs.drain(..).zip(dsts.drain(..)) {
+            let (was_mapped, anon_vma) = super::move_folio::migrate_folio_extract(mm, dst);
+            migrate_folio_undo_src(mm, src, was_mapped, anon_vma, true, Some(ret_folios));
+            migrate_folio_undo_dst(ctx, dst, true);
+        }
+    }
+    stats.phases.move_ns += elapsed_ns(t_undo);
+    rc
+}

@@ -1,0 +1,393 @@
+//! `migrate_pages()` — the analogue of `mm/migrate.c` with the series' batch-copy path (v6).
+//!
+//! Files follow Linux order: [`migrate_pages`] and `migrate_pages_sync` /
+//! `migrate_hugetlbs` here, `migrate_pages_batch` in `batch.rs`, `migrate_folio_unmap` and
+//! the split in `unmap.rs`, `migrate_folio_move` / `move_to_new_folio` /
+//! `__migrate_folio` in `move_folio.rs`, and the undo helpers in `undo.rs`.
+
+mod batch;
+mod hugetlb;
+mod move_folio;
+mod undo;
+mod unmap;
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use crate::mm::{pg, Folio, Memory, NodeId};
+use crate::Errno;
+
+/// `NR_MAX_MIGRATE_PAGES_RETRY`: passes of an async batch.
+pub const NR_MAX_MIGRATE_PAGES_RETRY: usize = 10;
+/// `NR_MAX_MIGRATE_ASYNC_RETRY`: passes of the async attempt of a sync migration.
+pub const NR_MAX_MIGRATE_ASYNC_RETRY: usize = 3;
+/// `NR_MAX_MIGRATE_SYNC_RETRY`: passes of each one-folio sync attempt.
+pub const NR_MAX_MIGRATE_SYNC_RETRY: usize = NR_MAX_MIGRATE_PAGES_RETRY - NR_MAX_MIGRATE_ASYNC_RETRY;
+
+/// `enum migrate_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// `MIGRATE_ASYNC`: never block; trylock only; writeback gives `EBUSY`.
+    Async,
+    /// `MIGRATE_SYNC_LIGHT`: may wait for the folio lock of an uptodate folio; writeback
+    /// gives `EBUSY`.
+    SyncLight,
+    /// `MIGRATE_SYNC`: may block, waits for writeback.
+    Sync,
+}
+
+/// `enum migrate_reason` (`MR_*`), in kernel order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Reason {
+    /// `MR_COMPACTION`
+    Compaction = 0,
+    /// `MR_MEMORY_FAILURE`
+    MemoryFailure,
+    /// `MR_MEMORY_HOTPLUG`
+    MemoryHotplug,
+    /// `MR_SYSCALL`: `move_pages(2)`, `migrate_pages(2)`, cpuset
+    Syscall,
+    /// `MR_MEMPOLICY_MBIND`
+    MempolicyMbind,
+    /// `MR_NUMA_MISPLACED`: NUMA balancing; large folios are never split
+    NumaMisplaced,
+    /// `MR_CONTIG_RANGE`
+    ContigRange,
+    /// `MR_LONGTERM_PIN`
+    LongtermPin,
+    /// `MR_DEMOTION`: memory tiering
+    Demotion,
+    /// `MR_DAMON`
+    Damon,
+}
+
+impl Reason {
+    /// Every reason (`MR_TYPES` of them).
+    pub const ALL: [Reason; 10] = [
+        Reason::Compaction,
+        Reason::MemoryFailure,
+        Reason::MemoryHotplug,
+        Reason::Syscall,
+        Reason::MempolicyMbind,
+        Reason::NumaMisplaced,
+        Reason::ContigRange,
+        Reason::LongtermPin,
+        Reason::Demotion,
+        Reason::Damon,
+    ];
+
+    /// The name in `migrate_reason_names[]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Compaction => "compaction",
+            Reason::MemoryFailure => "memory_failure",
+            Reason::MemoryHotplug => "memory_hotplug",
+            Reason::Syscall => "syscall_or_cpuset",
+            Reason::MempolicyMbind => "mempolicy_mbind",
+            Reason::NumaMisplaced => "numa_misplaced",
+            Reason::ContigRange => "contig_range",
+            Reason::LongtermPin => "longterm_pin",
+            Reason::Demotion => "demotion",
+            Reason::Damon => "damon",
+        }
+    }
+
+    /// Parses a kernel name (`syscall` is accepted for `syscall_or_cpuset`).
+    pub fn from_name(s: &str) -> Option<Reason> {
+        if s == "syscall" {
+            return Some(Reason::Syscall);
+        }
+        Reason::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
+
+/// Per-phase wall time of `migrate_pages_batch`, summed over batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseTimes {
+    /// The unmap loop (allocation, locking, migration entries).
+    pub unmap_ns: u64,
+    /// The single TLB flush.
+    pub flush_ns: u64,
+    /// The batch copy (the migrator call). Per-folio CPU copies happen inside `move`.
+    pub copy_ns: u64,
+    /// The move loop (including per-folio CPU copies of unmarked folios) and the undo.
+    pub move_ns: u64,
+}
+
+impl PhaseTimes {
+    fn add(&mut self, o: &PhaseTimes) {
+        self.unmap_ns += o.unmap_ns;
+        self.flush_ns += o.flush_ns;
+        self.copy_ns += o.copy_ns;
+        self.move_ns += o.move_ns;
+    }
+}
+
+/// `struct migrate_pages_stats`, plus what the benchmark needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigratePagesStats {
+    /// Base pages migrated.
+    pub nr_succeeded: usize,
+    /// Base pages that failed (untried folios are not counted).
+    pub nr_failed_pages: usize,
+    /// THPs migrated.
+    pub nr_thp_succeeded: usize,
+    /// THPs that failed.
+    pub nr_thp_failed: usize,
+    /// THPs split.
+    pub nr_thp_split: usize,
+    /// Large folios split (any order).
+    pub nr_split: usize,
+    /// Folios whose content the move phase took from the batch copy (marker consumed).
+    pub nr_copied_by_batch: usize,
+    /// Folios copied on the CPU inside their own move step.
+    pub nr_copied_on_cpu: usize,
+    /// TLB flushes issued by the batch path (`try_to_unmap_flush`) and inline flushes.
+    pub nr_tlb_flushes: usize,
+    /// Phase times.
+    pub phases: PhaseTimes,
+}
+
+/// Whole-call input errors: nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// A folio on the list is not isolated (`folio_isolate_lru` was not called).
+    #[error("folio at pfn {0:#x} is not isolated")]
+    NotIsolated(u64),
+    /// The list holds the same folio twice.
+    #[error("folio at pfn {0:#x} is on the list twice")]
+    Duplicate(u64),
+    /// A list entry is not an allocated folio head.
+    #[error("pfn {0:#x} is not an allocated folio")]
+    NotAFolio(u64),
+}
+
+impl MigrateError {
+    /// The errno.
+    pub fn errno(&self) -> Errno {
+        Errno::Inval
+    }
+}
+
+/// What `migrate_pages()` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigratePagesResult {
+    /// The kernel's return value: the number of folios (normal, large, hugetlb) not
+    /// migrated — a split large folio counts once — or an error (`ENOMEM`).
+    pub rc: Result<usize, Errno>,
+    /// `*ret_succeeded`: base pages migrated.
+    pub nr_succeeded: usize,
+    /// Detailed statistics.
+    pub stats: MigratePagesStats,
+}
+
+/// The `get_new_folio` callback.
+pub type NewFolioFn<'a> = dyn FnMut(&Memory, Folio) -> Option<Folio> + 'a;
+/// The `put_new_folio` callback.
+pub type PutNewFolioFn<'a> = dyn FnMut(&Memory, Folio) + 'a;
+
+/// `alloc_migration_target()` for one node: a folio of the source's order (hugetlb stays
+/// hugetlb), or `None` (`ENOMEM`).
+pub fn alloc_on_node(mm: &Memory, node: NodeId) -> impl FnMut(&Memory, Folio) -> Option<Folio> {
+    let _ = mm;
+    move |mm: &Memory, src: Folio| {
+        let f = mm.folio(src);
+        let flags = if f.test(pg::HUGETLB) { pg::HUGETLB } else { 0 };
+        mm.alloc_folio(node, f.order(), flags).ok()
+    }
+}
+
+pub(crate) struct Ctx<'a, 'b> {
+    pub(crate) mm: &'a Memory,
+    pub(crate) get_new_folio: &'b mut NewFolioFn<'b>,
+    pub(crate) put_new_folio: Option<&'b mut PutNewFolioFn<'b>>,
+    pub(crate) reason: Reason,
+}
+
+impl Ctx<'_, '_> {
+    pub(crate) fn put_new(&mut self, dst: Folio) {
+        match self.put_new_folio.as_mut() {
+            Some(f) => f(self.mm, dst),
+            None => self.mm.folio_put(dst),
+        }
+    }
+}
+
+/// `migrate_pages(from, get_new_folio, put_new_folio, private, mode, reason, &nr_succeeded)`.
+///
+/// Every folio on `from` must be isolated ([`Memory::isolate_folio`]) and appear once;
+/// otherwise [`MigrateError`] is returned and nothing changes. Migrated folios leave the
+/// list (their isolation reference is dropped and the old frames are freed); folios that
+/// could not be migrated are left on `from` for the caller's
+/// [`Memory::putback_movable_pages`], which is needed only when the result is non-zero.
+pub fn migrate_pages<'b>(
+    mm: &Memory,
+    from: &mut Vec<Folio>,
+    get_new_folio: &'b mut NewFolioFn<'b>,
+    put_new_folio: Option<&'b mut PutNewFolioFn<'b>>,
+    mode: Mode,
+    reason: Reason,
+) -> Result<MigratePagesResult, MigrateError> {
+    let mut seen = HashSet::with_capacity(from.len());
+    for &f in from.iter() {
+        let fr = mm.folio_checked(f).map_err(|_| MigrateError::NotAFolio(f.0 .0))?;
+        if !fr.test(pg::ISOLATED) {
+            return Err(MigrateError::NotIsolated(f.0 .0));
+        }
+        if !seen.insert(f) {
+            return Err(MigrateError::Duplicate(f.0 .0));
+        }
+    }
+    drop(seen);
+    let flushes_before = mm.vm_events().nr_tlb_flushes;
+    let mut ctx = Ctx { mm, get_new_folio, put_new_folio, reason };
+    let mut stats = MigratePagesStats::default();
+    let mut ret_folios: Vec<Folio> = Vec::new();
+    let mut split_folios: Vec<Folio> = Vec::new();
+    let batch_pages = mm.batch_pages();
+
+    let mut rc_gather = hugetlb::migrate_hugetlbs(&mut ctx, from, mode, &mut stats, &mut ret_folios);
+    if rc_gather.is_ok() {
+        while !from.is_empty() {
+            // Cut a chunk of at most NR_MAX_BATCHED_MIGRATION base pages; the folio that
+            // crosses the limit stays in the chunk. Retried hugetlb folios go back.
+            let mut folios = Vec::new();
+            let mut nr_pages = 0;
+            let mut rest = std::mem::take(from).into_iter();
+            for f in rest.by_ref() {
+                if mm.folio(f).test(pg::HUGETLB) {
+                    ret_folios.push(f);
+                    continue;
+                }
+                nr_pages += mm.folio(f).nr_pages();
+                folios.push(f);
+                if nr_pages >= batch_pages {
+                    break;
+                }
+            }
+            *from = rest.collect();
+            let rc = if mode == Mode::Async {
+                batch::migrate_pages_batch(
+                    &mut ctx,
+                    &mut folios,
+                    mode,
+                    &mut ret_folios,
+                    Some(&mut split_folios),
+                    &mut stats,
+                    NR_MAX_MIGRATE_PAGES_RETRY,
+                )
+            } else {
+                migrate_pages_sync(&mut ctx, &mut folios, mode, &mut ret_folios, &mut split_folios, &mut stats)
+            };
+            ret_folios.append(&mut folios);
+            match rc {
+                Err(e) => {
+                    rc_gather = Err(e);
+                    ret_folios.append(&mut split_folios);
+                    break;
+                }
+                Ok(n) => {
+                    if !split_folios.is_empty() {
+                        // Failures are not counted again: the split folio already counted
+                        // once. Minimal effort: ASYNC, one pass.
+                        let _ = batch::migrate_pages_batch(
+                            &mut ctx,
+                            &mut split_folios,
+                            Mode::Async,
+                            &mut ret_folios,
+                            None,
+                            &mut stats,
+                            1,
+                        );
+                        ret_folios.append(&mut split_folios);
+                    }
+                    rc_gather = rc_gather.map(|g| g + n);
+                }
+            }
+        }
+    }
+    // Put the permanent failures back at the head of the caller's list.
+    ret_folios.append(from);
+    *from = ret_folios;
+    if from.is_empty() {
+        rc_gather = Ok(0);
+    }
+    let e = &mm.events;
+    use std::sync::atomic::Ordering::Relaxed;
+    e.pgmigrate_success.fetch_add(stats.nr_succeeded as u64, Relaxed);
+    e.pgmigrate_fail.fetch_add(stats.nr_failed_pages as u64, Relaxed);
+    e.thp_migration_success.fetch_add(stats.nr_thp_succeeded as u64, Relaxed);
+    e.thp_migration_fail.fetch_add(stats.nr_thp_failed as u64, Relaxed);
+    e.thp_migration_split.fetch_add(stats.nr_thp_split as u64, Relaxed);
+    stats.nr_tlb_flushes = (mm.vm_events().nr_tlb_flushes - flushes_before) as usize;
+    Ok(MigratePagesResult { rc: rc_gather, nr_succeeded: stats.nr_succeeded, stats })
+}
+
+/// `migrate_pages_sync()`: first the whole chunk as one ASYNC batch with 3 passes, then
+/// every failure one folio at a time in the caller's mode with 7 passes.
+fn migrate_pages_sync(
+    ctx: &mut Ctx<'_, '_>,
+    from: &mut Vec<Folio>,
+    mode: Mode,
+    ret_folios: &mut Vec<Folio>,
+    split_folios: &mut Vec<Folio>,
+    stats: &mut MigratePagesStats,
+) -> Result<usize, Errno> {
+    let mut nr_failed = 0;
+    let mut folios = Vec::new();
+    let mut astats = MigratePagesStats::default();
+    let rc = batch::migrate_pages_batch(
+        ctx,
+        from,
+        Mode::Async,
+        &mut folios,
+        Some(split_folios),
+        &mut astats,
+        NR_MAX_MIGRATE_ASYNC_RETRY,
+    );
+    stats.nr_succeeded += astats.nr_succeeded;
+    stats.nr_thp_succeeded += astats.nr_thp_succeeded;
+    stats.nr_thp_split += astats.nr_thp_split;
+    stats.nr_split += astats.nr_split;
+    stats.nr_copied_by_batch += astats.nr_copied_by_batch;
+    stats.nr_copied_on_cpu += astats.nr_copied_on_cpu;
+    stats.phases.add(&astats.phases);
+    if let Err(e) = rc {
+        stats.nr_failed_pages += astats.nr_failed_pages;
+        stats.nr_thp_failed += astats.nr_thp_failed;
+        ret_folios.append(&mut folios);
+        return Err(e);
+    }
+    stats.nr_thp_failed += astats.nr_thp_split;
+    // Failures are retried below, so only splits count here (nr_split includes THPs).
+    nr_failed += astats.nr_split;
+    from.append(&mut folios);
+    let mut queue: std::collections::VecDeque<Folio> = std::mem::take(from).into();
+    while let Some(f) = queue.pop_front() {
+        let mut one = vec![f];
+        let rc = batch::migrate_pages_batch(
+            ctx,
+            &mut one,
+            mode,
+            ret_folios,
+            Some(split_folios),
+            stats,
+            NR_MAX_MIGRATE_SYNC_RETRY,
+        );
+        ret_folios.append(&mut one);
+        match rc {
+            Err(e) => {
+                from.extend(queue);
+                return Err(e);
+            }
+            Ok(n) => nr_failed += n,
+        }
+    }
+    Ok(nr_failed)
+}
+
+pub(crate) fn elapsed_ns(t: Instant) -> u64 {
+    t.elapsed().as_nanos() as u64
+}

@@ -1,0 +1,269 @@
+//! A node's real memory: one anonymous mapping, pre-faulted, advised for transparent huge
+//! pages and — on a host with more than one NUMA node — bound to the matching node with
+//! `mbind(2)`. The analogue of a node's `struct pglist_data` memory range.
+//!
+//! This is one of the few `unsafe` modules. Its contract, which every `// SAFETY:` in
+//! this module relies on:
+//!
+//! # Invariants
+//! `base` points to a private anonymous read/write mapping of exactly `len_bytes` bytes,
+//! 2 MiB aligned, created in [`Arena::new`] and unmapped only in `Drop`; so any
+//! `[base + off, base + off + n)` with `off + n <= len_bytes` is valid for reads and
+//! writes for the whole life of the `Arena`.
+
+use std::io;
+use std::path::Path;
+
+/// 2 MiB: the alignment of every arena (a PMD).
+pub const ARENA_ALIGN: usize = 2 << 20;
+
+/// What happened to the NUMA binding of an arena.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumaBinding {
+    /// The host has a single NUMA node: binding skipped.
+    SingleNodeHost,
+    /// Bound with `MPOL_BIND` to this host node.
+    Bound(u32),
+    /// The host has several nodes but this one does not exist there: not bound.
+    NoSuchHostNode(u32),
+}
+
+/// One node's memory arena.
+#[derive(Debug)]
+pub struct Arena {
+    base: *mut u8,
+    len_bytes: usize,
+    binding: NumaBinding,
+}
+
+// SAFETY: the arena is plain memory owned by this value; all access goes through raw
+// copies whose callers coordinate concurrent use (the migration protocol); the pointer is
+// never reallocated.
+unsafe impl Send for Arena {}
+// SAFETY: as above; `&Arena` only hands out raw copies into the mapping.
+unsafe impl Sync for Arena {}
+
+/// Host NUMA nodes that are online (from `/sys/devices/system/node/online`).
+pub fn host_numa_nodes() -> Vec<u32> {
+    let text = std::fs::read_to_string(Path::new("/sys/devices/system/node/online"))
+        .unwrap_or_else(|_| "0".into());
+    parse_node_list(text.trim())
+}
+
+/// Parses a Linux node list such as `0-1,4`.
+pub fn parse_node_list(s: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+                out.extend(a..=b);
+            }
+        } else if let Ok(a) = part.trim().parse() {
+            out.push(a);
+        }
+    }
+    out
+}
+
+impl Arena {
+    /// Maps `len_bytes` (rounded up to 2 MiB), advises THP, binds to `host_node` when the
+    /// host has more than one NUMA node, and pre-faults every page.
+    pub fn new(len_bytes: usize, host_node: u32) -> io::Result<Arena> {
+        let len_bytes = len_bytes.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
+        if len_bytes == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "arena of zero bytes"));
+        }
+        let map_len = len_bytes + ARENA_ALIGN;
+        // SAFETY: an anonymous private mapping with no address hint has no preconditions.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let raw = raw as usize;
+        let base = raw.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
+        let head = base - raw;
+        let tail = map_len - head - len_bytes;
+        // SAFETY: both trimmed ranges lie inside the mapping just created and are not used.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw as *mut libc::c_void, head);
+            }
+            if tail > 0 {
+                libc::munmap((base + len_bytes) as *mut libc::c_void, tail);
+            }
+        }
+        let base = base as *mut u8;
+        // SAFETY: [base, base+len_bytes) is our mapping; madvise only changes advice.
+        unsafe {
+            libc::madvise(base as *mut libc::c_void, len_bytes, libc::MADV_HUGEPAGE);
+        }
+        let hosts = host_numa_nodes();
+        let binding = if hosts.len() <= 1 {
+            NumaBinding::SingleNodeHost
+        } else if hosts.contains(&host_node) && host_node < 64 {
+            let mask: u64 = 1 << host_node;
+            // SAFETY: mbind on our own mapping with a one-word nodemask that outlives the
+            // call; maxnode is the mask's bit width.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_mbind,
+                    base as usize,
+                    len_bytes,
+                    libc::MPOL_BIND,
+                    &mask as *const u64,
+                    64usize,
+                    0usize,
+                )
+            };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                // SAFETY: unmapping the mapping we own before returning the error.
+                unsafe { libc::munmap(base as *mut libc::c_void, len_bytes) };
+                return Err(e);
+            }
+            NumaBinding::Bound(host_node)
+        } else {
+            NumaBinding::NoSuchHostNode(host_node)
+        };
+        // Pre-fault: first touch is very slow on the reference machine.
+        // SAFETY: as above; MADV_POPULATE_WRITE faults pages in without changing content.
+        let rc = unsafe {
+            libc::madvise(base as *mut libc::c_void, len_bytes, 23 /* MADV_POPULATE_WRITE */)
+        };
+        if rc != 0 {
+            // Older kernels: touch one byte per page.
+            for off in (0..len_bytes).step_by(4096) {
+                // SAFETY: `off < len_bytes`, inside the mapping (invariant).
+                unsafe { base.add(off).write_volatile(0) };
+            }
+        }
+        Ok(Arena { base, len_bytes, binding })
+    }
+
+    /// Size in bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.len_bytes
+    }
+
+    /// How (and whether) the arena was bound to a host NUMA node.
+    pub fn binding(&self) -> &NumaBinding {
+        &self.binding
+    }
+
+    fn check(&self, off: usize, n: usize) {
+        assert!(
+            off.checked_add(n).is_some_and(|end| end <= self.len_bytes),
+            "arena access out of bounds: {off}+{n} > {}",
+            self.len_bytes
+        );
+    }
+
+    /// Copies `buf.len()` bytes at `off` into `buf`.
+    pub fn read(&self, off: usize, buf: &mut [u8]) {
+        self.check(off, buf.len());
+        // SAFETY: bounds checked against the invariant; `buf` is a distinct Rust allocation.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(off), buf.as_mut_ptr(), buf.len()) };
+    }
+
+    /// Copies `buf` into the arena at `off`.
+    pub fn write(&self, off: usize, buf: &[u8]) {
+        self.check(off, buf.len());
+        // SAFETY: bounds checked against the invariant; `buf` is a distinct Rust allocation.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.add(off), buf.len()) };
+    }
+
+    /// Fills `n` bytes at `off` with `byte`.
+    pub fn fill(&self, off: usize, n: usize, byte: u8) {
+        self.check(off, n);
+        // SAFETY: bounds checked against the invariant.
+        unsafe { std::ptr::write_bytes(self.base.add(off), byte, n) };
+    }
+
+    /// Copies `n` bytes from `src` at `src_off` into `self` at `dst_off` with the best copy
+    /// primitive. The two ranges must not overlap when `src` is `self`.
+    pub fn copy_from(&self, dst_off: usize, src: &Arena, src_off: usize, n: usize) {
+        self.check(dst_off, n);
+        src.check(src_off, n);
+        if std::ptr::eq(self, src) {
+            assert!(
+                dst_off + n <= src_off || src_off + n <= dst_off,
+                "overlapping copy inside one arena"
+            );
+        }
+        // SAFETY: both ranges are in bounds of live arenas (invariant) and disjoint (checked
+        // above for the same arena; distinct arenas are distinct mappings).
+        unsafe { crate::copy::copy_bytes(self.base.add(dst_off), src.base.add(src_off), n) };
+    }
+
+    /// FNV-1a-style 64-bit checksum of `n` bytes at `off`, read 8 bytes at a time.
+    pub fn checksum(&self, off: usize, n: usize) -> u64 {
+        self.check(off, n);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: in bounds (checked); unaligned read of plain bytes.
+            let w = unsafe { (self.base.add(off + i) as *const u64).read_unaligned() };
+            h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3);
+            i += 8;
+        }
+        while i < n {
+            // SAFETY: in bounds (checked).
+            let b = unsafe { *self.base.add(off + i) };
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            i += 1;
+        }
+        h
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping (invariant) and nothing can use it after drop.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len_bytes) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_lists_parse() {
+        assert_eq!(parse_node_list("0"), vec![0]);
+        assert_eq!(parse_node_list("0-2,5"), vec![0, 1, 2, 5]);
+        assert_eq!(parse_node_list(""), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn arena_is_aligned_prefaulted_and_copies() {
+        let a = Arena::new(3 << 20, 0).unwrap();
+        assert_eq!(a.len_bytes(), 4 << 20);
+        assert_eq!(a.base as usize % ARENA_ALIGN, 0);
+        if host_numa_nodes().len() <= 1 {
+            assert_eq!(a.binding(), &NumaBinding::SingleNodeHost);
+        }
+        a.write(4096, b"abc");
+        let b = Arena::new(2 << 20, 0).unwrap();
+        b.copy_from(0, &a, 0, 8192);
+        let mut out = [0u8; 3];
+        b.read(4096, &mut out);
+        assert_eq!(&out, b"abc");
+        assert_eq!(a.checksum(0, 8192), b.checksum(0, 8192));
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn out_of_bounds_access_panics_instead_of_corrupting() {
+        let a = Arena::new(2 << 20, 0).unwrap();
+        a.write((2 << 20) - 1, b"xy");
+    }
+}

@@ -1,0 +1,299 @@
+//! Folio metadata — the analogue of `struct page` / `struct folio` in the memmap, the
+//! `PG_*` flags, the folio lock with its wait queue (`folio_wait_table`), and the series'
+//! `migrate_info` word.
+
+use crate::sync::{lock, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Condvar, Mutex, Ordering};
+
+use super::{Memory, NodeId, Order, Pfn};
+
+/// Page flags (`enum pageflags`). Folio-wide flags live on the head page; `HWPOISON` is
+/// per page.
+pub mod pg {
+    /// `PG_locked`: the folio lock.
+    pub const LOCKED: u32 = 1 << 0;
+    /// `PG_dirty`.
+    pub const DIRTY: u32 = 1 << 1;
+    /// `PG_writeback`: under writeback I/O.
+    pub const WRITEBACK: u32 = 1 << 2;
+    /// `PG_uptodate`: contents valid (SYNC_LIGHT waits for the lock only if set).
+    pub const UPTODATE: u32 = 1 << 3;
+    /// Anonymous memory (`PAGE_MAPPING_ANON`).
+    pub const ANON: u32 = 1 << 4;
+    /// A hugetlb folio: migrated first, one at a time, never batched.
+    pub const HUGETLB: u32 = 1 << 5;
+    /// A movable_ops page (balloon, zsmalloc): migrated through its own callback.
+    pub const MOVABLE_OPS: u32 = 1 << 6;
+    /// `PG_hwpoison`, per page: reading it is an uncorrectable memory error.
+    pub const HWPOISON: u32 = 1 << 7;
+    /// `PG_has_hwpoisoned`, on the head: some page of this large folio is poisoned.
+    pub const HAS_HWPOISONED: u32 = 1 << 8;
+    /// Isolated from the LRU for migration (`folio_isolate_lru` cleared `PG_lru`).
+    pub const ISOLATED: u32 = 1 << 9;
+    /// Free in the buddy allocator (`PG_buddy`).
+    pub const BUDDY: u32 = 1 << 10;
+    /// `PG_mlocked`.
+    pub const MLOCKED: u32 = 1 << 11;
+    /// A tail page of a large folio.
+    pub const TAIL: u32 = 1 << 12;
+}
+
+/// The series' `migrate_info` state bits (v6: `FOLIO_WAS_MAPPED`, `FOLIO_WAS_MLOCKED`,
+/// `FOLIO_CONTENT_COPIED`), packed in the low bits of the saved anon_vma reference.
+pub mod migrate_info {
+    /// `FOLIO_WAS_MAPPED`, bit 0.
+    pub const WAS_MAPPED: u64 = 1 << 0;
+    /// `FOLIO_WAS_MLOCKED`, bit 1.
+    pub const WAS_MLOCKED: u64 = 1 << 1;
+    /// `FOLIO_OLD_STATES`.
+    pub const OLD_STATES: u64 = WAS_MAPPED | WAS_MLOCKED;
+    /// `FOLIO_CONTENT_COPIED`, bit 2: the destination already holds the source's bytes.
+    pub const CONTENT_COPIED: u64 = 1 << 2;
+    /// Every state bit; the rest of the word is the anon_vma reference (8-aligned).
+    pub const STATE_MASK: u64 = OLD_STATES | CONTENT_COPIED;
+
+    /// Packs a reference and state bits (`__migrate_folio_record`).
+    pub fn pack(anon_vma: u64, states: u64) -> u64 {
+        debug_assert_eq!(anon_vma & STATE_MASK, 0, "anon_vma handle must be 8-aligned");
+        debug_assert_eq!(states & !STATE_MASK, 0);
+        anon_vma | states
+    }
+
+    /// Splits a word into (reference, state bits).
+    pub fn unpack(word: u64) -> (u64, u64) {
+        (word & !STATE_MASK, word & STATE_MASK)
+    }
+}
+
+/// One entry of the memmap (`struct page`).
+#[derive(Debug, Default)]
+pub struct PageMeta {
+    pub(crate) flags: AtomicU32,
+    pub(crate) order: AtomicU8,
+    pub(crate) refcount: AtomicI32,
+    pub(crate) mapcount: AtomicI32,
+    /// Head pfn of the folio this page belongs to (`compound_head`).
+    pub(crate) head: AtomicU64,
+    /// The series' `folio->migrate_info` (destination folios during migration).
+    pub(crate) migrate_info: AtomicU64,
+    /// anon_vma handle (`folio->mapping` with `PAGE_MAPPING_ANON`); 0 = none.
+    pub(crate) mapping: AtomicU64,
+    /// Virtual page number the folio is mapped at in every space of its anon_vma
+    /// (`folio->index` for anon folios).
+    pub(crate) index: AtomicU64,
+}
+
+/// A folio, named by the pfn of its head page. Cheap to copy; all state is in the memmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Folio(pub Pfn);
+
+impl Folio {
+    /// The head pfn.
+    pub fn pfn(self) -> Pfn {
+        self.0
+    }
+}
+
+/// A view of a folio's metadata (`struct folio *`).
+#[derive(Clone, Copy)]
+pub struct FolioRef<'a> {
+    pub(crate) mm: &'a Memory,
+    pub(crate) folio: Folio,
+    pub(crate) meta: &'a PageMeta,
+}
+
+impl std::fmt::Debug for FolioRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Folio")
+            .field("pfn", &self.folio.0)
+            .field("order", &self.order())
+            .field("flags", &format_args!("{:#x}", self.flags()))
+            .field("refcount", &self.ref_count())
+            .field("mapcount", &self.mapcount())
+            .finish()
+    }
+}
+
+impl<'a> FolioRef<'a> {
+    /// The folio handle.
+    pub fn folio(&self) -> Folio {
+        self.folio
+    }
+    /// Head pfn.
+    pub fn pfn(&self) -> Pfn {
+        self.folio.0
+    }
+    /// Raw flags word.
+    pub fn flags(&self) -> u32 {
+        self.meta.flags.load(Ordering::Acquire)
+    }
+    /// Tests a flag (`folio_test_*`).
+    pub fn test(&self, flag: u32) -> bool {
+        self.flags() & flag != 0
+    }
+    /// Sets a flag (`folio_set_*`).
+    pub fn set(&self, flag: u32) {
+        self.meta.flags.fetch_or(flag, Ordering::AcqRel);
+    }
+    /// Clears a flag (`folio_clear_*`).
+    pub fn clear(&self, flag: u32) {
+        self.meta.flags.fetch_and(!flag, Ordering::AcqRel);
+    }
+    /// `folio_order()`.
+    pub fn order(&self) -> Order {
+        Order(self.meta.order.load(Ordering::Acquire))
+    }
+    /// `folio_nr_pages()`.
+    #[doc(alias = "folio_nr_pages")]
+    pub fn nr_pages(&self) -> usize {
+        1 << self.order().0
+    }
+    /// `folio_size()`.
+    pub fn size_bytes(&self) -> usize {
+        self.nr_pages() * super::PAGE_SIZE
+    }
+    /// `folio_test_large()`.
+    pub fn is_large(&self) -> bool {
+        self.order().0 > 0
+    }
+    /// `folio_test_pmd_mappable()`: a THP (order 9).
+    pub fn is_thp(&self) -> bool {
+        self.order().0 == super::HPAGE_PMD_ORDER && !self.test(pg::HUGETLB)
+    }
+    /// `folio_nid()`.
+    #[doc(alias = "folio_nid")]
+    pub fn node(&self) -> NodeId {
+        self.mm.node_of(self.folio.0)
+    }
+    /// `folio_ref_count()`.
+    pub fn ref_count(&self) -> i32 {
+        self.meta.refcount.load(Ordering::Acquire)
+    }
+    /// `folio_mapcount()`.
+    pub fn mapcount(&self) -> i32 {
+        self.meta.mapcount.load(Ordering::Acquire)
+    }
+    /// `folio_mapped()`.
+    pub fn is_mapped(&self) -> bool {
+        self.mapcount() > 0
+    }
+    /// The `migrate_info` word.
+    pub fn migrate_info(&self) -> u64 {
+        self.meta.migrate_info.load(Ordering::Acquire)
+    }
+    /// Sets `FOLIO_CONTENT_COPIED` (what a migrator does after each successful copy).
+    pub fn mark_content_copied(&self) {
+        self.meta
+            .migrate_info
+            .fetch_or(migrate_info::CONTENT_COPIED, Ordering::Release);
+    }
+    /// Reads and clears `FOLIO_CONTENT_COPIED` (consume-once, as `__migrate_folio` does).
+    pub fn test_and_clear_content_copied(&self) -> bool {
+        self.meta
+            .migrate_info
+            .fetch_and(!migrate_info::CONTENT_COPIED, Ordering::AcqRel)
+            & migrate_info::CONTENT_COPIED
+            != 0
+    }
+    /// Whether any page of this folio is hwpoisoned.
+    pub fn has_hwpoison(&self) -> bool {
+        self.test(pg::HAS_HWPOISONED)
+    }
+
+    /// `folio_expected_ref_count() + 1` for an isolated anon folio: one reference per
+    /// mapping plus the isolation reference migration holds.
+    pub fn expected_ref_count(&self) -> i32 {
+        self.mapcount() + 1
+    }
+
+    /// `folio_trylock()`.
+    pub fn trylock(&self) -> bool {
+        self.meta.flags.fetch_or(pg::LOCKED, Ordering::Acquire) & pg::LOCKED == 0
+    }
+    /// `folio_lock()`: sleeps until the lock is free.
+    pub fn lock(&self) {
+        while !self.trylock() {
+            self.mm.wait_on_flag(self.folio.0, pg::LOCKED);
+        }
+    }
+    /// `folio_unlock()`: releases the lock and wakes waiters (`folio_wake_bit`).
+    pub fn unlock(&self) {
+        let old = self.meta.flags.fetch_and(!pg::LOCKED, Ordering::Release);
+        debug_assert!(old & pg::LOCKED != 0, "unlock of an unlocked folio");
+        self.mm.wake_flag(self.folio.0);
+    }
+    /// `folio_wait_writeback()`.
+    pub fn wait_writeback(&self) {
+        self.mm.wait_on_flag(self.folio.0, pg::WRITEBACK);
+    }
+    /// `folio_start_writeback()` (for tests and fault injection).
+    pub fn start_writeback(&self) {
+        self.set(pg::WRITEBACK);
+    }
+    /// `folio_end_writeback()`: clears writeback and wakes waiters.
+    pub fn end_writeback(&self) {
+        self.clear(pg::WRITEBACK);
+        self.mm.wake_flag(self.folio.0);
+    }
+    /// `folio_get()`: takes an extra reference (a GUP pin, say).
+    pub fn get(&self) {
+        self.meta.refcount.fetch_add(1, Ordering::AcqRel);
+    }
+    /// `folio_put()`: drops a reference and frees the folio at zero.
+    pub fn put(&self) {
+        self.mm.folio_put(self.folio);
+    }
+}
+
+/// Number of hashed wait queues (`folio_wait_table`).
+pub(crate) const WAIT_TABLE_SIZE: usize = 256;
+
+/// One hashed wait queue.
+#[derive(Default)]
+pub(crate) struct WaitQueue {
+    pub(crate) lock: Mutex<()>,
+    pub(crate) cond: Condvar,
+}
+
+impl Memory {
+    fn wait_queue(&self, pfn: Pfn) -> &WaitQueue {
+        let h = (pfn.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
+        &self.wait_table[h % WAIT_TABLE_SIZE]
+    }
+
+    /// Sleeps until `flag` is clear on the head page `pfn`.
+    pub(crate) fn wait_on_flag(&self, pfn: Pfn, flag: u32) {
+        let q = self.wait_queue(pfn);
+        let meta = self.page(pfn);
+        let mut g = lock(&q.lock);
+        while meta.flags.load(Ordering::Acquire) & flag != 0 {
+            g = match q.cond.wait(g) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+
+    /// Wakes every waiter hashed with `pfn`. Callers clear the flag first; taking the queue
+    /// lock orders the wake after any waiter's check, so no wake-up is lost.
+    pub(crate) fn wake_flag(&self, pfn: Pfn) {
+        let q = self.wait_queue(pfn);
+        drop(lock(&q.lock));
+        q.cond.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::migrate_info::*;
+
+    #[test]
+    fn migrate_info_packs_like_the_series() {
+        let anon_vma = 0x1238u64;
+        let w = pack(anon_vma, WAS_MAPPED | CONTENT_COPIED);
+        assert_eq!(w, 0x1238 | 1 | 4);
+        assert_eq!(unpack(w), (anon_vma, WAS_MAPPED | CONTENT_COPIED));
+        assert_eq!(unpack(pack(anon_vma, WAS_MLOCKED)).1 & OLD_STATES, WAS_MLOCKED);
+        assert_eq!(OLD_STATES, 3);
+        assert_eq!(CONTENT_COPIED, 4);
+    }
+}

@@ -1,0 +1,120 @@
+//! Reverse mapping — the analogue of `mm/rmap.c`: the anon_vma that lists every address
+//! space an anonymous folio may be mapped in, `try_to_migrate()` that replaces present
+//! PTEs with migration entries, and `remove_migration_ptes()` that installs PTEs to the
+//! new (or, on undo, the old) folio.
+//!
+//! As in Linux, an anonymous folio is found in each space of its anon_vma at the same
+//! virtual address (`folio->index`), which is what `fork()` gives; a folio shared by two
+//! spaces is mapped at the same address in both.
+
+use crate::sync::{lock, Arc, Mutex, Ordering, Weak};
+
+use super::folio::{Folio, FolioRef};
+use super::page_table::{AddressSpace, Pte};
+use super::tlb::{flush_tlb_space, TlbBatch};
+use super::{Memory, Pfn, PAGE_SHIFT};
+
+/// An anon_vma: the spaces an anonymous folio may be mapped in.
+#[derive(Default)]
+pub struct AnonVma {
+    pub(crate) spaces: Mutex<Vec<Weak<AddressSpace>>>,
+}
+
+/// Handle of the anon_vma at table index `i`: 8-aligned, so that the series' state bits
+/// fit below it in `migrate_info`.
+pub(crate) fn anon_vma_handle(i: usize) -> u64 {
+    ((i as u64) + 1) << 3
+}
+
+fn anon_vma_index(h: u64) -> Option<usize> {
+    (h >= 8).then(|| ((h >> 3) - 1) as usize)
+}
+
+impl Memory {
+    pub(crate) fn anon_vma_new(&self) -> u64 {
+        let mut t = self.anon_vmas.write().unwrap_or_else(|p| p.into_inner());
+        t.push(Arc::new(AnonVma::default()));
+        anon_vma_handle(t.len() - 1)
+    }
+
+    pub(crate) fn anon_vma_get(&self, h: u64) -> Option<Arc<AnonVma>> {
+        let t = self.anon_vmas.read().unwrap_or_else(|p| p.into_inner());
+        t.get(anon_vma_index(h)?).cloned()
+    }
+
+    /// `anon_vma_fork`-like: makes `space` one of the spaces of anon_vma `h`.
+    pub(crate) fn anon_vma_link(&self, h: u64, space: &Arc<AddressSpace>) {
+        if let Some(av) = self.anon_vma_get(h) {
+            let mut v = lock(&av.spaces);
+            if !v.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(space))) {
+                v.push(Arc::downgrade(space));
+            }
+        }
+    }
+
+    fn anon_vma_spaces(&self, h: u64) -> Vec<Arc<AddressSpace>> {
+        match self.anon_vma_get(h) {
+            Some(av) => lock(&av.spaces).iter().filter_map(Weak::upgrade).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// `try_to_migrate()`: replaces every present PTE of `folio` with a migration entry,
+    /// dropping one mapcount and one reference per space. With `batch` the TLB flush is
+    /// deferred to it (`TTU_BATCH_FLUSH`), otherwise each space is flushed at once.
+    /// Returns whether anything was unmapped.
+    pub(crate) fn try_to_migrate(&self, folio: &FolioRef<'_>, anon_vma: u64, mut batch: Option<&mut TlbBatch>) -> bool {
+        let nr = folio.nr_pages();
+        let head = folio.pfn();
+        let vpn = folio.meta.index.load(Ordering::Acquire);
+        let mut any = false;
+        for space in self.anon_vma_spaces(anon_vma) {
+            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else { continue };
+            let g = lock(&space.ptl);
+            let mut hit = false;
+            for k in 0..nr.min(space.ptes.len() - i) {
+                if space.pte_at(i + k) == (Pte::Present { pfn: Pfn(head.0 + k as u64) }) {
+                    space.set_pte_at(i + k, Pte::Migration { pfn: Pfn(head.0 + k as u64) });
+                    hit = true;
+                }
+            }
+            drop(g);
+            if hit {
+                any = true;
+                folio.meta.mapcount.fetch_sub(1, Ordering::AcqRel);
+                // The mapping's reference: the isolation reference keeps the folio alive.
+                folio.meta.refcount.fetch_sub(1, Ordering::AcqRel);
+                match batch.as_deref_mut() {
+                    Some(b) => b.add(&space),
+                    None => flush_tlb_space(&space),
+                }
+            }
+        }
+        any
+    }
+
+    /// `remove_migration_ptes(src, dst)`: every migration entry for `src` in the spaces of
+    /// `anon_vma` becomes a present PTE to the same page of `dst` (`dst == src` on undo).
+    pub(crate) fn remove_migration_ptes(&self, src: Folio, dst: Folio, anon_vma: u64) {
+        let s = self.folio(src);
+        let d = self.folio(dst);
+        let nr = s.nr_pages();
+        let vpn = s.meta.index.load(Ordering::Acquire);
+        for space in self.anon_vma_spaces(anon_vma) {
+            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else { continue };
+            let g = lock(&space.ptl);
+            let mut hit = false;
+            for k in 0..nr.min(space.ptes.len() - i) {
+                if space.pte_at(i + k) == (Pte::Migration { pfn: Pfn(src.0 .0 + k as u64) }) {
+                    space.set_pte_at(i + k, Pte::Present { pfn: Pfn(dst.0 .0 + k as u64) });
+                    hit = true;
+                }
+            }
+            if hit {
+                d.meta.mapcount.fetch_add(1, Ordering::AcqRel);
+                d.meta.refcount.fetch_add(1, Ordering::AcqRel);
+            }
+            drop(g);
+        }
+    }
+}
