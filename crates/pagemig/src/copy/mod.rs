@@ -66,8 +66,11 @@ fn detect() -> CopyKind {
 
 /// Copies `len` bytes from `src` to `dst` with the best primitive.
 ///
-/// Streaming stores are ordered by an `sfence` before returning, so a flag published after
-/// this call (the `CONTENT_COPIED` marker) is never seen before the data.
+/// Streaming stores are weakly ordered and are **not** fenced here, so that a batch of
+/// copies streams back to back: before another CPU may rely on the bytes, the copying
+/// thread calls [`store_fence`] (a locked instruction — taking a mutex, an atomic
+/// read-modify-write — drains the write-combining buffers too). The copying thread itself
+/// always sees its own stores.
 ///
 /// # Safety
 /// `src` must be valid for reads and `dst` valid for writes of `len` bytes, and the two
@@ -104,14 +107,25 @@ pub unsafe fn copy_bytes_with(kind: CopyKind, dst: *mut u8, src: *const u8, len:
                 // SAFETY: the tail lies inside both ranges of the caller's contract.
                 unsafe { core::ptr::copy_nonoverlapping(src.add(body), dst.add(body), len - body) };
             }
-            // SAFETY: `sfence` has no memory-safety preconditions.
-            unsafe { core::arch::x86_64::_mm_sfence() };
             return;
         }
     }
     let _ = kind;
     // SAFETY: the caller guarantees both ranges are valid and disjoint.
     unsafe { core::ptr::copy_nonoverlapping(src, dst, len) };
+}
+
+/// Orders every earlier streaming store before later stores (`sfence`): call it once after
+/// a run of copies, before publishing their completion to another thread.
+#[inline]
+pub fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` has no preconditions.
+    unsafe {
+        core::arch::x86_64::_mm_sfence()
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -186,6 +200,7 @@ mod tests {
                 // SAFETY: both ranges are inside live vectors of sufficient length and
                 // distinct allocations.
                 unsafe { copy_bytes_with(kind, base.add(pad + off), src.as_ptr(), len) };
+                store_fence();
                 assert_eq!(&dst[pad + off..pad + off + len], &src[..len], "{kind:?} {off} {len}");
                 assert!(dst[pad + off + len..].iter().all(|&b| b == 0));
             }

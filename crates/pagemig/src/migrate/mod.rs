@@ -12,6 +12,7 @@ mod undo;
 mod unmap;
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
 use crate::mm::{pg, Folio, Memory, NodeId};
@@ -230,7 +231,8 @@ pub fn migrate_pages<'b>(
     mode: Mode,
     reason: Reason,
 ) -> Result<MigratePagesResult, MigrateError> {
-    let mut seen = HashSet::with_capacity(from.len());
+    let mut seen: HashSet<Folio, BuildHasherDefault<PfnHasher>> =
+        HashSet::with_capacity_and_hasher(from.len(), Default::default());
     for &f in from.iter() {
         let fr = mm.folio_checked(f).map_err(|_| MigrateError::NotAFolio(f.0 .0))?;
         if !fr.test(pg::ISOLATED) {
@@ -250,13 +252,13 @@ pub fn migrate_pages<'b>(
 
     let mut rc_gather = hugetlb::migrate_hugetlbs(&mut ctx, from, mode, &mut stats, &mut ret_folios);
     if rc_gather.is_ok() {
-        while !from.is_empty() {
+        let mut queue: std::collections::VecDeque<Folio> = std::mem::take(from).into();
+        while !queue.is_empty() {
             // Cut a chunk of at most NR_MAX_BATCHED_MIGRATION base pages; the folio that
             // crosses the limit stays in the chunk. Retried hugetlb folios go back.
             let mut folios = Vec::new();
             let mut nr_pages = 0;
-            let mut rest = std::mem::take(from).into_iter();
-            for f in rest.by_ref() {
+            while let Some(f) = queue.pop_front() {
                 if mm.folio(f).test(pg::HUGETLB) {
                     ret_folios.push(f);
                     continue;
@@ -267,7 +269,6 @@ pub fn migrate_pages<'b>(
                     break;
                 }
             }
-            *from = rest.collect();
             let rc = if mode == Mode::Async {
                 batch::migrate_pages_batch(
                     &mut ctx,
@@ -307,6 +308,7 @@ pub fn migrate_pages<'b>(
                 }
             }
         }
+        from.extend(queue);
     }
     // Put the permanent failures back at the head of the caller's list.
     ret_folios.append(from);
@@ -386,6 +388,24 @@ fn migrate_pages_sync(
         }
     }
     Ok(nr_failed)
+}
+
+/// A multiplicative hasher for pfns (the duplicate check runs once per folio).
+#[derive(Default)]
+struct PfnHasher(u64);
+
+impl Hasher for PfnHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 pub(crate) fn elapsed_ns(t: Instant) -> u64 {

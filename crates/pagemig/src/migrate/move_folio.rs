@@ -137,7 +137,9 @@ fn migrate_folio(mm: &Memory, dst: Folio, src: Folio, _mode: Mode, stats: &mut M
     if already_copied {
         stats.nr_copied_by_batch += 1;
     } else {
-        mm.folio_mc_copy(dst, src)?;
+        let rc = mm.folio_mc_copy(dst, src);
+        crate::copy::store_fence();
+        rc?;
         stats.nr_copied_on_cpu += 1;
     }
     // __folio_migrate_mapping(): the new folio takes over the anon mapping and index.

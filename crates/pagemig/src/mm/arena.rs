@@ -204,6 +204,17 @@ impl Arena {
         unsafe { crate::copy::copy_bytes(self.base.add(dst_off), src.base.add(src_off), n) };
     }
 
+    /// [`Arena::copy_from`] with an explicit primitive (for measurements).
+    pub fn copy_from_with(&self, kind: crate::copy::CopyKind, dst_off: usize, src: &Arena, src_off: usize, n: usize) {
+        self.check(dst_off, n);
+        src.check(src_off, n);
+        if std::ptr::eq(self, src) {
+            assert!(dst_off + n <= src_off || src_off + n <= dst_off, "overlapping copy inside one arena");
+        }
+        // SAFETY: as in `copy_from`.
+        unsafe { crate::copy::copy_bytes_with(kind, self.base.add(dst_off), src.base.add(src_off), n) };
+    }
+
     /// FNV-1a-style 64-bit checksum of `n` bytes at `off`, read 8 bytes at a time.
     pub fn checksum(&self, off: usize, n: usize) -> u64 {
         self.check(off, n);

@@ -33,6 +33,8 @@ pub mod pg {
     pub const BUDDY: u32 = 1 << 10;
     /// `PG_mlocked`.
     pub const MLOCKED: u32 = 1 << 11;
+    /// `PG_waiters`: someone sleeps on this folio's wait queue; unlock must wake it.
+    pub const WAITERS: u32 = 1 << 13;
     /// A tail page of a large folio.
     pub const TAIL: u32 = 1 << 12;
 }
@@ -181,10 +183,17 @@ impl<'a> FolioRef<'a> {
         self.meta.migrate_info.load(Ordering::Acquire)
     }
     /// Sets `FOLIO_CONTENT_COPIED` (what a migrator does after each successful copy).
+    ///
+    /// While a batch copy runs, a destination's `migrate_info` has exactly one writer — the
+    /// thread that copied it — so this is a plain load and store, not a locked
+    /// read-modify-write: a locked instruction would drain the write-combining buffers and
+    /// stall the next streaming copy. The batch's completion (the return of
+    /// `offload_copy`, a join for multi-threaded drivers) publishes the marks.
     pub fn mark_content_copied(&self) {
+        let w = self.meta.migrate_info.load(Ordering::Relaxed);
         self.meta
             .migrate_info
-            .fetch_or(migrate_info::CONTENT_COPIED, Ordering::Release);
+            .store(w | migrate_info::CONTENT_COPIED, Ordering::Release);
     }
     /// Reads and clears `FOLIO_CONTENT_COPIED` (consume-once, as `__migrate_folio` does).
     pub fn test_and_clear_content_copied(&self) -> bool {
@@ -217,9 +226,11 @@ impl<'a> FolioRef<'a> {
     }
     /// `folio_unlock()`: releases the lock and wakes waiters (`folio_wake_bit`).
     pub fn unlock(&self) {
-        let old = self.meta.flags.fetch_and(!pg::LOCKED, Ordering::Release);
+        let old = self.meta.flags.fetch_and(!pg::LOCKED, Ordering::AcqRel);
         debug_assert!(old & pg::LOCKED != 0, "unlock of an unlocked folio");
-        self.mm.wake_flag(self.folio.0);
+        if old & pg::WAITERS != 0 {
+            self.mm.wake_flag(self.folio.0);
+        }
     }
     /// `folio_wait_writeback()`.
     pub fn wait_writeback(&self) {
@@ -265,7 +276,9 @@ impl Memory {
         let q = self.wait_queue(pfn);
         let meta = self.page(pfn);
         let mut g = lock(&q.lock);
-        while meta.flags.load(Ordering::Acquire) & flag != 0 {
+        // Publish PG_waiters before re-checking, under the queue lock: an unlock that
+        // clears `flag` after this sees the bit and wakes us (it takes the queue lock).
+        while meta.flags.fetch_or(pg::WAITERS, Ordering::AcqRel) & flag != 0 {
             g = match q.cond.wait(g) {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
@@ -277,8 +290,11 @@ impl Memory {
     /// lock orders the wake after any waiter's check, so no wake-up is lost.
     pub(crate) fn wake_flag(&self, pfn: Pfn) {
         let q = self.wait_queue(pfn);
-        drop(lock(&q.lock));
+        let g = lock(&q.lock);
+        // Every waiter of this bucket wakes and re-arms PG_waiters if it still has to wait.
+        self.page(pfn).flags.fetch_and(!pg::WAITERS, Ordering::AcqRel);
         q.cond.notify_all();
+        drop(g);
     }
 }
 

@@ -261,6 +261,9 @@ pub struct VmEventCounts {
     pub nr_tlb_flushes: u64,
 }
 
+/// log2 of the pfn stride between nodes (so at most 1 TiB of 4 KiB pages per node).
+const NODE_PFN_SHIFT: u32 = 28;
+
 /// The default `NR_MAX_BATCHED_MIGRATION`: `HPAGE_PMD_NR` base pages.
 pub const NR_MAX_BATCHED_MIGRATION: usize = HPAGE_PMD_NR;
 
@@ -292,6 +295,9 @@ impl Memory {
         let mut nodes = Vec::with_capacity(config.nodes.len());
         let mut base_pfn = 0u64;
         for (i, nc) in config.nodes.iter().enumerate() {
+            if nc.capacity_bytes / PAGE_SIZE >= 1 << NODE_PFN_SHIFT {
+                return Err(MmError::InvalidConfig(format!("node {i} is larger than {} GiB", (1u64 << NODE_PFN_SHIFT) >> 18)));
+            }
             if nc.capacity_bytes == 0 {
                 return Err(MmError::InvalidConfig(format!("node {i} has zero capacity")));
             }
@@ -313,8 +319,9 @@ impl Memory {
                 buddy: Mutex::new(Buddy::new(nr)),
                 memmap,
             });
-            // Leave a hole between nodes, so pfns of different nodes are never contiguous.
-            base_pfn += nr as u64 + HPAGE_PMD_NR as u64;
+            // Node `i` owns pfns from `i << NODE_PFN_SHIFT`: `pfn_to_nid` is a shift, and
+            // pfns of different nodes are never contiguous.
+            base_pfn += 1 << NODE_PFN_SHIFT;
         }
         Ok(Arc::new(Memory {
             nodes,
@@ -339,10 +346,11 @@ impl Memory {
         self.nodes.get(id.0 as usize).ok_or(MmError::NoSuchNode(id))
     }
 
+    #[inline]
     fn node_index_of(&self, pfn: Pfn) -> Option<usize> {
-        self.nodes
-            .iter()
-            .position(|n| pfn.0 >= n.base_pfn && pfn.0 < n.base_pfn + n.memmap.len() as u64)
+        let i = (pfn.0 >> NODE_PFN_SHIFT) as usize;
+        let n = self.nodes.get(i)?;
+        ((pfn.0 - n.base_pfn) < n.memmap.len() as u64).then_some(i)
     }
 
     /// The node a pfn belongs to. Panics on a pfn outside every node (an internal bug).
@@ -522,7 +530,8 @@ impl Memory {
 
     /// Copies `len` bytes at byte offset `off` of folio `src` to the same offset of `dst`,
     /// machine-check safe: if a source page in the range is poisoned, the bytes before it
-    /// are copied and `EHWPOISON` is returned (`copy_mc_to_kernel`).
+    /// are copied and `EHWPOISON` is returned (`copy_mc_to_kernel`). The stores stream:
+    /// see [`crate::copy::store_fence`] before handing the bytes to another thread.
     pub fn copy_folio_range(&self, dst: Folio, src: Folio, off: usize, len: usize) -> Result<(), Errno> {
         let s = self.folio(src);
         let size = s.size_bytes();

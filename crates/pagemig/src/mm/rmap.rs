@@ -52,10 +52,17 @@ impl Memory {
         }
     }
 
-    fn anon_vma_spaces(&self, h: u64) -> Vec<Arc<AddressSpace>> {
-        match self.anon_vma_get(h) {
-            Some(av) => lock(&av.spaces).iter().filter_map(Weak::upgrade).collect(),
-            None => Vec::new(),
+    /// `rmap_walk_anon()`: calls `f` for every live space of anon_vma `h`, under the
+    /// anon_vma lock (lock order: anon_vma, then a space's page-table lock).
+    fn rmap_walk(&self, h: u64, mut f: impl FnMut(&Arc<AddressSpace>)) {
+        let Some(i) = anon_vma_index(h) else { return };
+        let t = self.anon_vmas.read().unwrap_or_else(|p| p.into_inner());
+        let Some(av) = t.get(i) else { return };
+        let spaces = lock(&av.spaces);
+        for w in spaces.iter() {
+            if let Some(space) = w.upgrade() {
+                f(&space);
+            }
         }
     }
 
@@ -68,8 +75,8 @@ impl Memory {
         let head = folio.pfn();
         let vpn = folio.meta.index.load(Ordering::Acquire);
         let mut any = false;
-        for space in self.anon_vma_spaces(anon_vma) {
-            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else { continue };
+        self.rmap_walk(anon_vma, |space| {
+            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else { return };
             let g = lock(&space.ptl);
             let mut hit = false;
             for k in 0..nr.min(space.ptes.len() - i) {
@@ -85,11 +92,11 @@ impl Memory {
                 // The mapping's reference: the isolation reference keeps the folio alive.
                 folio.meta.refcount.fetch_sub(1, Ordering::AcqRel);
                 match batch.as_deref_mut() {
-                    Some(b) => b.add(&space),
-                    None => flush_tlb_space(&space),
+                    Some(b) => b.add(space),
+                    None => flush_tlb_space(space),
                 }
             }
-        }
+        });
         any
     }
 
@@ -100,8 +107,8 @@ impl Memory {
         let d = self.folio(dst);
         let nr = s.nr_pages();
         let vpn = s.meta.index.load(Ordering::Acquire);
-        for space in self.anon_vma_spaces(anon_vma) {
-            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else { continue };
+        self.rmap_walk(anon_vma, |space| {
+            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else { return };
             let g = lock(&space.ptl);
             let mut hit = false;
             for k in 0..nr.min(space.ptes.len() - i) {
@@ -115,6 +122,6 @@ impl Memory {
                 d.meta.refcount.fetch_add(1, Ordering::AcqRel);
             }
             drop(g);
-        }
+        });
     }
 }

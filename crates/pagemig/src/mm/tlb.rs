@@ -57,6 +57,9 @@ impl TlbBatch {
 
     /// Records that `space` needs a flush (`set_tlb_ubc_flush_pending`).
     pub fn add(&mut self, space: &Arc<AddressSpace>) {
+        if self.pending.last().is_some_and(|s| Arc::ptr_eq(s, space)) {
+            return;
+        }
         if !self.pending.iter().any(|s| Arc::ptr_eq(s, space)) {
             self.pending.push(space.clone());
         }

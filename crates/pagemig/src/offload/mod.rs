@@ -70,7 +70,9 @@ impl<'a> CopyBatch<'a> {
     pub fn total_bytes(&self) -> usize {
         (0..self.len()).map(|i| self.size_bytes(i)).sum()
     }
-    /// Copies bytes `[off, off + len)` of pair `i` (machine-check safe).
+    /// Copies bytes `[off, off + len)` of pair `i` (machine-check safe). Streaming stores:
+    /// a driver whose worker threads copy calls [`crate::copy::store_fence`] in each worker
+    /// before signalling completion.
     pub fn copy_range(&self, i: usize, off: usize, len: usize) -> Result<(), Errno> {
         self.mm.copy_folio_range(self.dst[i], self.src[i], off, len)
     }
@@ -101,11 +103,17 @@ pub trait Migrator: Send + Sync {
 /// copies each pair with `folio_mc_copy`, marks each destination right after its copy, and
 /// stops at the first error (the unmarked rest falls back to the per-folio copy).
 pub fn migrate_folios_mc_copy(batch: &CopyBatch<'_>) -> Result<(), Errno> {
+    let mut rc = Ok(());
     for i in 0..batch.len() {
-        batch.copy_folio(i)?;
+        if let Err(e) = batch.copy_folio(i) {
+            rc = Err(e);
+            break;
+        }
         batch.mark_copied(i);
     }
-    Ok(())
+    // One fence for the whole batch: the copies stream back to back.
+    crate::copy::store_fence();
+    rc
 }
 
 /// The built-in copier as a registrable migrator: "the series with no driver".
@@ -285,10 +293,13 @@ impl Registry {
         self.nr_batches.fetch_add(1, Ordering::Relaxed);
         self.nr_folios_offered.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
-        match d.as_ref() {
+        let rc = match d.as_ref() {
             Some(m) => m.offload_copy(batch),
             None => migrate_folios_mc_copy(batch),
-        }
+        };
+        // Whatever the driver did, its streaming stores are ordered before the move phase.
+        crate::copy::store_fence();
+        rc
     }
 
     /// Counters.

@@ -1,0 +1,449 @@
+//! `pagemig bench`: migrate folios between node 0 and node 1 of the built-in backend and
+//! report GB/s per folio size and engine, next to this machine's copy limit measured in
+//! the same run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pagemig::migrate::{alloc_on_node, migrate_pages, Mode, PhaseTimes, Reason};
+use pagemig::mm::{AddressSpace, Folio, Memory, MemoryConfig, NodeId, Order, VirtAddr, HPAGE_PMD_ORDER, PAGE_SIZE};
+use pagemig::offload::{DefaultCopier, Migrator, ReasonMask};
+use serde::Serialize;
+
+use crate::spec::{format_size, EngineSpec};
+
+/// Options of one benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Folio sizes in bytes.
+    pub sizes: Vec<usize>,
+    /// Bytes moved per migration.
+    pub total_bytes: usize,
+    /// Engines to compare.
+    pub engines: Vec<EngineSpec>,
+    /// Migrations per (size, engine).
+    pub runs: usize,
+    /// `NR_MAX_BATCHED_MIGRATION` in base pages.
+    pub batch_pages: usize,
+    /// Migration mode (the series measured `move_pages(2)`: `Sync`).
+    pub mode: Mode,
+    /// Print progress lines on stderr.
+    pub verbose: bool,
+}
+
+/// The machine section of the JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineInfo {
+    /// Copy limit in GB/s keyed by thread count.
+    pub copy_limit_gbps: std::collections::BTreeMap<String, f64>,
+    /// Every single-thread pass of the copy limit (GB/s), in order.
+    pub copy_limit_samples_1t: Vec<f64>,
+    /// The copy primitive in use.
+    pub copy_primitive: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// Host NUMA nodes.
+    pub host_numa_nodes: usize,
+}
+
+/// Per-phase times (mean over runs, ns per migration).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PhasesNs {
+    /// Unmap loop.
+    pub unmap: u64,
+    /// TLB flush.
+    pub flush: u64,
+    /// Batch copy.
+    pub copy: u64,
+    /// Move loop (includes per-folio CPU copies).
+    pub r#move: u64,
+}
+
+/// One (engine, folio size) result.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// `builtin`.
+    pub backend: String,
+    /// Engine name.
+    pub engine: String,
+    /// Threads or channels.
+    pub width: usize,
+    /// Folio size in bytes.
+    pub folio_size: usize,
+    /// Folios per migration.
+    pub nr_folios: usize,
+    /// Mean throughput.
+    pub gbps_mean: f64,
+    /// Standard deviation.
+    pub gbps_sd: f64,
+    /// Mean as a fraction of the single-thread copy limit.
+    pub frac_of_limit: f64,
+    /// Folios not migrated, summed over runs.
+    pub nr_failed: usize,
+    /// Mean phase times.
+    pub phases_ns: PhasesNs,
+    /// Folios whose copy came from the batch copy, summed over runs.
+    pub nr_copied_by_batch: usize,
+    /// TLB flushes per migration (mean).
+    pub tlb_flushes_per_run: f64,
+    /// Runs.
+    pub runs: usize,
+}
+
+/// The JSON document.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Machine facts and limits.
+    pub machine: MachineInfo,
+    /// Bytes moved per migration.
+    pub total_bytes: usize,
+    /// Batch size in base pages.
+    pub batch_pages: usize,
+    /// Mode name.
+    pub mode: String,
+    /// Results.
+    pub results: Vec<BenchResult>,
+}
+
+/// Benchmark failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Setting up memory failed.
+    #[error("memory setup: {0}")]
+    Mm(#[from] pagemig::mm::MmError),
+    /// Registration failed.
+    #[error("engine setup: {0}")]
+    Offload(#[from] pagemig::offload::OffloadError),
+    /// Content did not survive migration.
+    #[error("checksum mismatch after migration: engine {engine}, folio size {size}, {nr_bad} folio(s) differ")]
+    Mismatch {
+        /// engine
+        engine: String,
+        /// folio size
+        size: String,
+        /// number of bad folios
+        nr_bad: usize,
+    },
+    /// A folio ended on the wrong node.
+    #[error("engine {engine}: {nr} folio(s) not on node {node} after a migration that reported success")]
+    Misplaced {
+        /// engine
+        engine: String,
+        /// count
+        nr: usize,
+        /// expected node
+        node: u32,
+    },
+}
+
+const SPACE_BASE: u64 = 0x10_0000_0000;
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Source and destination 2 MiB folios for measuring the single-thread copy limit with
+/// the copy primitive the engines use.
+pub struct CopyLimitProbe {
+    src: Vec<Folio>,
+    dst: Vec<Folio>,
+    samples: Vec<f64>,
+}
+
+impl CopyLimitProbe {
+    /// Allocates `total` bytes of 2 MiB folios on node 0 (filled) and node 1.
+    pub fn new(mm: &Memory, total: usize) -> Result<CopyLimitProbe, BenchError> {
+        let n = (total / (2 << 20)).max(1);
+        let mut src = Vec::with_capacity(n);
+        let mut dst = Vec::with_capacity(n);
+        for i in 0..n {
+            let s = mm.alloc_folio(NodeId(0), Order(HPAGE_PMD_ORDER), 0)?;
+            mm.folio_fill(s, i as u64);
+            src.push(s);
+            dst.push(mm.alloc_folio(NodeId(1), Order(HPAGE_PMD_ORDER), 0)?);
+        }
+        Ok(CopyLimitProbe { src, dst, samples: Vec::new() })
+    }
+
+    /// One pass: copies every pair once and records GB/s.
+    pub fn sample(&mut self, mm: &Memory) -> f64 {
+        let t = Instant::now();
+        for (d, s) in self.dst.iter().zip(&self.src) {
+            mm.folio_mc_copy(*d, *s).expect("fresh folios are not poisoned");
+        }
+        pagemig::copy::store_fence();
+        let gbps = (self.src.len() * (2 << 20)) as f64 / t.elapsed().as_secs_f64() / 1e9;
+        self.samples.push(gbps);
+        gbps
+    }
+
+    /// The median of all passes: the limit the results are compared with.
+    pub fn limit(&self) -> f64 {
+        let mut v = self.samples.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return 0.0;
+        }
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        }
+    }
+
+    /// Frees the folios.
+    pub fn release(self, mm: &Memory) {
+        for f in self.src.into_iter().chain(self.dst) {
+            mm.folio_put(f);
+        }
+    }
+}
+
+struct Workload {
+    space: Arc<AddressSpace>,
+    folio_size: usize,
+    nr_folios: usize,
+    sums: Vec<u64>,
+    node: NodeId,
+}
+
+impl Workload {
+    fn new(mm: &Arc<Memory>, folio_size: usize, total: usize) -> Result<Workload, BenchError> {
+        let order = Order::from_bytes(folio_size).expect("validated folio size");
+        let nr_folios = total / folio_size;
+        let space = mm.new_space(VirtAddr(SPACE_BASE), total)?;
+        let mut sums = Vec::with_capacity(nr_folios);
+        for i in 0..nr_folios {
+            let va = VirtAddr(SPACE_BASE + (i * folio_size) as u64);
+            let f = space.map_anon(va, NodeId(0), order)?;
+            mm.folio_fill(f, 0x5eed ^ i as u64);
+            sums.push(mm.folio_checksum(f));
+        }
+        Ok(Workload { space, folio_size, nr_folios, sums, node: NodeId(0) })
+    }
+
+    fn folio(&self, i: usize) -> Option<Folio> {
+        self.space.folio_at(VirtAddr(SPACE_BASE + (i * self.folio_size) as u64))
+    }
+}
+
+struct RunOutcome {
+    gbps: f64,
+    nr_failed: usize,
+    phases: PhaseTimes,
+    nr_copied_by_batch: usize,
+    nr_tlb_flushes: usize,
+}
+
+fn migrate_once(mm: &Arc<Memory>, w: &mut Workload, mode: Mode, engine: &str) -> Result<RunOutcome, BenchError> {
+    let target = NodeId(1 - w.node.0);
+    let mut list = Vec::with_capacity(w.nr_folios);
+    for i in 0..w.nr_folios {
+        let f = w.folio(i).expect("workload folio mapped");
+        mm.isolate_folio(f)?;
+        list.push(f);
+    }
+    let mut alloc = alloc_on_node(mm, target);
+    let t = Instant::now();
+    let res = migrate_pages(mm, &mut list, &mut alloc, None, mode, Reason::Syscall)
+        .expect("bench input lists are valid");
+    let secs = t.elapsed().as_secs_f64();
+    let nr_failed = list.len();
+    mm.putback_movable_pages(&mut list);
+    // Verify every folio: where it is, and what it holds.
+    let mut nr_bad = 0;
+    let mut nr_misplaced = 0;
+    for i in 0..w.nr_folios {
+        let f = w.folio(i).expect("workload folio mapped");
+        if mm.folio_checksum(f) != w.sums[i] {
+            nr_bad += 1;
+        }
+        if mm.folio(f).node() != target {
+            nr_misplaced += 1;
+        }
+    }
+    if nr_bad > 0 {
+        return Err(BenchError::Mismatch { engine: engine.into(), size: format_size(w.folio_size), nr_bad });
+    }
+    if nr_misplaced > nr_failed {
+        return Err(BenchError::Misplaced { engine: engine.into(), nr: nr_misplaced, node: target.0 });
+    }
+    w.node = if nr_failed == 0 { target } else { w.node };
+    let moved = (w.nr_folios - nr_failed) * w.folio_size;
+    let _ = res.rc;
+    Ok(RunOutcome {
+        gbps: moved as f64 / secs / 1e9,
+        nr_failed,
+        phases: res.stats.phases,
+        nr_copied_by_batch: res.stats.nr_copied_by_batch,
+        nr_tlb_flushes: res.stats.nr_tlb_flushes,
+    })
+}
+
+fn setup_engine(mm: &Memory, e: EngineSpec) -> Result<Option<Arc<dyn Migrator>>, BenchError> {
+    match e {
+        EngineSpec::Vanilla => Ok(None),
+        EngineSpec::Batch => {
+            let m: Arc<dyn Migrator> = Arc::new(DefaultCopier);
+            mm.offload().register(m.clone(), ReasonMask::ALL)?;
+            Ok(Some(m))
+        }
+    }
+}
+
+fn teardown_engine(mm: &Memory, m: Option<Arc<dyn Migrator>>) -> Result<(), BenchError> {
+    if let Some(m) = m {
+        mm.offload().unregister(&m)?;
+    }
+    Ok(())
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Runs the benchmark.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    // Each node holds one workload plus the copy-limit probe's half.
+    let slack = 8 << 20;
+    let mm = Memory::new(MemoryConfig::with_nodes(2, 2 * opts.total_bytes + slack))?;
+    mm.set_batch_pages(opts.batch_pages)?;
+    if opts.verbose {
+        eprintln!("measuring the copy limit ({} in 2M chunks)...", format_size(opts.total_bytes));
+    }
+    // The limit is sampled before the table and again between runs, so that it sees the
+    // same drift of the machine's memory bandwidth as the migrations do; the median of all
+    // passes is the limit.
+    let mut probe = CopyLimitProbe::new(&mm, opts.total_bytes)?;
+    for _ in 0..3 {
+        probe.sample(&mm);
+    }
+    let mut results = Vec::new();
+    for &size in &opts.sizes {
+        if opts.verbose {
+            eprintln!("folio size {}: mapping {} of folios on node 0...", format_size(size), format_size(opts.total_bytes));
+        }
+        let mut w = Workload::new(&mm, size, opts.total_bytes)?;
+        let mut per_engine: Vec<Vec<RunOutcome>> = (0..opts.engines.len()).map(|_| Vec::new()).collect();
+        // Warm-up: one untimed round trip with the first engine.
+        let m = setup_engine(&mm, opts.engines[0])?;
+        migrate_once(&mm, &mut w, opts.mode, &opts.engines[0].to_string())?;
+        teardown_engine(&mm, m)?;
+        for _ in 0..opts.runs {
+            probe.sample(&mm);
+            for (k, &e) in opts.engines.iter().enumerate() {
+                let m = setup_engine(&mm, e)?;
+                let out = migrate_once(&mm, &mut w, opts.mode, &e.to_string());
+                teardown_engine(&mm, m)?;
+                per_engine[k].push(out?);
+            }
+        }
+        for (k, &e) in opts.engines.iter().enumerate() {
+            let outs = &per_engine[k];
+            let g: Vec<f64> = outs.iter().map(|o| o.gbps).collect();
+            let (mean, sd) = mean_sd(&g);
+            let n = outs.len() as u64;
+            let ph = outs.iter().fold(PhaseTimes::default(), |mut a, o| {
+                a.unmap_ns += o.phases.unmap_ns;
+                a.flush_ns += o.phases.flush_ns;
+                a.copy_ns += o.phases.copy_ns;
+                a.move_ns += o.phases.move_ns;
+                a
+            });
+            let r = BenchResult {
+                backend: "builtin".into(),
+                engine: e.to_string(),
+                width: e.width(),
+                folio_size: size,
+                nr_folios: w.nr_folios,
+                gbps_mean: mean,
+                gbps_sd: sd,
+                frac_of_limit: 0.0,
+                nr_failed: outs.iter().map(|o| o.nr_failed).sum(),
+                phases_ns: PhasesNs {
+                    unmap: ph.unmap_ns / n,
+                    flush: ph.flush_ns / n,
+                    copy: ph.copy_ns / n,
+                    r#move: ph.move_ns / n,
+                },
+                nr_copied_by_batch: outs.iter().map(|o| o.nr_copied_by_batch).sum(),
+                tlb_flushes_per_run: outs.iter().map(|o| o.nr_tlb_flushes as f64).sum::<f64>() / n as f64,
+                runs: outs.len(),
+            };
+            if opts.verbose {
+                eprintln!("  {:<10} {:>6}: {:6.2} GB/s", r.engine, format_size(size), r.gbps_mean);
+            }
+            results.push(r);
+        }
+        drop(w);
+    }
+    let limit = probe.limit();
+    for r in &mut results {
+        r.frac_of_limit = r.gbps_mean / limit;
+    }
+    let mut copy_limit_gbps = std::collections::BTreeMap::new();
+    copy_limit_gbps.insert("1".to_string(), limit);
+    let copy_limit_samples = probe.samples.clone();
+    probe.release(&mm);
+    Ok(BenchReport {
+        machine: MachineInfo {
+            copy_limit_gbps,
+            copy_limit_samples_1t: copy_limit_samples,
+            copy_primitive: pagemig::copy::best_kind().name().into(),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            kernel: kernel_release(),
+            host_numa_nodes: pagemig::mm::arena::host_numa_nodes().len(),
+        },
+        total_bytes: opts.total_bytes,
+        batch_pages: opts.batch_pages,
+        mode: format!("{:?}", opts.mode),
+        results,
+    })
+}
+
+/// Renders the series-style table.
+pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) -> String {
+    let mut s = String::new();
+    let limit = rep.machine.copy_limit_gbps.get("1").copied().unwrap_or(0.0);
+    s.push_str(&format!(
+        "copy limit (1 thread, {} in 2M chunks, {}; median of {} passes spread over the run): {:.2} GB/s\n",
+        format_size(rep.total_bytes),
+        rep.machine.copy_primitive,
+        rep.machine.copy_limit_samples_1t.len(),
+        limit
+    ));
+    s.push_str(&format!(
+        "moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the copy limit)\n\n",
+        format_size(rep.total_bytes),
+        rep.batch_pages,
+        rep.mode
+    ));
+    s.push_str(&format!("{:<12}", "engine"));
+    for &z in sizes {
+        s.push_str(&format!(" {:>20}", format_size(z)));
+    }
+    s.push('\n');
+    for e in engines {
+        s.push_str(&format!("{:<12}", e.to_string()));
+        for &z in sizes {
+            let cell = rep
+                .results
+                .iter()
+                .find(|r| r.engine == e.to_string() && r.folio_size == z)
+                .map(|r| format!("{:.2}±{:.2} ({:.2})", r.gbps_mean, r.gbps_sd, r.frac_of_limit))
+                .unwrap_or_else(|| "-".into());
+            s.push_str(&format!(" {:>20}", cell));
+        }
+        s.push('\n');
+    }
+    let _ = PAGE_SIZE;
+    s
+}
