@@ -156,3 +156,30 @@ pub(crate) fn migrate_hugetlb_folio(mm: &Memory, dst: Folio, src: Folio, stats: 
     debug_assert_eq!(mm.folio(dst).migrate_info() & migrate_info::CONTENT_COPIED, 0);
     migrate_folio(mm, dst, src, Mode::Sync, stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::{MemoryConfig, NodeId, Order, VirtAddr};
+
+    #[test]
+    fn the_copied_mark_is_consumed_even_when_the_refcount_check_fails() {
+        let mm = Memory::new(MemoryConfig::with_nodes(2, 4 << 20)).unwrap();
+        let space = mm.new_space(VirtAddr(0x1000_0000), 1 << 20).unwrap();
+        let src = space.map_anon(VirtAddr(0x1000_0000), NodeId(0), Order(0)).unwrap();
+        mm.isolate_folio(src).unwrap();
+        let dst = mm.alloc_folio(NodeId(1), Order(0), 0).unwrap();
+        let mut stats = MigratePagesStats::default();
+        mm.folio(src).get(); // a racing reference
+        mm.folio(dst).mark_content_copied();
+        assert_eq!(migrate_folio(&mm, dst, src, Mode::Async, &mut stats), Err(Errno::Again));
+        assert_eq!(mm.folio(dst).migrate_info() & migrate_info::CONTENT_COPIED, 0, "consumed on first read");
+        mm.folio(src).put();
+        assert_eq!(migrate_folio(&mm, dst, src, Mode::Async, &mut stats), Ok(()));
+        assert_eq!((stats.nr_copied_by_batch, stats.nr_copied_on_cpu), (0, 1), "the retry copied on the CPU");
+        mm.folio_put(dst);
+        mm.putback_folio(src).unwrap();
+        drop(space);
+        assert_eq!(mm.nr_free_pages_total(), mm.nr_pages_total());
+    }
+}

@@ -1,0 +1,549 @@
+//! migrate_pages(): return conventions, modes, retries, splits, hugetlb, movable_ops,
+//! poison and the batch-copy fallback.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pagemig::migrate::{alloc_on_node, migrate_pages, MigrateError, Mode, Reason};
+use pagemig::mm::{pg, FaultHooks, Folio, Memory, MovableOps, NodeId, Order, Pfn, Pte, VirtAddr, PAGE_SIZE};
+use pagemig::offload::{DefaultCopier, Migrator, ReasonMask};
+use pagemig::Errno;
+
+const MB: usize = 1 << 20;
+
+#[test]
+fn all_migrated_returns_zero_empties_the_list_and_counts_pages() {
+    let mm = memory(16 * MB);
+    let sp = space(&mm, 8 * MB);
+    let folios = map_filled(&sp, 4, 0, 1);
+    let big = sp.map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(9)).unwrap();
+    let mut list = isolate_all(&mm, &folios);
+    mm.isolate_folio(big).unwrap();
+    list.push(big);
+    let before = mm.vm_events();
+    let res = migrate_to(&mm, &mut list, 1, Mode::Sync, Reason::Syscall);
+    assert_eq!(res.rc, Ok(0));
+    assert!(list.is_empty());
+    assert_eq!(res.nr_succeeded, 4 + 512, "nr_succeeded is in base pages");
+    let ev = mm.vm_events();
+    assert_eq!(ev.pgmigrate_success - before.pgmigrate_success, 516);
+    assert_eq!(ev.thp_migration_success - before.thp_migration_success, 1);
+    assert_eq!(ev.pgmigrate_fail, before.pgmigrate_fail);
+    check_filled(&sp, 4, 0, 1);
+    for i in 0..4 {
+        assert_eq!(node_at(&sp, BASE + (i * PAGE_SIZE) as u64), 1);
+    }
+    assert_eq!(node_at(&sp, BASE + 2 * MB as u64), 1);
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn invalid_lists_are_rejected_without_side_effects() {
+    let mm = memory(8 * MB);
+    let sp = space(&mm, MB);
+    let folios = map_filled(&sp, 2, 0, 2);
+    let free_before = mm.nr_free_pages_total();
+    // Not isolated.
+    let mut list = folios.clone();
+    let mut alloc = alloc_on_node(&mm, NodeId(1));
+    assert_eq!(
+        migrate_pages(&mm, &mut list, &mut alloc, None, Mode::Async, Reason::Syscall).unwrap_err(),
+        MigrateError::NotIsolated(folios[0].pfn().0)
+    );
+    // Twice on the list.
+    mm.isolate_folio(folios[0]).unwrap();
+    let mut list = vec![folios[0], folios[0]];
+    let mut alloc = alloc_on_node(&mm, NodeId(1));
+    assert_eq!(
+        migrate_pages(&mm, &mut list, &mut alloc, None, Mode::Async, Reason::Syscall).unwrap_err(),
+        MigrateError::Duplicate(folios[0].pfn().0)
+    );
+    // Not a folio (a tail page / a free frame).
+    let mut list = vec![Folio(Pfn(folios[1].pfn().0 + 100))];
+    let mut alloc = alloc_on_node(&mm, NodeId(1));
+    assert!(matches!(
+        migrate_pages(&mm, &mut list, &mut alloc, None, Mode::Async, Reason::Syscall),
+        Err(MigrateError::NotAFolio(_))
+    ));
+    assert_eq!(mm.nr_free_pages_total(), free_before, "nothing allocated");
+    assert_eq!(node_at(&sp, BASE), 0);
+    assert_eq!(mm.vm_events().pgmigrate_success, 0);
+    assert_eq!(mm.isolate_folio(folios[0]), Err(pagemig::mm::MmError::Busy), "still isolated once");
+    mm.putback_folio(folios[0]).unwrap();
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn folio_freed_under_us_counts_as_success() {
+    let mm = memory(8 * MB);
+    let sp = space(&mm, MB);
+    let folios = map_filled(&sp, 2, 0, 3);
+    let mut list = isolate_all(&mm, &folios);
+    sp.unmap(VirtAddr(BASE)).unwrap(); // last mapping gone: only the isolation ref left
+    assert_eq!(mm.folio(folios[0]).ref_count(), 1);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+    assert_eq!(res.rc, Ok(0));
+    assert_eq!(res.nr_succeeded, 2);
+    assert!(list.is_empty());
+    assert!(mm.folio(folios[0]).test(pg::BUDDY), "the freed folio went back to the allocator");
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn extra_reference_exhausts_retries_and_the_folio_is_returned_intact() {
+    for mode in [Mode::Async, Mode::SyncLight, Mode::Sync] {
+        let mm = memory(8 * MB);
+        let sp = space(&mm, MB);
+        let folios = map_filled(&sp, 3, 0, 4);
+        mm.folio(folios[1]).get(); // a pin nobody drops
+        let mut list = isolate_all(&mm, &folios);
+        let res = migrate_to(&mm, &mut list, 1, mode, Reason::Syscall);
+        assert_eq!(res.rc, Ok(1), "{mode:?}");
+        assert_eq!(list, vec![folios[1]]);
+        assert_eq!(res.stats.nr_failed_pages, 1);
+        assert_eq!(node_at(&sp, BASE + PAGE_SIZE as u64), 0);
+        assert_eq!(sp.pte(VirtAddr(BASE + PAGE_SIZE as u64)).unwrap(), Pte::Present { pfn: folios[1].pfn() });
+        check_filled(&sp, 3, 0, 4);
+        mm.putback_movable_pages(&mut list);
+        mm.folio(folios[1]).put();
+        drop(sp);
+        assert_frames_balanced(&mm);
+    }
+}
+
+/// Drops the extra reference of one folio when its second move attempt starts, after
+/// taking it right after the batch copy: the first attempt meets EAGAIN with the copy
+/// marker set.
+struct RaceAfterCopy {
+    victim: std::sync::Mutex<Option<Folio>>,
+    nr_moves_seen: AtomicUsize,
+}
+
+impl FaultHooks for RaceAfterCopy {
+    fn after_batch_copy(&self, mm: &Memory) {
+        if let Some(f) = *self.victim.lock().unwrap() {
+            mm.folio(f).get();
+        }
+    }
+    fn before_move(&self, mm: &Memory, src: Folio, pass: usize) {
+        if Some(src) == *self.victim.lock().unwrap() {
+            self.nr_moves_seen.fetch_add(1, Ordering::SeqCst);
+            if pass == 1 {
+                mm.folio(src).put();
+            }
+        }
+    }
+}
+
+#[test]
+fn eagain_in_the_move_phase_consumes_the_mark_and_the_retry_copies_again() {
+    let hooks = Arc::new(RaceAfterCopy { victim: Default::default(), nr_moves_seen: AtomicUsize::new(0) });
+    let mm = memory_with(8 * MB, Some(hooks.clone()), None);
+    let sp = space(&mm, MB);
+    let folios = map_filled(&sp, 4, 0, 5);
+    *hooks.victim.lock().unwrap() = Some(folios[2]);
+    let copier = Arc::new(CountingCopier::default());
+    let m: Arc<dyn Migrator> = copier.clone();
+    mm.offload().register(m.clone(), ReasonMask::ALL).unwrap();
+    let mut list = isolate_all(&mm, &folios);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+    assert_eq!(res.rc, Ok(0));
+    assert_eq!(copier.nr_copied.load(Ordering::SeqCst), 4, "the batch copied every folio once");
+    assert_eq!(hooks.nr_moves_seen.load(Ordering::SeqCst), 2, "one EAGAIN, one retry");
+    assert_eq!(res.stats.nr_copied_by_batch, 3, "the victim's mark was consumed by the failed attempt");
+    assert_eq!(res.stats.nr_copied_on_cpu, 1, "the retry copied the victim again on the CPU");
+    check_filled(&sp, 4, 0, 5);
+    mm.offload().unregister(&m).unwrap();
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+/// Fails allocations on node 1 after a budget.
+struct AllocBudget {
+    left: AtomicUsize,
+    only_large: AtomicBool,
+}
+
+impl FaultHooks for AllocBudget {
+    fn alloc_should_fail(&self, node: NodeId, order: Order) -> bool {
+        if node != NodeId(1) {
+            return false;
+        }
+        if self.only_large.load(Ordering::SeqCst) {
+            return order.0 > 0;
+        }
+        self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_err()
+    }
+}
+
+#[test]
+fn enomem_mid_batch_moves_what_is_unmapped_and_returns_enomem() {
+    for mode in [Mode::Async, Mode::Sync] {
+        let hooks = Arc::new(AllocBudget { left: AtomicUsize::new(3), only_large: AtomicBool::new(false) });
+        let mm = memory_with(8 * MB, Some(hooks.clone()), None);
+        let sp = space(&mm, MB);
+        let folios = map_filled(&sp, 8, 0, 6);
+        let mut list = isolate_all(&mm, &folios);
+        let res = migrate_to(&mm, &mut list, 1, mode, Reason::Syscall);
+        assert_eq!(res.rc, Err(Errno::NoMem), "{mode:?}");
+        assert_eq!(res.nr_succeeded, 3);
+        assert_eq!(list.len(), 5, "the failed folio and the untried rest stay on the list");
+        for (i, f) in folios.iter().enumerate() {
+            let expect = if i < 3 { 1 } else { 0 };
+            assert_eq!(node_at(&sp, BASE + (i * PAGE_SIZE) as u64), expect);
+            assert_eq!(list.contains(f), i >= 3);
+        }
+        check_filled(&sp, 8, 0, 6);
+        mm.putback_movable_pages(&mut list);
+        drop(sp);
+        assert_frames_balanced(&mm);
+    }
+}
+
+#[test]
+fn large_folio_is_split_on_enomem_and_counts_once() {
+    let hooks = Arc::new(AllocBudget { left: AtomicUsize::new(0), only_large: AtomicBool::new(true) });
+    let mm = memory_with(16 * MB, Some(hooks), None);
+    let sp = space(&mm, 4 * MB);
+    // A THP and an order-4 mTHP; one page of the mTHP is poisoned so that one split piece
+    // fails: the split still counts as a single failure.
+    let thp = sp.map_anon(VirtAddr(BASE), NodeId(0), Order(9)).unwrap();
+    let m = sp.map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(4)).unwrap();
+    let acc = sp.accessor();
+    for p in 0..512 + 16 {
+        let va = if p < 512 { BASE + (p * PAGE_SIZE) as u64 } else { BASE + 2 * MB as u64 + ((p - 512) * PAGE_SIZE) as u64 };
+        acc.write(VirtAddr(va), &pattern(7, p)).unwrap();
+    }
+    mm.inject_hwpoison(Pfn(m.pfn().0 + 5)).unwrap();
+    let mut list = isolate_all(&mm, &[thp, m]);
+    let before = mm.vm_events();
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+    assert_eq!(res.stats.nr_split, 2);
+    assert_eq!(res.stats.nr_thp_split, 1);
+    assert_eq!(res.rc, Ok(2), "each split large folio counts once, the failed piece not again");
+    assert_eq!(list, vec![Folio(Pfn(m.pfn().0 + 5))], "only the poisoned piece is handed back");
+    assert_eq!(res.nr_succeeded, 512 + 15);
+    assert_eq!(mm.vm_events().thp_migration_split - before.thp_migration_split, 1);
+    for p in 0..512 + 16 {
+        let va = if p < 512 { BASE + (p * PAGE_SIZE) as u64 } else { BASE + 2 * MB as u64 + ((p - 512) * PAGE_SIZE) as u64 };
+        let f = sp.folio_at(VirtAddr(va)).unwrap();
+        assert_eq!(mm.folio(f).order(), Order(0), "split into base pages");
+        if p == 512 + 5 {
+            assert_eq!(mm.folio(f).node(), NodeId(0));
+            continue;
+        }
+        assert_eq!(mm.folio(f).node(), NodeId(1));
+        let mut buf = vec![0u8; PAGE_SIZE];
+        acc.read(VirtAddr(va), &mut buf).unwrap();
+        assert!(buf == pattern(7, p));
+    }
+    mm.putback_movable_pages(&mut list);
+    drop(acc);
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn numa_misplaced_never_splits() {
+    let hooks = Arc::new(AllocBudget { left: AtomicUsize::new(0), only_large: AtomicBool::new(true) });
+    let mm = memory_with(16 * MB, Some(hooks), None);
+    let sp = space(&mm, 4 * MB);
+    let folios = map_filled(&sp, 1, 9, 8);
+    let mut list = isolate_all(&mm, &folios);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::NumaMisplaced);
+    assert_eq!(res.rc, Err(Errno::NoMem));
+    assert_eq!(res.stats.nr_split, 0);
+    assert_eq!(list, folios);
+    assert_eq!(mm.folio(folios[0]).order(), Order(9));
+    check_filled(&sp, 1, 9, 8);
+    mm.putback_movable_pages(&mut list);
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn async_mode_never_waits_for_a_lock_or_for_writeback() {
+    let mm = memory(8 * MB);
+    let sp = space(&mm, MB);
+    let folios = map_filled(&sp, 3, 0, 9);
+    assert!(mm.folio(folios[0]).trylock());
+    mm.folio(folios[1]).start_writeback();
+    let mut list = isolate_all(&mm, &folios);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Compaction);
+    assert_eq!(res.rc, Ok(2));
+    list.sort();
+    let mut want = vec![folios[0], folios[1]];
+    want.sort();
+    assert_eq!(list, want);
+    assert_eq!(node_at(&sp, BASE + 2 * PAGE_SIZE as u64), 1);
+    assert_eq!(node_at(&sp, BASE), 0);
+    assert_eq!(node_at(&sp, BASE + PAGE_SIZE as u64), 0);
+    mm.folio(folios[0]).unlock();
+    mm.folio(folios[1]).end_writeback();
+    check_filled(&sp, 3, 0, 9);
+    mm.putback_movable_pages(&mut list);
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+fn release_later(mm: &Arc<Memory>, f: Folio, what: &'static str) -> std::thread::JoinHandle<()> {
+    let mm = mm.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        match what {
+            "lock" => mm.folio(f).unlock(),
+            _ => mm.folio(f).end_writeback(),
+        }
+    })
+}
+
+#[test]
+fn sync_modes_wait_for_the_lock_and_only_sync_waits_for_writeback() {
+    // SYNC_LIGHT and SYNC sleep on the folio lock of an uptodate folio.
+    for mode in [Mode::SyncLight, Mode::Sync] {
+        let mm = memory(8 * MB);
+        let sp = space(&mm, MB);
+        let folios = map_filled(&sp, 1, 0, 10);
+        assert!(mm.folio(folios[0]).trylock());
+        let h = release_later(&mm, folios[0], "lock");
+        let mut list = isolate_all(&mm, &folios);
+        let res = migrate_to(&mm, &mut list, 1, mode, Reason::Syscall);
+        h.join().unwrap();
+        assert_eq!(res.rc, Ok(0), "{mode:?} waits for the lock");
+        check_filled(&sp, 1, 0, 10);
+        drop(sp);
+        assert_frames_balanced(&mm);
+    }
+    // SYNC_LIGHT does not wait for a lock held on a folio that is not uptodate (I/O).
+    {
+        let mm = memory(8 * MB);
+        let sp = space(&mm, MB);
+        let folios = map_filled(&sp, 1, 0, 11);
+        mm.folio(folios[0]).clear(pg::UPTODATE);
+        assert!(mm.folio(folios[0]).trylock());
+        let mut list = isolate_all(&mm, &folios);
+        let res = migrate_to(&mm, &mut list, 1, Mode::SyncLight, Reason::Syscall);
+        assert_eq!(res.rc, Ok(1));
+        mm.folio(folios[0]).unlock();
+        mm.putback_movable_pages(&mut list);
+        drop(sp);
+        assert_frames_balanced(&mm);
+    }
+    // Writeback: SYNC_LIGHT gives EBUSY, SYNC waits.
+    for (mode, want) in [(Mode::SyncLight, Ok(1)), (Mode::Sync, Ok(0))] {
+        let mm = memory(8 * MB);
+        let sp = space(&mm, MB);
+        let folios = map_filled(&sp, 1, 0, 12);
+        mm.folio(folios[0]).start_writeback();
+        let h = (mode == Mode::Sync).then(|| release_later(&mm, folios[0], "writeback"));
+        let mut list = isolate_all(&mm, &folios);
+        let res = migrate_to(&mm, &mut list, 1, mode, Reason::Syscall);
+        if let Some(h) = h {
+            h.join().unwrap();
+        } else {
+            mm.folio(folios[0]).end_writeback();
+        }
+        assert_eq!(res.rc, want, "{mode:?}");
+        check_filled(&sp, 1, 0, 12);
+        mm.putback_movable_pages(&mut list);
+        drop(sp);
+        assert_frames_balanced(&mm);
+    }
+}
+
+#[test]
+fn hugetlb_goes_first_alone_and_is_never_batch_copied() {
+    let mm = memory(16 * MB);
+    let sp = space(&mm, 4 * MB);
+    let h = sp.map_hugetlb(VirtAddr(BASE), NodeId(0)).unwrap();
+    let acc = sp.accessor();
+    for p in 0..512 {
+        acc.write(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &pattern(13, p)).unwrap();
+    }
+    let small = sp.map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(0)).unwrap();
+    let copier = Arc::new(CountingCopier::default());
+    let m: Arc<dyn Migrator> = copier.clone();
+    mm.offload().register(m.clone(), ReasonMask::ALL).unwrap();
+    let mut list = isolate_all(&mm, &[small, h]);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+    assert_eq!(res.rc, Ok(0));
+    assert_eq!(copier.nr_copied.load(Ordering::SeqCst), 1, "only the small folio was batched");
+    let nh = sp.folio_at(VirtAddr(BASE)).unwrap();
+    assert!(mm.folio(nh).test(pg::HUGETLB));
+    assert_eq!(mm.folio(nh).node(), NodeId(1));
+    let mut buf = vec![0u8; PAGE_SIZE];
+    for p in 0..512 {
+        acc.read(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &mut buf).unwrap();
+        assert!(buf == pattern(13, p));
+    }
+    mm.offload().unregister(&m).unwrap();
+    drop(acc);
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+/// A balloon-like movable_ops owner: copies, takes `dst`, drops `src`.
+#[derive(Default)]
+struct Balloon {
+    nr_migrated: AtomicUsize,
+}
+
+impl MovableOps for Balloon {
+    fn migrate_page(&self, mm: &Memory, dst: Folio, src: Folio, _mode: Mode) -> Result<(), Errno> {
+        mm.folio_mc_copy(dst, src)?;
+        mm.folio(dst).set(pg::MOVABLE_OPS);
+        mm.folio(dst).get();
+        mm.folio(src).put();
+        self.nr_migrated.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn movable_ops_pages_use_their_own_callback_and_are_never_batched() {
+    let balloon = Arc::new(Balloon::default());
+    let mm = memory_with(8 * MB, None, Some(balloon.clone()));
+    let page = mm.alloc_movable_ops_page(NodeId(0)).unwrap();
+    mm.page_write(page.pfn(), 0, &pattern(14, 0));
+    let copier = Arc::new(CountingCopier::default());
+    let m: Arc<dyn Migrator> = copier.clone();
+    mm.offload().register(m.clone(), ReasonMask::ALL).unwrap();
+    let mut list = isolate_all(&mm, &[page]);
+    let mut new_page = None;
+    let mut alloc = |mm: &Memory, src: Folio| {
+        let f = mm.alloc_folio(NodeId(1), mm.folio(src).order(), 0).ok();
+        new_page = f;
+        f
+    };
+    let res = migrate_pages(&mm, &mut list, &mut alloc, None, Mode::Async, Reason::Compaction).unwrap();
+    assert_eq!(res.rc, Ok(0));
+    assert_eq!(balloon.nr_migrated.load(Ordering::SeqCst), 1);
+    assert_eq!(copier.nr_calls.load(Ordering::SeqCst), 0, "never offered to the migrator");
+    let np = new_page.unwrap();
+    let mut buf = vec![0u8; PAGE_SIZE];
+    mm.page_read(np.pfn(), 0, &mut buf).unwrap();
+    assert!(buf == pattern(14, 0));
+    assert!(mm.folio(page).test(pg::BUDDY), "the old page was freed");
+    assert_eq!(mm.folio(np).ref_count(), 1, "the owner holds the new page");
+    mm.offload().unregister(&m).unwrap();
+    mm.folio_put(np);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn poisoned_source_in_a_batch_fails_alone_and_stays_mapped_and_intact() {
+    for batched in [true, false] {
+        let mm = memory(8 * MB);
+        let sp = space(&mm, MB);
+        let folios = map_filled(&sp, 8, 1, 15); // 8 KiB folios
+        mm.inject_hwpoison(Pfn(folios[3].pfn().0 + 1)).unwrap();
+        let m: Arc<dyn Migrator> = Arc::new(DefaultCopier);
+        if batched {
+            mm.offload().register(m.clone(), ReasonMask::ALL).unwrap();
+        }
+        let mut list = isolate_all(&mm, &folios);
+        let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+        assert_eq!(res.rc, Ok(1), "batched={batched}");
+        assert_eq!(list, vec![folios[3]]);
+        if batched {
+            assert_eq!(res.stats.nr_copied_by_batch, 3, "the default copier stops at the poisoned folio");
+            assert_eq!(res.stats.nr_copied_on_cpu, 4, "the rest fell back to the CPU");
+        }
+        let va3 = BASE + (3 * 2 * PAGE_SIZE) as u64;
+        assert_eq!(sp.folio_at(VirtAddr(va3)), Some(folios[3]), "source still mapped");
+        assert_eq!(sp.pte(VirtAddr(va3 + PAGE_SIZE as u64)).unwrap(), Pte::Present { pfn: Pfn(folios[3].pfn().0 + 1) });
+        let acc = sp.accessor();
+        let mut buf = vec![0u8; PAGE_SIZE];
+        acc.read(VirtAddr(va3), &mut buf).unwrap();
+        assert!(buf == pattern(15, 6), "the clean page of the poisoned folio is intact");
+        assert_eq!(acc.read(VirtAddr(va3 + PAGE_SIZE as u64), &mut buf), Err(Errno::HwPoison));
+        for i in (0..8).filter(|&i| i != 3) {
+            assert_eq!(node_at(&sp, BASE + (i * 2 * PAGE_SIZE) as u64), 1);
+            for p in 0..2 {
+                acc.read(VirtAddr(BASE + ((i * 2 + p) * PAGE_SIZE) as u64), &mut buf).unwrap();
+                assert!(buf == pattern(15, i * 2 + p));
+            }
+        }
+        if batched {
+            mm.offload().unregister(&m).unwrap();
+        }
+        mm.putback_movable_pages(&mut list);
+        drop(acc);
+        drop(sp);
+        assert_frames_balanced(&mm);
+    }
+}
+
+#[test]
+fn a_migrator_that_copies_half_and_fails_leaves_the_rest_to_the_cpu_and_nothing_is_copied_twice() {
+    let mm = memory(8 * MB);
+    let sp = space(&mm, 2 * MB);
+    let folios = map_filled(&sp, 10, 2, 16);
+    let half = Arc::new(HalfCopier::default());
+    let m: Arc<dyn Migrator> = half.clone();
+    mm.offload().register(m.clone(), ReasonMask::ALL).unwrap();
+    let mut list = isolate_all(&mm, &folios);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Demotion);
+    assert_eq!(res.rc, Ok(0));
+    assert_eq!(half.nr_copied.load(Ordering::SeqCst), 5);
+    assert_eq!(res.stats.nr_copied_by_batch, 5);
+    assert_eq!(res.stats.nr_copied_on_cpu, 5);
+    assert_eq!(half.nr_copied.load(Ordering::SeqCst) + res.stats.nr_copied_on_cpu, 10, "every folio copied exactly once");
+    check_filled(&sp, 10, 2, 16);
+    mm.offload().unregister(&m).unwrap();
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn batches_are_cut_at_nr_max_batched_migration_base_pages() {
+    let mm = memory(8 * MB);
+    mm.set_batch_pages(8).unwrap();
+    let sp = space(&mm, 2 * MB);
+    let folios = map_filled(&sp, 20, 1, 17); // 40 pages: chunks of 4 folios (8 pages)
+    let copier = Arc::new(CountingCopier::default());
+    let m: Arc<dyn Migrator> = copier.clone();
+    mm.offload().register(m.clone(), ReasonMask::ALL).unwrap();
+    let mut list = isolate_all(&mm, &folios);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+    assert_eq!(res.rc, Ok(0));
+    assert_eq!(copier.nr_calls.load(Ordering::SeqCst), 5);
+    assert_eq!(res.stats.nr_tlb_flushes, 5, "one TLB flush per batch");
+    check_filled(&sp, 20, 1, 17);
+    mm.offload().unregister(&m).unwrap();
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn a_folio_mapped_by_two_spaces_moves_in_both() {
+    let mm = memory(8 * MB);
+    let a = space(&mm, MB);
+    let b = mm.new_space(VirtAddr(BASE), MB).unwrap();
+    let folios = map_filled(&a, 2, 0, 18);
+    b.map_shared(folios[0]).unwrap();
+    assert_eq!(mm.folio(folios[0]).mapcount(), 2);
+    let mut list = isolate_all(&mm, &folios);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Sync, Reason::Syscall);
+    assert_eq!(res.rc, Ok(0));
+    let fa = a.folio_at(VirtAddr(BASE)).unwrap();
+    assert_eq!(b.folio_at(VirtAddr(BASE)), Some(fa));
+    assert_eq!(mm.folio(fa).node(), NodeId(1));
+    assert_eq!(mm.folio(fa).mapcount(), 2);
+    assert_eq!(mm.folio(fa).ref_count(), 2);
+    let acc = b.accessor();
+    let mut buf = vec![0u8; PAGE_SIZE];
+    acc.read(VirtAddr(BASE), &mut buf).unwrap();
+    assert!(buf == pattern(18, 0));
+    drop(acc);
+    drop(a);
+    drop(b);
+    assert_frames_balanced(&mm);
+}
