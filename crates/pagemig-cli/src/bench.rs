@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pagemig::migrate::{alloc_on_node, migrate_pages, Mode, PhaseTimes, Reason};
-use pagemig::mm::{AddressSpace, Folio, Memory, MemoryConfig, NodeId, Order, VirtAddr, HPAGE_PMD_ORDER, PAGE_SIZE};
+use pagemig::mm::{
+    AddressSpace, Folio, Memory, MemoryConfig, NodeId, Order, VirtAddr, HPAGE_PMD_ORDER, PAGE_SIZE,
+};
 use pagemig::offload::{DefaultCopier, Migrator, ReasonMask};
 use serde::Serialize;
 
@@ -127,7 +129,9 @@ pub enum BenchError {
         nr_bad: usize,
     },
     /// A folio ended on the wrong node.
-    #[error("engine {engine}: {nr} folio(s) not on node {node} after a migration that reported success")]
+    #[error(
+        "engine {engine}: {nr} folio(s) not on node {node} after a migration that reported success"
+    )]
     Misplaced {
         /// engine
         engine: String,
@@ -166,14 +170,19 @@ impl CopyLimitProbe {
             src.push(s);
             dst.push(mm.alloc_folio(NodeId(1), Order(HPAGE_PMD_ORDER), 0)?);
         }
-        Ok(CopyLimitProbe { src, dst, samples: Vec::new() })
+        Ok(CopyLimitProbe {
+            src,
+            dst,
+            samples: Vec::new(),
+        })
     }
 
     /// One pass: copies every pair once and records GB/s.
     pub fn sample(&mut self, mm: &Memory) -> f64 {
         let t = Instant::now();
         for (d, s) in self.dst.iter().zip(&self.src) {
-            mm.folio_mc_copy(*d, *s).expect("fresh folios are not poisoned");
+            mm.folio_mc_copy(*d, *s)
+                .expect("fresh folios are not poisoned");
         }
         pagemig::copy::store_fence();
         let gbps = (self.src.len() * (2 << 20)) as f64 / t.elapsed().as_secs_f64() / 1e9;
@@ -224,11 +233,18 @@ impl Workload {
             mm.folio_fill(f, 0x5eed ^ i as u64);
             sums.push(mm.folio_checksum(f));
         }
-        Ok(Workload { space, folio_size, nr_folios, sums, node: NodeId(0) })
+        Ok(Workload {
+            space,
+            folio_size,
+            nr_folios,
+            sums,
+            node: NodeId(0),
+        })
     }
 
     fn folio(&self, i: usize) -> Option<Folio> {
-        self.space.folio_at(VirtAddr(SPACE_BASE + (i * self.folio_size) as u64))
+        self.space
+            .folio_at(VirtAddr(SPACE_BASE + (i * self.folio_size) as u64))
     }
 }
 
@@ -240,7 +256,12 @@ struct RunOutcome {
     nr_tlb_flushes: usize,
 }
 
-fn migrate_once(mm: &Arc<Memory>, w: &mut Workload, mode: Mode, engine: &str) -> Result<RunOutcome, BenchError> {
+fn migrate_once(
+    mm: &Arc<Memory>,
+    w: &mut Workload,
+    mode: Mode,
+    engine: &str,
+) -> Result<RunOutcome, BenchError> {
     let target = NodeId(1 - w.node.0);
     let mut list = Vec::with_capacity(w.nr_folios);
     for i in 0..w.nr_folios {
@@ -268,10 +289,18 @@ fn migrate_once(mm: &Arc<Memory>, w: &mut Workload, mode: Mode, engine: &str) ->
         }
     }
     if nr_bad > 0 {
-        return Err(BenchError::Mismatch { engine: engine.into(), size: format_size(w.folio_size), nr_bad });
+        return Err(BenchError::Mismatch {
+            engine: engine.into(),
+            size: format_size(w.folio_size),
+            nr_bad,
+        });
     }
     if nr_misplaced > nr_failed {
-        return Err(BenchError::Misplaced { engine: engine.into(), nr: nr_misplaced, node: target.0 });
+        return Err(BenchError::Misplaced {
+            engine: engine.into(),
+            nr: nr_misplaced,
+            node: target.0,
+        });
     }
     w.node = if nr_failed == 0 { target } else { w.node };
     let moved = (w.nr_folios - nr_failed) * w.folio_size;
@@ -306,7 +335,11 @@ fn teardown_engine(mm: &Memory, m: Option<Arc<dyn Migrator>>) -> Result<(), Benc
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (mean, var.sqrt())
 }
 
@@ -317,7 +350,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let mm = Memory::new(MemoryConfig::with_nodes(2, 2 * opts.total_bytes + slack))?;
     mm.set_batch_pages(opts.batch_pages)?;
     if opts.verbose {
-        eprintln!("measuring the copy limit ({} in 2M chunks)...", format_size(opts.total_bytes));
+        eprintln!(
+            "measuring the copy limit ({} in 2M chunks)...",
+            format_size(opts.total_bytes)
+        );
     }
     // The limit is sampled before the table and again between runs, so that it sees the
     // same drift of the machine's memory bandwidth as the migrations do; the median of all
@@ -329,10 +365,15 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let mut results = Vec::new();
     for &size in &opts.sizes {
         if opts.verbose {
-            eprintln!("folio size {}: mapping {} of folios on node 0...", format_size(size), format_size(opts.total_bytes));
+            eprintln!(
+                "folio size {}: mapping {} of folios on node 0...",
+                format_size(size),
+                format_size(opts.total_bytes)
+            );
         }
         let mut w = Workload::new(&mm, size, opts.total_bytes)?;
-        let mut per_engine: Vec<Vec<RunOutcome>> = (0..opts.engines.len()).map(|_| Vec::new()).collect();
+        let mut per_engine: Vec<Vec<RunOutcome>> =
+            (0..opts.engines.len()).map(|_| Vec::new()).collect();
         // Warm-up: one untimed round trip with the first engine.
         let m = setup_engine(&mm, opts.engines[0])?;
         migrate_once(&mm, &mut w, opts.mode, &opts.engines[0].to_string())?;
@@ -375,11 +416,17 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                     r#move: ph.move_ns / n,
                 },
                 nr_copied_by_batch: outs.iter().map(|o| o.nr_copied_by_batch).sum(),
-                tlb_flushes_per_run: outs.iter().map(|o| o.nr_tlb_flushes as f64).sum::<f64>() / n as f64,
+                tlb_flushes_per_run: outs.iter().map(|o| o.nr_tlb_flushes as f64).sum::<f64>()
+                    / n as f64,
                 runs: outs.len(),
             };
             if opts.verbose {
-                eprintln!("  {:<10} {:>6}: {:6.2} GB/s", r.engine, format_size(size), r.gbps_mean);
+                eprintln!(
+                    "  {:<10} {:>6}: {:6.2} GB/s",
+                    r.engine,
+                    format_size(size),
+                    r.gbps_mean
+                );
             }
             results.push(r);
         }
@@ -398,7 +445,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             copy_limit_gbps,
             copy_limit_samples_1t: copy_limit_samples,
             copy_primitive: pagemig::copy::best_kind().name().into(),
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             kernel: kernel_release(),
             host_numa_nodes: pagemig::mm::arena::host_numa_nodes().len(),
         },
@@ -438,7 +487,12 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
                 .results
                 .iter()
                 .find(|r| r.engine == e.to_string() && r.folio_size == z)
-                .map(|r| format!("{:.2}±{:.2} ({:.2})", r.gbps_mean, r.gbps_sd, r.frac_of_limit))
+                .map(|r| {
+                    format!(
+                        "{:.2}±{:.2} ({:.2})",
+                        r.gbps_mean, r.gbps_sd, r.frac_of_limit
+                    )
+                })
                 .unwrap_or_else(|| "-".into());
             s.push_str(&format!(" {:>20}", cell));
         }

@@ -11,7 +11,11 @@ use pagemig::migrate::Mode;
 use spec::{parse_engine, parse_folio_size, parse_list, parse_size};
 
 #[derive(Parser, Debug)]
-#[command(name = "pagemig", version, about = "Batched, offloaded page migration between memory tiers")]
+#[command(
+    name = "pagemig",
+    version,
+    about = "Batched, offloaded page migration between memory tiers"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -75,7 +79,11 @@ fn bench(a: BenchArgs) -> Result<(), String> {
         return Err("--total must be positive".into());
     }
     if total % largest != 0 {
-        return Err(format!("--total {} is not a multiple of the largest folio size {}", a.total, spec::format_size(largest)));
+        return Err(format!(
+            "--total {} is not a multiple of the largest folio size {}",
+            a.total,
+            spec::format_size(largest)
+        ));
     }
     if total > 8 << 30 {
         return Err("--total above 8G does not fit this tool's two nodes".into());

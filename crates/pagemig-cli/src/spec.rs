@@ -17,16 +17,23 @@ pub fn parse_size(s: &str) -> Result<usize, SpecError> {
                 'K' => 1 << 10,
                 'M' => 1 << 20,
                 'G' => 1 << 30,
-                _ => return Err(SpecError(format!("bad size {s:?}: unknown unit {c:?} (use K, M or G)"))),
+                _ => {
+                    return Err(SpecError(format!(
+                        "bad size {s:?}: unknown unit {c:?} (use K, M or G)"
+                    )))
+                }
             };
             (&t[..i], mul)
         }
         _ => (t, 1),
     };
-    let n: usize = num
-        .parse()
-        .map_err(|_| SpecError(format!("bad size {s:?}: expected a number with an optional K/M/G suffix")))?;
-    n.checked_mul(mul).ok_or_else(|| SpecError(format!("size {s:?} overflows")))
+    let n: usize = num.parse().map_err(|_| {
+        SpecError(format!(
+            "bad size {s:?}: expected a number with an optional K/M/G suffix"
+        ))
+    })?;
+    n.checked_mul(mul)
+        .ok_or_else(|| SpecError(format!("size {s:?} overflows")))
 }
 
 /// Parses a folio size: a power of two from 4K to 2M.
@@ -83,13 +90,23 @@ pub fn parse_engine(s: &str) -> Result<EngineSpec, SpecError> {
     match s.trim() {
         "vanilla" => Ok(EngineSpec::Vanilla),
         "batch" => Ok(EngineSpec::Batch),
-        other => Err(SpecError(format!("unknown engine {other:?} (known: vanilla, batch)"))),
+        other => Err(SpecError(format!(
+            "unknown engine {other:?} (known: vanilla, batch)"
+        ))),
     }
 }
 
 /// Parses a comma-separated list with `f`, rejecting an empty list.
-pub fn parse_list<T>(s: &str, what: &str, f: impl Fn(&str) -> Result<T, SpecError>) -> Result<Vec<T>, SpecError> {
-    let items: Vec<&str> = s.split(',').map(str::trim).filter(|x| !x.is_empty()).collect();
+pub fn parse_list<T>(
+    s: &str,
+    what: &str,
+    f: impl Fn(&str) -> Result<T, SpecError>,
+) -> Result<Vec<T>, SpecError> {
+    let items: Vec<&str> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .collect();
     if items.is_empty() {
         return Err(SpecError(format!("empty {what} list")));
     }
@@ -120,7 +137,10 @@ mod tests {
 
     #[test]
     fn engines() {
-        assert_eq!(parse_list("vanilla,batch", "engine", parse_engine).unwrap(), vec![EngineSpec::Vanilla, EngineSpec::Batch]);
+        assert_eq!(
+            parse_list("vanilla,batch", "engine", parse_engine).unwrap(),
+            vec![EngineSpec::Vanilla, EngineSpec::Batch]
+        );
         assert!(parse_list("vanilla,turbo", "engine", parse_engine).is_err());
         assert!(parse_list("", "engine", parse_engine).is_err());
     }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use pagemig::migrate::{alloc_on_node, migrate_pages, MigrateError, Mode, Reason};
-use pagemig::mm::{pg, FaultHooks, Folio, Memory, MovableOps, NodeId, Order, Pfn, Pte, VirtAddr, PAGE_SIZE};
+use pagemig::mm::{
+    pg, FaultHooks, Folio, Memory, MovableOps, NodeId, Order, Pfn, Pte, VirtAddr, PAGE_SIZE,
+};
 use pagemig::offload::{DefaultCopier, Migrator, ReasonMask};
 use pagemig::Errno;
 
@@ -20,7 +22,9 @@ fn all_migrated_returns_zero_empties_the_list_and_counts_pages() {
     let mm = memory(16 * MB);
     let sp = space(&mm, 8 * MB);
     let folios = map_filled(&sp, 4, 0, 1);
-    let big = sp.map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(9)).unwrap();
+    let big = sp
+        .map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(9))
+        .unwrap();
     let mut list = isolate_all(&mm, &folios);
     mm.isolate_folio(big).unwrap();
     list.push(big);
@@ -52,7 +56,15 @@ fn invalid_lists_are_rejected_without_side_effects() {
     let mut list = folios.clone();
     let mut alloc = alloc_on_node(&mm, NodeId(1));
     assert_eq!(
-        migrate_pages(&mm, &mut list, &mut alloc, None, Mode::Async, Reason::Syscall).unwrap_err(),
+        migrate_pages(
+            &mm,
+            &mut list,
+            &mut alloc,
+            None,
+            Mode::Async,
+            Reason::Syscall
+        )
+        .unwrap_err(),
         MigrateError::NotIsolated(folios[0].pfn().0)
     );
     // Twice on the list.
@@ -60,20 +72,39 @@ fn invalid_lists_are_rejected_without_side_effects() {
     let mut list = vec![folios[0], folios[0]];
     let mut alloc = alloc_on_node(&mm, NodeId(1));
     assert_eq!(
-        migrate_pages(&mm, &mut list, &mut alloc, None, Mode::Async, Reason::Syscall).unwrap_err(),
+        migrate_pages(
+            &mm,
+            &mut list,
+            &mut alloc,
+            None,
+            Mode::Async,
+            Reason::Syscall
+        )
+        .unwrap_err(),
         MigrateError::Duplicate(folios[0].pfn().0)
     );
     // Not a folio (a tail page / a free frame).
     let mut list = vec![Folio(Pfn(folios[1].pfn().0 + 100))];
     let mut alloc = alloc_on_node(&mm, NodeId(1));
     assert!(matches!(
-        migrate_pages(&mm, &mut list, &mut alloc, None, Mode::Async, Reason::Syscall),
+        migrate_pages(
+            &mm,
+            &mut list,
+            &mut alloc,
+            None,
+            Mode::Async,
+            Reason::Syscall
+        ),
         Err(MigrateError::NotAFolio(_))
     ));
     assert_eq!(mm.nr_free_pages_total(), free_before, "nothing allocated");
     assert_eq!(node_at(&sp, BASE), 0);
     assert_eq!(mm.vm_events().pgmigrate_success, 0);
-    assert_eq!(mm.isolate_folio(folios[0]), Err(pagemig::mm::MmError::Busy), "still isolated once");
+    assert_eq!(
+        mm.isolate_folio(folios[0]),
+        Err(pagemig::mm::MmError::Busy),
+        "still isolated once"
+    );
     mm.putback_folio(folios[0]).unwrap();
     drop(sp);
     assert_frames_balanced(&mm);
@@ -91,7 +122,10 @@ fn folio_freed_under_us_counts_as_success() {
     assert_eq!(res.rc, Ok(0));
     assert_eq!(res.nr_succeeded, 2);
     assert!(list.is_empty());
-    assert!(mm.folio(folios[0]).test(pg::BUDDY), "the freed folio went back to the allocator");
+    assert!(
+        mm.folio(folios[0]).test(pg::BUDDY),
+        "the freed folio went back to the allocator"
+    );
     drop(sp);
     assert_frames_balanced(&mm);
 }
@@ -109,7 +143,12 @@ fn extra_reference_exhausts_retries_and_the_folio_is_returned_intact() {
         assert_eq!(list, vec![folios[1]]);
         assert_eq!(res.stats.nr_failed_pages, 1);
         assert_eq!(node_at(&sp, BASE + PAGE_SIZE as u64), 0);
-        assert_eq!(sp.pte(VirtAddr(BASE + PAGE_SIZE as u64)).unwrap(), Pte::Present { pfn: folios[1].pfn() });
+        assert_eq!(
+            sp.pte(VirtAddr(BASE + PAGE_SIZE as u64)).unwrap(),
+            Pte::Present {
+                pfn: folios[1].pfn()
+            }
+        );
         check_filled(&sp, 3, 0, 4);
         mm.putback_movable_pages(&mut list);
         mm.folio(folios[1]).put();
@@ -144,7 +183,10 @@ impl FaultHooks for RaceAfterCopy {
 
 #[test]
 fn eagain_in_the_move_phase_consumes_the_mark_and_the_retry_copies_again() {
-    let hooks = Arc::new(RaceAfterCopy { victim: Default::default(), nr_moves_seen: AtomicUsize::new(0) });
+    let hooks = Arc::new(RaceAfterCopy {
+        victim: Default::default(),
+        nr_moves_seen: AtomicUsize::new(0),
+    });
     let mm = memory_with(8 * MB, Some(hooks.clone()), None);
     let sp = space(&mm, MB);
     let folios = map_filled(&sp, 4, 0, 5);
@@ -155,10 +197,24 @@ fn eagain_in_the_move_phase_consumes_the_mark_and_the_retry_copies_again() {
     let mut list = isolate_all(&mm, &folios);
     let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
     assert_eq!(res.rc, Ok(0));
-    assert_eq!(copier.nr_copied.load(Ordering::SeqCst), 4, "the batch copied every folio once");
-    assert_eq!(hooks.nr_moves_seen.load(Ordering::SeqCst), 2, "one EAGAIN, one retry");
-    assert_eq!(res.stats.nr_copied_by_batch, 3, "the victim's mark was consumed by the failed attempt");
-    assert_eq!(res.stats.nr_copied_on_cpu, 1, "the retry copied the victim again on the CPU");
+    assert_eq!(
+        copier.nr_copied.load(Ordering::SeqCst),
+        4,
+        "the batch copied every folio once"
+    );
+    assert_eq!(
+        hooks.nr_moves_seen.load(Ordering::SeqCst),
+        2,
+        "one EAGAIN, one retry"
+    );
+    assert_eq!(
+        res.stats.nr_copied_by_batch, 3,
+        "the victim's mark was consumed by the failed attempt"
+    );
+    assert_eq!(
+        res.stats.nr_copied_on_cpu, 1,
+        "the retry copied the victim again on the CPU"
+    );
     check_filled(&sp, 4, 0, 5);
     mm.offload().unregister(&m).unwrap();
     drop(sp);
@@ -179,14 +235,19 @@ impl FaultHooks for AllocBudget {
         if self.only_large.load(Ordering::SeqCst) {
             return order.0 > 0;
         }
-        self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)).is_err()
+        self.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+            .is_err()
     }
 }
 
 #[test]
 fn enomem_mid_batch_moves_what_is_unmapped_and_returns_enomem() {
     for mode in [Mode::Async, Mode::Sync] {
-        let hooks = Arc::new(AllocBudget { left: AtomicUsize::new(3), only_large: AtomicBool::new(false) });
+        let hooks = Arc::new(AllocBudget {
+            left: AtomicUsize::new(3),
+            only_large: AtomicBool::new(false),
+        });
         let mm = memory_with(8 * MB, Some(hooks.clone()), None);
         let sp = space(&mm, MB);
         let folios = map_filled(&sp, 8, 0, 6);
@@ -194,7 +255,11 @@ fn enomem_mid_batch_moves_what_is_unmapped_and_returns_enomem() {
         let res = migrate_to(&mm, &mut list, 1, mode, Reason::Syscall);
         assert_eq!(res.rc, Err(Errno::NoMem), "{mode:?}");
         assert_eq!(res.nr_succeeded, 3);
-        assert_eq!(list.len(), 5, "the failed folio and the untried rest stay on the list");
+        assert_eq!(
+            list.len(),
+            5,
+            "the failed folio and the untried rest stay on the list"
+        );
         for (i, f) in folios.iter().enumerate() {
             let expect = if i < 3 { 1 } else { 0 };
             assert_eq!(node_at(&sp, BASE + (i * PAGE_SIZE) as u64), expect);
@@ -209,16 +274,25 @@ fn enomem_mid_batch_moves_what_is_unmapped_and_returns_enomem() {
 
 #[test]
 fn large_folio_is_split_on_enomem_and_counts_once() {
-    let hooks = Arc::new(AllocBudget { left: AtomicUsize::new(0), only_large: AtomicBool::new(true) });
+    let hooks = Arc::new(AllocBudget {
+        left: AtomicUsize::new(0),
+        only_large: AtomicBool::new(true),
+    });
     let mm = memory_with(16 * MB, Some(hooks), None);
     let sp = space(&mm, 4 * MB);
     // A THP and an order-4 mTHP; one page of the mTHP is poisoned so that one split piece
     // fails: the split still counts as a single failure.
     let thp = sp.map_anon(VirtAddr(BASE), NodeId(0), Order(9)).unwrap();
-    let m = sp.map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(4)).unwrap();
+    let m = sp
+        .map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(4))
+        .unwrap();
     let acc = sp.accessor();
     for p in 0..512 + 16 {
-        let va = if p < 512 { BASE + (p * PAGE_SIZE) as u64 } else { BASE + 2 * MB as u64 + ((p - 512) * PAGE_SIZE) as u64 };
+        let va = if p < 512 {
+            BASE + (p * PAGE_SIZE) as u64
+        } else {
+            BASE + 2 * MB as u64 + ((p - 512) * PAGE_SIZE) as u64
+        };
         acc.write(VirtAddr(va), &pattern(7, p)).unwrap();
     }
     mm.inject_hwpoison(Pfn(m.pfn().0 + 5)).unwrap();
@@ -227,12 +301,27 @@ fn large_folio_is_split_on_enomem_and_counts_once() {
     let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
     assert_eq!(res.stats.nr_split, 2);
     assert_eq!(res.stats.nr_thp_split, 1);
-    assert_eq!(res.rc, Ok(2), "each split large folio counts once, the failed piece not again");
-    assert_eq!(list, vec![Folio(Pfn(m.pfn().0 + 5))], "only the poisoned piece is handed back");
+    assert_eq!(
+        res.rc,
+        Ok(2),
+        "each split large folio counts once, the failed piece not again"
+    );
+    assert_eq!(
+        list,
+        vec![Folio(Pfn(m.pfn().0 + 5))],
+        "only the poisoned piece is handed back"
+    );
     assert_eq!(res.nr_succeeded, 512 + 15);
-    assert_eq!(mm.vm_events().thp_migration_split - before.thp_migration_split, 1);
+    assert_eq!(
+        mm.vm_events().thp_migration_split - before.thp_migration_split,
+        1
+    );
     for p in 0..512 + 16 {
-        let va = if p < 512 { BASE + (p * PAGE_SIZE) as u64 } else { BASE + 2 * MB as u64 + ((p - 512) * PAGE_SIZE) as u64 };
+        let va = if p < 512 {
+            BASE + (p * PAGE_SIZE) as u64
+        } else {
+            BASE + 2 * MB as u64 + ((p - 512) * PAGE_SIZE) as u64
+        };
         let f = sp.folio_at(VirtAddr(va)).unwrap();
         assert_eq!(mm.folio(f).order(), Order(0), "split into base pages");
         if p == 512 + 5 {
@@ -252,7 +341,10 @@ fn large_folio_is_split_on_enomem_and_counts_once() {
 
 #[test]
 fn numa_misplaced_never_splits() {
-    let hooks = Arc::new(AllocBudget { left: AtomicUsize::new(0), only_large: AtomicBool::new(true) });
+    let hooks = Arc::new(AllocBudget {
+        left: AtomicUsize::new(0),
+        only_large: AtomicBool::new(true),
+    });
     let mm = memory_with(16 * MB, Some(hooks), None);
     let sp = space(&mm, 4 * MB);
     let folios = map_filled(&sp, 1, 9, 8);
@@ -365,22 +457,30 @@ fn hugetlb_goes_first_alone_and_is_never_batch_copied() {
     let h = sp.map_hugetlb(VirtAddr(BASE), NodeId(0)).unwrap();
     let acc = sp.accessor();
     for p in 0..512 {
-        acc.write(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &pattern(13, p)).unwrap();
+        acc.write(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &pattern(13, p))
+            .unwrap();
     }
-    let small = sp.map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(0)).unwrap();
+    let small = sp
+        .map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(0))
+        .unwrap();
     let copier = Arc::new(CountingCopier::default());
     let m: Arc<dyn Migrator> = copier.clone();
     mm.offload().register(m.clone(), ReasonMask::ALL).unwrap();
     let mut list = isolate_all(&mm, &[small, h]);
     let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
     assert_eq!(res.rc, Ok(0));
-    assert_eq!(copier.nr_copied.load(Ordering::SeqCst), 1, "only the small folio was batched");
+    assert_eq!(
+        copier.nr_copied.load(Ordering::SeqCst),
+        1,
+        "only the small folio was batched"
+    );
     let nh = sp.folio_at(VirtAddr(BASE)).unwrap();
     assert!(mm.folio(nh).test(pg::HUGETLB));
     assert_eq!(mm.folio(nh).node(), NodeId(1));
     let mut buf = vec![0u8; PAGE_SIZE];
     for p in 0..512 {
-        acc.read(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &mut buf).unwrap();
+        acc.read(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &mut buf)
+            .unwrap();
         assert!(buf == pattern(13, p));
     }
     mm.offload().unregister(&m).unwrap();
@@ -422,10 +522,22 @@ fn movable_ops_pages_use_their_own_callback_and_are_never_batched() {
         new_page = f;
         f
     };
-    let res = migrate_pages(&mm, &mut list, &mut alloc, None, Mode::Async, Reason::Compaction).unwrap();
+    let res = migrate_pages(
+        &mm,
+        &mut list,
+        &mut alloc,
+        None,
+        Mode::Async,
+        Reason::Compaction,
+    )
+    .unwrap();
     assert_eq!(res.rc, Ok(0));
     assert_eq!(balloon.nr_migrated.load(Ordering::SeqCst), 1);
-    assert_eq!(copier.nr_calls.load(Ordering::SeqCst), 0, "never offered to the migrator");
+    assert_eq!(
+        copier.nr_calls.load(Ordering::SeqCst),
+        0,
+        "never offered to the migrator"
+    );
     let np = new_page.unwrap();
     let mut buf = vec![0u8; PAGE_SIZE];
     mm.page_read(np.pfn(), 0, &mut buf).unwrap();
@@ -453,21 +565,43 @@ fn poisoned_source_in_a_batch_fails_alone_and_stays_mapped_and_intact() {
         assert_eq!(res.rc, Ok(1), "batched={batched}");
         assert_eq!(list, vec![folios[3]]);
         if batched {
-            assert_eq!(res.stats.nr_copied_by_batch, 3, "the default copier stops at the poisoned folio");
-            assert_eq!(res.stats.nr_copied_on_cpu, 4, "the rest fell back to the CPU");
+            assert_eq!(
+                res.stats.nr_copied_by_batch, 3,
+                "the default copier stops at the poisoned folio"
+            );
+            assert_eq!(
+                res.stats.nr_copied_on_cpu, 4,
+                "the rest fell back to the CPU"
+            );
         }
         let va3 = BASE + (3 * 2 * PAGE_SIZE) as u64;
-        assert_eq!(sp.folio_at(VirtAddr(va3)), Some(folios[3]), "source still mapped");
-        assert_eq!(sp.pte(VirtAddr(va3 + PAGE_SIZE as u64)).unwrap(), Pte::Present { pfn: Pfn(folios[3].pfn().0 + 1) });
+        assert_eq!(
+            sp.folio_at(VirtAddr(va3)),
+            Some(folios[3]),
+            "source still mapped"
+        );
+        assert_eq!(
+            sp.pte(VirtAddr(va3 + PAGE_SIZE as u64)).unwrap(),
+            Pte::Present {
+                pfn: Pfn(folios[3].pfn().0 + 1)
+            }
+        );
         let acc = sp.accessor();
         let mut buf = vec![0u8; PAGE_SIZE];
         acc.read(VirtAddr(va3), &mut buf).unwrap();
-        assert!(buf == pattern(15, 6), "the clean page of the poisoned folio is intact");
-        assert_eq!(acc.read(VirtAddr(va3 + PAGE_SIZE as u64), &mut buf), Err(Errno::HwPoison));
+        assert!(
+            buf == pattern(15, 6),
+            "the clean page of the poisoned folio is intact"
+        );
+        assert_eq!(
+            acc.read(VirtAddr(va3 + PAGE_SIZE as u64), &mut buf),
+            Err(Errno::HwPoison)
+        );
         for i in (0..8).filter(|&i| i != 3) {
             assert_eq!(node_at(&sp, BASE + (i * 2 * PAGE_SIZE) as u64), 1);
             for p in 0..2 {
-                acc.read(VirtAddr(BASE + ((i * 2 + p) * PAGE_SIZE) as u64), &mut buf).unwrap();
+                acc.read(VirtAddr(BASE + ((i * 2 + p) * PAGE_SIZE) as u64), &mut buf)
+                    .unwrap();
                 assert!(buf == pattern(15, i * 2 + p));
             }
         }
@@ -495,7 +629,11 @@ fn a_migrator_that_copies_half_and_fails_leaves_the_rest_to_the_cpu_and_nothing_
     assert_eq!(half.nr_copied.load(Ordering::SeqCst), 5);
     assert_eq!(res.stats.nr_copied_by_batch, 5);
     assert_eq!(res.stats.nr_copied_on_cpu, 5);
-    assert_eq!(half.nr_copied.load(Ordering::SeqCst) + res.stats.nr_copied_on_cpu, 10, "every folio copied exactly once");
+    assert_eq!(
+        half.nr_copied.load(Ordering::SeqCst) + res.stats.nr_copied_on_cpu,
+        10,
+        "every folio copied exactly once"
+    );
     check_filled(&sp, 10, 2, 16);
     mm.offload().unregister(&m).unwrap();
     drop(sp);

@@ -193,7 +193,13 @@ mod tests {
             if kind == CopyKind::NtAvx2 && !std::is_x86_feature_detected!("avx2") {
                 continue;
             }
-            for &(off, len) in &[(0usize, 8192usize), (0, 4096 + 100), (3, 4000), (0, 255), (0, 0)] {
+            for &(off, len) in &[
+                (0usize, 8192usize),
+                (0, 4096 + 100),
+                (3, 4000),
+                (0, 255),
+                (0, 0),
+            ] {
                 let mut dst = vec![0u8; 9000 + 64];
                 let base = dst.as_mut_ptr();
                 let pad = base.align_offset(32);
@@ -201,7 +207,11 @@ mod tests {
                 // distinct allocations.
                 unsafe { copy_bytes_with(kind, base.add(pad + off), src.as_ptr(), len) };
                 store_fence();
-                assert_eq!(&dst[pad + off..pad + off + len], &src[..len], "{kind:?} {off} {len}");
+                assert_eq!(
+                    &dst[pad + off..pad + off + len],
+                    &src[..len],
+                    "{kind:?} {off} {len}"
+                );
                 assert!(dst[pad + off + len..].iter().all(|&b| b == 0));
             }
         }

@@ -38,7 +38,10 @@ pub(crate) fn migrate_pages_batch(
     stats: &mut MigratePagesStats,
     nr_pass: usize,
 ) -> Result<usize, Errno> {
-    debug_assert!(mode == Mode::Async || from.len() <= 1, "sync batch holds more than one folio");
+    debug_assert!(
+        mode == Mode::Async || from.len() <= 1,
+        "sync batch holds more than one folio"
+    );
     let mm = ctx.mm;
     let reason = ctx.reason;
     let nosplit = reason == Reason::NumaMisplaced;
@@ -50,7 +53,10 @@ pub(crate) fn migrate_pages_batch(
     let mut unmap_single: Vec<Folio> = Vec::new();
     let mut dst_single: Vec<Folio> = Vec::new();
     let mut tlb = TlbBatch::new();
-    let mut c = PassCounters { retry: 1, ..Default::default() };
+    let mut c = PassCounters {
+        retry: 1,
+        ..Default::default()
+    };
     let mut rc_saved: Option<Errno> = None;
     let mut go_out = false;
 
@@ -147,7 +153,9 @@ pub(crate) fn migrate_pages_batch(
                 let t = Instant::now();
                 // One call for the whole batch; the return value is ignored: correctness
                 // rests on the per-folio CONTENT_COPIED marks.
-                let _ = mm.offload.batch_copy(&CopyBatch::new(mm, &dst_batch, &unmap_batch));
+                let _ = mm
+                    .offload
+                    .batch_copy(&CopyBatch::new(mm, &dst_batch, &unmap_batch));
                 stats.phases.copy_ns += elapsed_ns(t);
             }
         };
@@ -175,8 +183,26 @@ pub(crate) fn migrate_pages_batch(
             c.thp_retry = 0;
             c.nr_retry_pages = 0;
             // Batch-copied folios first, then the single list, sharing the counters.
-            migrate_folios_move(ctx, &mut unmap_batch, &mut dst_batch, mode, ret_folios, stats, &mut c, pass);
-            migrate_folios_move(ctx, &mut unmap_single, &mut dst_single, mode, ret_folios, stats, &mut c, pass);
+            migrate_folios_move(
+                ctx,
+                &mut unmap_batch,
+                &mut dst_batch,
+                mode,
+                ret_folios,
+                stats,
+                &mut c,
+                pass,
+            );
+            migrate_folios_move(
+                ctx,
+                &mut unmap_single,
+                &mut dst_single,
+                mode,
+                ret_folios,
+                stats,
+                &mut c,
+                pass,
+            );
             pass += 1;
         }
         c.nr_failed += c.retry;
@@ -191,7 +217,10 @@ pub(crate) fn migrate_pages_batch(
 
     // Cleanup: undo whatever is still unmapped, in both list pairs.
     let t_undo = Instant::now();
-    for (srcs, dsts) in [(&mut unmap_batch, &mut dst_batch), (&mut unmap_single, &mut dst_single)] {
+    for (srcs, dsts) in [
+        (&mut unmap_batch, &mut dst_batch),
+        (&mut unmap_single, &mut dst_single),
+    ] {
         for (src, dst) in srcs.drain(..).zip(dsts.drain(..)) {
             let (was_mapped, anon_vma) = super::move_folio::migrate_folio_extract(mm, dst);
             migrate_folio_undo_src(mm, src, was_mapped, anon_vma, true, Some(ret_folios));

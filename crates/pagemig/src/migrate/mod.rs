@@ -23,7 +23,8 @@ pub const NR_MAX_MIGRATE_PAGES_RETRY: usize = 10;
 /// `NR_MAX_MIGRATE_ASYNC_RETRY`: passes of the async attempt of a sync migration.
 pub const NR_MAX_MIGRATE_ASYNC_RETRY: usize = 3;
 /// `NR_MAX_MIGRATE_SYNC_RETRY`: passes of each one-folio sync attempt.
-pub const NR_MAX_MIGRATE_SYNC_RETRY: usize = NR_MAX_MIGRATE_PAGES_RETRY - NR_MAX_MIGRATE_ASYNC_RETRY;
+pub const NR_MAX_MIGRATE_SYNC_RETRY: usize =
+    NR_MAX_MIGRATE_PAGES_RETRY - NR_MAX_MIGRATE_ASYNC_RETRY;
 
 /// `enum migrate_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -234,7 +235,9 @@ pub fn migrate_pages<'b>(
     let mut seen: HashSet<Folio, BuildHasherDefault<PfnHasher>> =
         HashSet::with_capacity_and_hasher(from.len(), Default::default());
     for &f in from.iter() {
-        let fr = mm.folio_checked(f).map_err(|_| MigrateError::NotAFolio(f.0 .0))?;
+        let fr = mm
+            .folio_checked(f)
+            .map_err(|_| MigrateError::NotAFolio(f.0 .0))?;
         if !fr.test(pg::ISOLATED) {
             return Err(MigrateError::NotIsolated(f.0 .0));
         }
@@ -244,13 +247,19 @@ pub fn migrate_pages<'b>(
     }
     drop(seen);
     let flushes_before = mm.vm_events().nr_tlb_flushes;
-    let mut ctx = Ctx { mm, get_new_folio, put_new_folio, reason };
+    let mut ctx = Ctx {
+        mm,
+        get_new_folio,
+        put_new_folio,
+        reason,
+    };
     let mut stats = MigratePagesStats::default();
     let mut ret_folios: Vec<Folio> = Vec::new();
     let mut split_folios: Vec<Folio> = Vec::new();
     let batch_pages = mm.batch_pages();
 
-    let mut rc_gather = hugetlb::migrate_hugetlbs(&mut ctx, from, mode, &mut stats, &mut ret_folios);
+    let mut rc_gather =
+        hugetlb::migrate_hugetlbs(&mut ctx, from, mode, &mut stats, &mut ret_folios);
     if rc_gather.is_ok() {
         let mut queue: std::collections::VecDeque<Folio> = std::mem::take(from).into();
         while !queue.is_empty() {
@@ -280,7 +289,14 @@ pub fn migrate_pages<'b>(
                     NR_MAX_MIGRATE_PAGES_RETRY,
                 )
             } else {
-                migrate_pages_sync(&mut ctx, &mut folios, mode, &mut ret_folios, &mut split_folios, &mut stats)
+                migrate_pages_sync(
+                    &mut ctx,
+                    &mut folios,
+                    mode,
+                    &mut ret_folios,
+                    &mut split_folios,
+                    &mut stats,
+                )
             };
             ret_folios.append(&mut folios);
             match rc {
@@ -318,13 +334,22 @@ pub fn migrate_pages<'b>(
     }
     let e = &mm.events;
     use std::sync::atomic::Ordering::Relaxed;
-    e.pgmigrate_success.fetch_add(stats.nr_succeeded as u64, Relaxed);
-    e.pgmigrate_fail.fetch_add(stats.nr_failed_pages as u64, Relaxed);
-    e.thp_migration_success.fetch_add(stats.nr_thp_succeeded as u64, Relaxed);
-    e.thp_migration_fail.fetch_add(stats.nr_thp_failed as u64, Relaxed);
-    e.thp_migration_split.fetch_add(stats.nr_thp_split as u64, Relaxed);
+    e.pgmigrate_success
+        .fetch_add(stats.nr_succeeded as u64, Relaxed);
+    e.pgmigrate_fail
+        .fetch_add(stats.nr_failed_pages as u64, Relaxed);
+    e.thp_migration_success
+        .fetch_add(stats.nr_thp_succeeded as u64, Relaxed);
+    e.thp_migration_fail
+        .fetch_add(stats.nr_thp_failed as u64, Relaxed);
+    e.thp_migration_split
+        .fetch_add(stats.nr_thp_split as u64, Relaxed);
     stats.nr_tlb_flushes = (mm.vm_events().nr_tlb_flushes - flushes_before) as usize;
-    Ok(MigratePagesResult { rc: rc_gather, nr_succeeded: stats.nr_succeeded, stats })
+    Ok(MigratePagesResult {
+        rc: rc_gather,
+        nr_succeeded: stats.nr_succeeded,
+        stats,
+    })
 }
 
 /// `migrate_pages_sync()`: first the whole chunk as one ASYNC batch with 3 passes, then

@@ -88,7 +88,11 @@ pub(crate) fn migrate_folio_move(
     if let Err(rc) = move_to_new_folio(mm, dst, src, mode, stats) {
         if rc == Errno::Again {
             // Stay on the list; re-record without the copied mark: a retry copies again.
-            let states = if page_was_mapped { migrate_info::WAS_MAPPED } else { 0 } | was_mlocked;
+            let states = if page_was_mapped {
+                migrate_info::WAS_MAPPED
+            } else {
+                0
+            } | was_mlocked;
             migrate_folio_record(mm, dst, states, anon_vma);
             return Err(rc);
         }
@@ -112,7 +116,13 @@ pub(crate) fn migrate_folio_move(
 
 /// `move_to_new_folio()`: dispatch by kind. Anonymous folios have no address_space, so
 /// they take `migrate_folio()`; movable_ops pages call their owner's `migrate_page`.
-fn move_to_new_folio(mm: &Memory, dst: Folio, src: Folio, mode: Mode, stats: &mut MigratePagesStats) -> Result<(), Errno> {
+fn move_to_new_folio(
+    mm: &Memory,
+    dst: Folio,
+    src: Folio,
+    mode: Mode,
+    stats: &mut MigratePagesStats,
+) -> Result<(), Errno> {
     let s = mm.folio(src);
     if s.test(pg::MOVABLE_OPS) {
         let ops = mm.movable_ops.as_ref().ok_or(Errno::NotSupported)?;
@@ -126,7 +136,13 @@ fn move_to_new_folio(mm: &Memory, dst: Folio, src: Folio, mode: Mode, stats: &mu
 
 /// `migrate_folio()` → `__migrate_folio()`: consume the copied mark, check references,
 /// copy unless marked, move the mapping and the flags.
-fn migrate_folio(mm: &Memory, dst: Folio, src: Folio, _mode: Mode, stats: &mut MigratePagesStats) -> Result<(), Errno> {
+fn migrate_folio(
+    mm: &Memory,
+    dst: Folio,
+    src: Folio,
+    _mode: Mode,
+    stats: &mut MigratePagesStats,
+) -> Result<(), Errno> {
     let s = mm.folio(src);
     let d = mm.folio(dst);
     // Read and clear at once, before the refcount check: consume-once.
@@ -143,8 +159,12 @@ fn migrate_folio(mm: &Memory, dst: Folio, src: Folio, _mode: Mode, stats: &mut M
         stats.nr_copied_on_cpu += 1;
     }
     // __folio_migrate_mapping(): the new folio takes over the anon mapping and index.
-    d.meta.mapping.store(s.meta.mapping.load(Ordering::Acquire), Ordering::Release);
-    d.meta.index.store(s.meta.index.load(Ordering::Acquire), Ordering::Release);
+    d.meta
+        .mapping
+        .store(s.meta.mapping.load(Ordering::Acquire), Ordering::Release);
+    d.meta
+        .index
+        .store(s.meta.index.load(Ordering::Acquire), Ordering::Release);
     // folio_migrate_flags().
     let carry = s.flags() & (pg::ANON | pg::DIRTY | pg::UPTODATE | pg::MLOCKED | pg::HUGETLB);
     d.set(carry);
@@ -152,8 +172,16 @@ fn migrate_folio(mm: &Memory, dst: Folio, src: Folio, _mode: Mode, stats: &mut M
 }
 
 /// `move_to_new_folio()` for hugetlb (`hugetlbfs_migrate_folio`): always a CPU copy.
-pub(crate) fn migrate_hugetlb_folio(mm: &Memory, dst: Folio, src: Folio, stats: &mut MigratePagesStats) -> Result<(), Errno> {
-    debug_assert_eq!(mm.folio(dst).migrate_info() & migrate_info::CONTENT_COPIED, 0);
+pub(crate) fn migrate_hugetlb_folio(
+    mm: &Memory,
+    dst: Folio,
+    src: Folio,
+    stats: &mut MigratePagesStats,
+) -> Result<(), Errno> {
+    debug_assert_eq!(
+        mm.folio(dst).migrate_info() & migrate_info::CONTENT_COPIED,
+        0
+    );
     migrate_folio(mm, dst, src, Mode::Sync, stats)
 }
 
@@ -166,17 +194,33 @@ mod tests {
     fn the_copied_mark_is_consumed_even_when_the_refcount_check_fails() {
         let mm = Memory::new(MemoryConfig::with_nodes(2, 4 << 20)).unwrap();
         let space = mm.new_space(VirtAddr(0x1000_0000), 1 << 20).unwrap();
-        let src = space.map_anon(VirtAddr(0x1000_0000), NodeId(0), Order(0)).unwrap();
+        let src = space
+            .map_anon(VirtAddr(0x1000_0000), NodeId(0), Order(0))
+            .unwrap();
         mm.isolate_folio(src).unwrap();
         let dst = mm.alloc_folio(NodeId(1), Order(0), 0).unwrap();
         let mut stats = MigratePagesStats::default();
         mm.folio(src).get(); // a racing reference
         mm.folio(dst).mark_content_copied();
-        assert_eq!(migrate_folio(&mm, dst, src, Mode::Async, &mut stats), Err(Errno::Again));
-        assert_eq!(mm.folio(dst).migrate_info() & migrate_info::CONTENT_COPIED, 0, "consumed on first read");
+        assert_eq!(
+            migrate_folio(&mm, dst, src, Mode::Async, &mut stats),
+            Err(Errno::Again)
+        );
+        assert_eq!(
+            mm.folio(dst).migrate_info() & migrate_info::CONTENT_COPIED,
+            0,
+            "consumed on first read"
+        );
         mm.folio(src).put();
-        assert_eq!(migrate_folio(&mm, dst, src, Mode::Async, &mut stats), Ok(()));
-        assert_eq!((stats.nr_copied_by_batch, stats.nr_copied_on_cpu), (0, 1), "the retry copied on the CPU");
+        assert_eq!(
+            migrate_folio(&mm, dst, src, Mode::Async, &mut stats),
+            Ok(())
+        );
+        assert_eq!(
+            (stats.nr_copied_by_batch, stats.nr_copied_on_cpu),
+            (0, 1),
+            "the retry copied on the CPU"
+        );
         mm.folio_put(dst);
         mm.putback_folio(src).unwrap();
         drop(space);

@@ -29,7 +29,9 @@ pub(crate) fn migrate_folio_undo_src(
 /// Releases the destination: unlock, then `put_new_folio` or `folio_put`.
 pub(crate) fn migrate_folio_undo_dst(ctx: &mut Ctx<'_, '_>, dst: Folio, locked: bool) {
     let d = ctx.mm.folio(dst);
-    d.meta.migrate_info.store(0, std::sync::atomic::Ordering::Release);
+    d.meta
+        .migrate_info
+        .store(0, std::sync::atomic::Ordering::Release);
     if locked {
         d.unlock();
     }

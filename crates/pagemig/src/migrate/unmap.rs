@@ -100,7 +100,11 @@ pub(crate) fn migrate_folio_unmap(
         let was_mlocked = s.test(pg::MLOCKED);
         if s.is_mapped() {
             // Establish migration entries; only async mode defers the flush.
-            let batch = if mode == Mode::Async { Some(&mut *tlb) } else { None };
+            let batch = if mode == Mode::Async {
+                Some(&mut *tlb)
+            } else {
+                None
+            };
             mm.try_to_migrate(&s, anon_vma, batch);
             page_was_mapped = true;
         }
@@ -128,7 +132,12 @@ pub(crate) fn migrate_folio_unmap(
 
 /// `try_split_folio()`: locks (trylock in async mode), splits, unlocks; the order-0 pieces
 /// go to `split_folios`, each isolated.
-pub(crate) fn try_split_folio(mm: &Memory, folio: Folio, split_folios: &mut Vec<Folio>, mode: Mode) -> Result<(), Errno> {
+pub(crate) fn try_split_folio(
+    mm: &Memory,
+    folio: Folio,
+    split_folios: &mut Vec<Folio>,
+    mode: Mode,
+) -> Result<(), Errno> {
     let f = mm.folio(folio);
     if mode == Mode::Async {
         if !f.trylock() {
@@ -146,7 +155,11 @@ pub(crate) fn try_split_folio(mm: &Memory, folio: Folio, split_folios: &mut Vec<
 /// isolated: every page becomes an order-0 folio with the same mappings, flags and its own
 /// isolation reference; the PTEs need no change (they name pages, not folios). Fails with
 /// `EAGAIN` if anyone holds an extra reference, `EINVAL` for hugetlb or order 0.
-pub(crate) fn split_folio_to_list(mm: &Memory, folio: Folio, list: &mut Vec<Folio>) -> Result<(), Errno> {
+pub(crate) fn split_folio_to_list(
+    mm: &Memory,
+    folio: Folio,
+    list: &mut Vec<Folio>,
+) -> Result<(), Errno> {
     let f = mm.folio(folio);
     if !f.is_large() || f.test(pg::HUGETLB) || f.test(pg::MOVABLE_OPS) {
         return Err(Errno::Inval);

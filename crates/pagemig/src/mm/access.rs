@@ -38,7 +38,9 @@ pub struct Accessor {
 
 impl std::fmt::Debug for Accessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Accessor").field("space", &self.space.id).finish()
+        f.debug_struct("Accessor")
+            .field("space", &self.space.id)
+            .finish()
     }
 }
 
@@ -113,11 +115,16 @@ impl Accessor {
         let head = mm.compound_head(pfn);
         mm.wait_on_flag(head, pg::LOCKED);
         self.nr_waits.set(self.nr_waits.get() + 1);
-        self.wait_ns.set(self.wait_ns.get() + t.elapsed().as_nanos() as u64);
+        self.wait_ns
+            .set(self.wait_ns.get() + t.elapsed().as_nanos() as u64);
     }
 
     /// One access confined to a single page.
-    fn access_page(&self, vaddr: VirtAddr, f: &mut dyn FnMut(Pfn, usize) -> Result<(), Errno>) -> Result<(), Errno> {
+    fn access_page(
+        &self,
+        vaddr: VirtAddr,
+        f: &mut dyn FnMut(Pfn, usize) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
         let off = (vaddr.0 as usize) & (PAGE_SIZE - 1);
         loop {
             self.enter();
@@ -161,7 +168,9 @@ impl Accessor {
     pub fn read(&self, vaddr: VirtAddr, buf: &mut [u8]) -> Result<(), Errno> {
         let mm = &self.space.mm;
         let len = buf.len();
-        self.for_each_page(vaddr, len, |pfn, off, done, n| mm.page_read(pfn, off, &mut buf[done..done + n]))
+        self.for_each_page(vaddr, len, |pfn, off, done, n| {
+            mm.page_read(pfn, off, &mut buf[done..done + n])
+        })
     }
 
     /// Writes `buf` at `vaddr`; each page's part is written atomically with respect to

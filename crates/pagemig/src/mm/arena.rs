@@ -71,7 +71,10 @@ impl Arena {
     pub fn new(len_bytes: usize, host_node: u32) -> io::Result<Arena> {
         let len_bytes = len_bytes.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
         if len_bytes == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "arena of zero bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "arena of zero bytes",
+            ));
         }
         let map_len = len_bytes + ARENA_ALIGN;
         // SAFETY: an anonymous private mapping with no address hint has no preconditions.
@@ -137,7 +140,11 @@ impl Arena {
         // Pre-fault: first touch is very slow on the reference machine.
         // SAFETY: as above; MADV_POPULATE_WRITE faults pages in without changing content.
         let rc = unsafe {
-            libc::madvise(base as *mut libc::c_void, len_bytes, 23 /* MADV_POPULATE_WRITE */)
+            libc::madvise(
+                base as *mut libc::c_void,
+                len_bytes,
+                23, /* MADV_POPULATE_WRITE */
+            )
         };
         if rc != 0 {
             // Older kernels: touch one byte per page.
@@ -146,7 +153,11 @@ impl Arena {
                 unsafe { base.add(off).write_volatile(0) };
             }
         }
-        Ok(Arena { base, len_bytes, binding })
+        Ok(Arena {
+            base,
+            len_bytes,
+            binding,
+        })
     }
 
     /// Size in bytes.
@@ -205,14 +216,26 @@ impl Arena {
     }
 
     /// [`Arena::copy_from`] with an explicit primitive (for measurements).
-    pub fn copy_from_with(&self, kind: crate::copy::CopyKind, dst_off: usize, src: &Arena, src_off: usize, n: usize) {
+    pub fn copy_from_with(
+        &self,
+        kind: crate::copy::CopyKind,
+        dst_off: usize,
+        src: &Arena,
+        src_off: usize,
+        n: usize,
+    ) {
         self.check(dst_off, n);
         src.check(src_off, n);
         if std::ptr::eq(self, src) {
-            assert!(dst_off + n <= src_off || src_off + n <= dst_off, "overlapping copy inside one arena");
+            assert!(
+                dst_off + n <= src_off || src_off + n <= dst_off,
+                "overlapping copy inside one arena"
+            );
         }
         // SAFETY: as in `copy_from`.
-        unsafe { crate::copy::copy_bytes_with(kind, self.base.add(dst_off), src.base.add(src_off), n) };
+        unsafe {
+            crate::copy::copy_bytes_with(kind, self.base.add(dst_off), src.base.add(src_off), n)
+        };
     }
 
     /// FNV-1a-style 64-bit checksum of `n` bytes at `off`, read 8 bytes at a time.

@@ -180,8 +180,17 @@ mod tests {
         assert_eq!(b.alloc(0), None);
         assert_eq!(b.alloc(10), None);
         b.free(big, 9).unwrap();
-        assert_eq!(b.free(big, 9), Err(BuddyError::DoubleFree { frame: big, order: 9 }));
-        assert_eq!(b.free(3, 1), Err(BuddyError::BadFree { frame: 3, order: 1 }));
+        assert_eq!(
+            b.free(big, 9),
+            Err(BuddyError::DoubleFree {
+                frame: big,
+                order: 9
+            })
+        );
+        assert_eq!(
+            b.free(3, 1),
+            Err(BuddyError::BadFree { frame: 3, order: 1 })
+        );
     }
 
     #[test]

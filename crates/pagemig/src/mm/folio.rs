@@ -55,7 +55,11 @@ pub mod migrate_info {
 
     /// Packs a reference and state bits (`__migrate_folio_record`).
     pub fn pack(anon_vma: u64, states: u64) -> u64 {
-        debug_assert_eq!(anon_vma & STATE_MASK, 0, "anon_vma handle must be 8-aligned");
+        debug_assert_eq!(
+            anon_vma & STATE_MASK,
+            0,
+            "anon_vma handle must be 8-aligned"
+        );
         debug_assert_eq!(states & !STATE_MASK, 0);
         anon_vma | states
     }
@@ -292,7 +296,9 @@ impl Memory {
         let q = self.wait_queue(pfn);
         let g = lock(&q.lock);
         // Every waiter of this bucket wakes and re-arms PG_waiters if it still has to wait.
-        self.page(pfn).flags.fetch_and(!pg::WAITERS, Ordering::AcqRel);
+        self.page(pfn)
+            .flags
+            .fetch_and(!pg::WAITERS, Ordering::AcqRel);
         q.cond.notify_all();
         drop(g);
     }
@@ -308,7 +314,10 @@ mod tests {
         let w = pack(anon_vma, WAS_MAPPED | CONTENT_COPIED);
         assert_eq!(w, 0x1238 | 1 | 4);
         assert_eq!(unpack(w), (anon_vma, WAS_MAPPED | CONTENT_COPIED));
-        assert_eq!(unpack(pack(anon_vma, WAS_MLOCKED)).1 & OLD_STATES, WAS_MLOCKED);
+        assert_eq!(
+            unpack(pack(anon_vma, WAS_MLOCKED)).1 & OLD_STATES,
+            WAS_MLOCKED
+        );
         assert_eq!(OLD_STATES, 3);
         assert_eq!(CONTENT_COPIED, 4);
     }

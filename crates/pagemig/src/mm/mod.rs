@@ -190,7 +190,9 @@ pub struct MemoryConfig {
 
 impl fmt::Debug for MemoryConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryConfig").field("nodes", &self.nodes).finish()
+        f.debug_struct("MemoryConfig")
+            .field("nodes", &self.nodes)
+            .finish()
     }
 }
 
@@ -198,7 +200,12 @@ impl MemoryConfig {
     /// `nr_nodes` nodes of `capacity_bytes` each.
     pub fn with_nodes(nr_nodes: usize, capacity_bytes: usize) -> MemoryConfig {
         MemoryConfig {
-            nodes: (0..nr_nodes).map(|_| NodeConfig { capacity_bytes, host_node: None }).collect(),
+            nodes: (0..nr_nodes)
+                .map(|_| NodeConfig {
+                    capacity_bytes,
+                    host_node: None,
+                })
+                .collect(),
             hooks: None,
             movable_ops: None,
         }
@@ -282,7 +289,9 @@ pub struct Memory {
 
 impl fmt::Debug for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Memory").field("nr_nodes", &self.nodes.len()).finish()
+        f.debug_struct("Memory")
+            .field("nr_nodes", &self.nodes.len())
+            .finish()
     }
 }
 
@@ -296,10 +305,15 @@ impl Memory {
         let mut base_pfn = 0u64;
         for (i, nc) in config.nodes.iter().enumerate() {
             if nc.capacity_bytes / PAGE_SIZE >= 1 << NODE_PFN_SHIFT {
-                return Err(MmError::InvalidConfig(format!("node {i} is larger than {} GiB", (1u64 << NODE_PFN_SHIFT) >> 18)));
+                return Err(MmError::InvalidConfig(format!(
+                    "node {i} is larger than {} GiB",
+                    (1u64 << NODE_PFN_SHIFT) >> 18
+                )));
             }
             if nc.capacity_bytes == 0 {
-                return Err(MmError::InvalidConfig(format!("node {i} has zero capacity")));
+                return Err(MmError::InvalidConfig(format!(
+                    "node {i} has zero capacity"
+                )));
             }
             let arena = Arena::new(nc.capacity_bytes, nc.host_node.unwrap_or(i as u32))
                 .map_err(|e| MmError::Arena(e.to_string()))?;
@@ -325,7 +339,9 @@ impl Memory {
         }
         Ok(Arc::new(Memory {
             nodes,
-            wait_table: (0..folio::WAIT_TABLE_SIZE).map(|_| Default::default()).collect(),
+            wait_table: (0..folio::WAIT_TABLE_SIZE)
+                .map(|_| Default::default())
+                .collect(),
             anon_vmas: RwLock::new(Vec::new()),
             next_space_id: AtomicU32::new(1),
             events: VmEvents::default(),
@@ -382,7 +398,11 @@ impl Memory {
     /// A view of a folio. Panics if `folio` names no page (use [`Memory::folio_checked`]
     /// for untrusted input).
     pub fn folio(&self, folio: Folio) -> FolioRef<'_> {
-        FolioRef { mm: self, folio, meta: self.page(folio.0) }
+        FolioRef {
+            mm: self,
+            folio,
+            meta: self.page(folio.0),
+        }
     }
 
     /// A view of a folio after checking that it is a live folio head.
@@ -406,12 +426,16 @@ impl Memory {
         let n = self.node(node)?;
         if let Some(h) = &self.hooks {
             if h.alloc_should_fail(node, order) {
-                return Err(MmError::NoMemory { node, order: order.0 });
+                return Err(MmError::NoMemory {
+                    node,
+                    order: order.0,
+                });
             }
         }
-        let frame = lock(&n.buddy)
-            .alloc(order.0)
-            .ok_or(MmError::NoMemory { node, order: order.0 })?;
+        let frame = lock(&n.buddy).alloc(order.0).ok_or(MmError::NoMemory {
+            node,
+            order: order.0,
+        })?;
         let head = n.base_pfn + frame as u64;
         let nr = 1usize << order.0;
         for k in 1..nr {
@@ -427,7 +451,10 @@ impl Memory {
         m.index.store(0, Ordering::Relaxed);
         m.head.store(head, Ordering::Relaxed);
         m.refcount.store(1, Ordering::Relaxed);
-        m.flags.store(flags & !(pg::BUDDY | pg::TAIL | pg::LOCKED | pg::HWPOISON | pg::HAS_HWPOISONED), Ordering::Release);
+        m.flags.store(
+            flags & !(pg::BUDDY | pg::TAIL | pg::LOCKED | pg::HWPOISON | pg::HAS_HWPOISONED),
+            Ordering::Release,
+        );
         Ok(Folio(Pfn(head)))
     }
 
@@ -446,7 +473,11 @@ impl Memory {
         let n = &self.nodes[idx];
         let m = self.page(folio.0);
         let order = m.order.load(Ordering::Acquire);
-        debug_assert_eq!(m.mapcount.load(Ordering::Acquire), 0, "freeing a mapped folio");
+        debug_assert_eq!(
+            m.mapcount.load(Ordering::Acquire),
+            0,
+            "freeing a mapped folio"
+        );
         m.flags.store(pg::BUDDY, Ordering::Release);
         m.mapping.store(0, Ordering::Relaxed);
         m.migrate_info.store(0, Ordering::Relaxed);
@@ -506,7 +537,9 @@ impl Memory {
         let m = self.page(pfn);
         m.flags.fetch_or(pg::HWPOISON, Ordering::AcqRel);
         let head = self.compound_head(pfn);
-        self.page(head).flags.fetch_or(pg::HAS_HWPOISONED, Ordering::AcqRel);
+        self.page(head)
+            .flags
+            .fetch_or(pg::HAS_HWPOISONED, Ordering::AcqRel);
         Ok(())
     }
 
@@ -532,10 +565,19 @@ impl Memory {
     /// machine-check safe: if a source page in the range is poisoned, the bytes before it
     /// are copied and `EHWPOISON` is returned (`copy_mc_to_kernel`). The stores stream:
     /// see [`crate::copy::store_fence`] before handing the bytes to another thread.
-    pub fn copy_folio_range(&self, dst: Folio, src: Folio, off: usize, len: usize) -> Result<(), Errno> {
+    pub fn copy_folio_range(
+        &self,
+        dst: Folio,
+        src: Folio,
+        off: usize,
+        len: usize,
+    ) -> Result<(), Errno> {
         let s = self.folio(src);
         let size = s.size_bytes();
-        if off.checked_add(len).is_none_or(|end| end > size || end > self.folio(dst).size_bytes()) {
+        if off
+            .checked_add(len)
+            .is_none_or(|end| end > size || end > self.folio(dst).size_bytes())
+        {
             return Err(Errno::Inval);
         }
         let mut copy_len = len;
@@ -544,7 +586,13 @@ impl Memory {
             let first = off / PAGE_SIZE;
             let last = (off + len).div_ceil(PAGE_SIZE);
             for p in first..last {
-                if self.page(Pfn(src.0 .0 + p as u64)).flags.load(Ordering::Acquire) & pg::HWPOISON != 0 {
+                if self
+                    .page(Pfn(src.0 .0 + p as u64))
+                    .flags
+                    .load(Ordering::Acquire)
+                    & pg::HWPOISON
+                    != 0
+                {
                     copy_len = (p * PAGE_SIZE).saturating_sub(off);
                     poisoned = true;
                     break;
@@ -572,7 +620,14 @@ impl Memory {
     /// Raw copy between two physically addressed ranges (`dst_pfn`/`src_pfn` plus byte
     /// offset), for DMA-style engines: every page in both ranges must exist and the ranges
     /// must stay within one node each. Machine-check safe like [`Memory::copy_folio_range`].
-    pub fn copy_phys(&self, dst: Pfn, dst_off: usize, src: Pfn, src_off: usize, len: usize) -> Result<(), Errno> {
+    pub fn copy_phys(
+        &self,
+        dst: Pfn,
+        dst_off: usize,
+        src: Pfn,
+        src_off: usize,
+        len: usize,
+    ) -> Result<(), Errno> {
         let (Some(si), Some(di)) = (self.node_index_of(src), self.node_index_of(dst)) else {
             return Err(Errno::Fault);
         };
@@ -644,19 +699,30 @@ impl Memory {
     }
 
     /// Creates an address space covering `[base, base + len_bytes)`.
-    pub fn new_space(self: &Arc<Self>, base: VirtAddr, len_bytes: usize) -> Result<Arc<AddressSpace>, MmError> {
+    pub fn new_space(
+        self: &Arc<Self>,
+        base: VirtAddr,
+        len_bytes: usize,
+    ) -> Result<Arc<AddressSpace>, MmError> {
         if len_bytes == 0 || len_bytes % PAGE_SIZE != 0 {
-            return Err(MmError::InvalidConfig(format!("space length {len_bytes} is not a positive multiple of 4096")));
+            return Err(MmError::InvalidConfig(format!(
+                "space length {len_bytes} is not a positive multiple of 4096"
+            )));
         }
         if base.0 % (PAGE_SIZE as u64) != 0 {
-            return Err(MmError::Misaligned { vaddr: base, align_bytes: PAGE_SIZE });
+            return Err(MmError::Misaligned {
+                vaddr: base,
+                align_bytes: PAGE_SIZE,
+            });
         }
         let av = self.anon_vma_new();
         let space = Arc::new(AddressSpace {
             mm: self.clone(),
             id: self.next_space_id.fetch_add(1, Ordering::Relaxed),
             base,
-            ptes: (0..len_bytes / PAGE_SIZE).map(|_| AtomicU64::new(0)).collect(),
+            ptes: (0..len_bytes / PAGE_SIZE)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             ptl: Mutex::new(()),
             anon_vma: av,
             flush_gen: AtomicU64::new(0),

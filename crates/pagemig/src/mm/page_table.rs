@@ -43,8 +43,12 @@ impl Pte {
     /// Decodes a table word.
     pub fn decode(w: u64) -> Pte {
         match w >> KIND_SHIFT {
-            1 => Pte::Present { pfn: Pfn(w & PFN_MASK) },
-            2 => Pte::Migration { pfn: Pfn(w & PFN_MASK) },
+            1 => Pte::Present {
+                pfn: Pfn(w & PFN_MASK),
+            },
+            2 => Pte::Migration {
+                pfn: Pfn(w & PFN_MASK),
+            },
             _ => Pte::None,
         }
     }
@@ -126,7 +130,10 @@ impl AddressSpace {
     fn check_range(&self, vaddr: VirtAddr, nr_pages: usize) -> Result<usize, MmError> {
         let len = nr_pages * PAGE_SIZE;
         if vaddr.0 % len as u64 != 0 {
-            return Err(MmError::Misaligned { vaddr, align_bytes: len });
+            return Err(MmError::Misaligned {
+                vaddr,
+                align_bytes: len,
+            });
         }
         let i = self.slot(vaddr).ok_or(MmError::OutOfRange { vaddr })?;
         if i + nr_pages > self.ptes.len() {
@@ -143,10 +150,21 @@ impl AddressSpace {
 
     /// Maps a new hugetlb folio (order 9) at `vaddr`.
     pub fn map_hugetlb(&self, vaddr: VirtAddr, node: NodeId) -> Result<Folio, MmError> {
-        self.map_new(vaddr, node, Order(super::HPAGE_PMD_ORDER), pg::ANON | pg::UPTODATE | pg::HUGETLB)
+        self.map_new(
+            vaddr,
+            node,
+            Order(super::HPAGE_PMD_ORDER),
+            pg::ANON | pg::UPTODATE | pg::HUGETLB,
+        )
     }
 
-    fn map_new(&self, vaddr: VirtAddr, node: NodeId, order: Order, flags: u32) -> Result<Folio, MmError> {
+    fn map_new(
+        &self,
+        vaddr: VirtAddr,
+        node: NodeId,
+        order: Order,
+        flags: u32,
+    ) -> Result<Folio, MmError> {
         let nr = 1usize << order.0;
         let i = self.check_range(vaddr, nr)?;
         let _g = lock(&self.ptl);
@@ -159,7 +177,12 @@ impl AddressSpace {
         f.meta.index.store(vaddr.0 >> PAGE_SHIFT, Ordering::Release);
         f.meta.mapcount.store(1, Ordering::Release);
         for k in 0..nr {
-            self.set_pte_at(i + k, Pte::Present { pfn: Pfn(folio.0 .0 + k as u64) });
+            self.set_pte_at(
+                i + k,
+                Pte::Present {
+                    pfn: Pfn(folio.0 .0 + k as u64),
+                },
+            );
         }
         Ok(folio)
     }
@@ -184,7 +207,12 @@ impl AddressSpace {
         f.get();
         f.meta.mapcount.fetch_add(1, Ordering::AcqRel);
         for k in 0..nr {
-            self.set_pte_at(i + k, Pte::Present { pfn: Pfn(folio.0 .0 + k as u64) });
+            self.set_pte_at(
+                i + k,
+                Pte::Present {
+                    pfn: Pfn(folio.0 .0 + k as u64),
+                },
+            );
         }
         Ok(())
     }
@@ -201,7 +229,8 @@ impl AddressSpace {
                 let nr = self.mm.folio(Folio(head)).nr_pages();
                 let start = i - (pfn.0 - head.0) as usize;
                 for k in start..start + nr {
-                    if matches!(self.pte_at(k), Pte::Migration { pfn: p } if self.mm.compound_head(p) == head) {
+                    if matches!(self.pte_at(k), Pte::Migration { pfn: p } if self.mm.compound_head(p) == head)
+                    {
                         self.set_pte_at(k, Pte::None);
                     }
                 }
@@ -260,7 +289,11 @@ mod tests {
 
     #[test]
     fn pte_encoding_round_trips() {
-        for pte in [Pte::None, Pte::Present { pfn: Pfn(12345) }, Pte::Migration { pfn: Pfn(7) }] {
+        for pte in [
+            Pte::None,
+            Pte::Present { pfn: Pfn(12345) },
+            Pte::Migration { pfn: Pfn(7) },
+        ] {
             assert_eq!(Pte::decode(pte.encode()), pte);
         }
         assert_eq!(Pte::None.encode(), 0);

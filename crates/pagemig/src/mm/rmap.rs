@@ -46,7 +46,10 @@ impl Memory {
     pub(crate) fn anon_vma_link(&self, h: u64, space: &Arc<AddressSpace>) {
         if let Some(av) = self.anon_vma_get(h) {
             let mut v = lock(&av.spaces);
-            if !v.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(space))) {
+            if !v
+                .iter()
+                .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(space)))
+            {
                 v.push(Arc::downgrade(space));
             }
         }
@@ -70,18 +73,34 @@ impl Memory {
     /// dropping one mapcount and one reference per space. With `batch` the TLB flush is
     /// deferred to it (`TTU_BATCH_FLUSH`), otherwise each space is flushed at once.
     /// Returns whether anything was unmapped.
-    pub(crate) fn try_to_migrate(&self, folio: &FolioRef<'_>, anon_vma: u64, mut batch: Option<&mut TlbBatch>) -> bool {
+    pub(crate) fn try_to_migrate(
+        &self,
+        folio: &FolioRef<'_>,
+        anon_vma: u64,
+        mut batch: Option<&mut TlbBatch>,
+    ) -> bool {
         let nr = folio.nr_pages();
         let head = folio.pfn();
         let vpn = folio.meta.index.load(Ordering::Acquire);
         let mut any = false;
         self.rmap_walk(anon_vma, |space| {
-            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else { return };
+            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else {
+                return;
+            };
             let g = lock(&space.ptl);
             let mut hit = false;
             for k in 0..nr.min(space.ptes.len() - i) {
-                if space.pte_at(i + k) == (Pte::Present { pfn: Pfn(head.0 + k as u64) }) {
-                    space.set_pte_at(i + k, Pte::Migration { pfn: Pfn(head.0 + k as u64) });
+                if space.pte_at(i + k)
+                    == (Pte::Present {
+                        pfn: Pfn(head.0 + k as u64),
+                    })
+                {
+                    space.set_pte_at(
+                        i + k,
+                        Pte::Migration {
+                            pfn: Pfn(head.0 + k as u64),
+                        },
+                    );
                     hit = true;
                 }
             }
@@ -108,12 +127,23 @@ impl Memory {
         let nr = s.nr_pages();
         let vpn = s.meta.index.load(Ordering::Acquire);
         self.rmap_walk(anon_vma, |space| {
-            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else { return };
+            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else {
+                return;
+            };
             let g = lock(&space.ptl);
             let mut hit = false;
             for k in 0..nr.min(space.ptes.len() - i) {
-                if space.pte_at(i + k) == (Pte::Migration { pfn: Pfn(src.0 .0 + k as u64) }) {
-                    space.set_pte_at(i + k, Pte::Present { pfn: Pfn(dst.0 .0 + k as u64) });
+                if space.pte_at(i + k)
+                    == (Pte::Migration {
+                        pfn: Pfn(src.0 .0 + k as u64),
+                    })
+                {
+                    space.set_pte_at(
+                        i + k,
+                        Pte::Present {
+                            pfn: Pfn(dst.0 .0 + k as u64),
+                        },
+                    );
                     hit = true;
                 }
             }

@@ -28,7 +28,11 @@ use super::page_table::AddressSpace;
 pub fn flush_tlb_space(space: &AddressSpace) {
     let gen = space.flush_gen.fetch_add(1, Ordering::SeqCst) + 1;
     let slots: Vec<Arc<AccessorSlot>> = lock(&space.accessors).clone();
-    space.mm.events.nr_tlb_flushes.fetch_add(1, Ordering::Relaxed);
+    space
+        .mm
+        .events
+        .nr_tlb_flushes
+        .fetch_add(1, Ordering::Relaxed);
     for slot in &slots {
         let mut spins = 0u32;
         while slot.busy.load(Ordering::SeqCst) && slot.acked.load(Ordering::SeqCst) < gen {

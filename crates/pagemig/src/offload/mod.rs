@@ -10,9 +10,9 @@ pub use reason_mask::{ReasonMask, ReasonMaskError};
 
 use std::fmt;
 
+use crate::migrate::Reason;
 use crate::mm::{Folio, Memory};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, RwLock};
-use crate::migrate::Reason;
 use crate::Errno;
 
 /// `MIGRATOR_NAME_LEN`.
@@ -32,7 +32,9 @@ pub struct CopyBatch<'a> {
 
 impl fmt::Debug for CopyBatch<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CopyBatch").field("nr_folios", &self.len()).finish()
+        f.debug_struct("CopyBatch")
+            .field("nr_folios", &self.len())
+            .finish()
     }
 }
 
@@ -97,6 +99,14 @@ pub trait Migrator: Send + Sync {
     /// destination copied right after its own copy. May block. The return value is only
     /// informative: the core ignores it and trusts the marks alone.
     fn offload_copy(&self, batch: &CopyBatch<'_>) -> Result<(), Errno>;
+}
+
+impl fmt::Debug for dyn Migrator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Migrator")
+            .field("name", &self.name())
+            .finish()
+    }
 }
 
 /// `migrate_folios_mc_copy()`: the built-in batch copier. Walks the lists in lockstep,
@@ -217,14 +227,19 @@ impl Registry {
     pub fn register(&self, m: Arc<dyn Migrator>, mask: ReasonMask) -> Result<(), OffloadError> {
         let name = m.name();
         if name.is_empty() || name.len() > MIGRATOR_NAME_LEN {
-            return Err(OffloadError::Invalid(format!("name {name:?} must be 1..={MIGRATOR_NAME_LEN} bytes")));
+            return Err(OffloadError::Invalid(format!(
+                "name {name:?} must be 1..={MIGRATOR_NAME_LEN} bytes"
+            )));
         }
         let _g = lock(&self.reg_lock);
         let mut d = self.dispatch.write().unwrap_or_else(|p| p.into_inner());
         if let Some(active) = d.as_ref() {
-            return Err(OffloadError::Busy { active: active.name().to_string() });
+            return Err(OffloadError::Busy {
+                active: active.name().to_string(),
+            });
         }
-        self.reason_mask.store(mask.clamp().bits(), Ordering::SeqCst);
+        self.reason_mask
+            .store(mask.clamp().bits(), Ordering::SeqCst);
         *d = Some(m);
         drop(d);
         // The static key goes on last.
@@ -241,7 +256,12 @@ impl Registry {
             let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
             match d.as_ref() {
                 Some(a) if same(a, m) => {}
-                _ => return Err(OffloadError::Invalid(format!("{} is not the active migrator", m.name()))),
+                _ => {
+                    return Err(OffloadError::Invalid(format!(
+                        "{} is not the active migrator",
+                        m.name()
+                    )))
+                }
             }
         }
         // 1. static key off: new batches stop taking the batch path.
@@ -250,20 +270,30 @@ impl Registry {
         self.reason_mask.store(0, Ordering::SeqCst);
         // 3 + synchronize_srcu: the write side waits for in-flight readers.
         let mut d = self.dispatch.write().unwrap_or_else(|p| p.into_inner());
-        let owner = d.take().expect("active migrator vanished under the registration lock");
+        let owner = d
+            .take()
+            .expect("active migrator vanished under the registration lock");
         Ok(owner)
     }
 
     /// `migrate_offload_set_reason_mask(m, mask)`: only the active migrator may change it.
-    pub fn set_reason_mask(&self, m: &Arc<dyn Migrator>, mask: ReasonMask) -> Result<(), OffloadError> {
+    pub fn set_reason_mask(
+        &self,
+        m: &Arc<dyn Migrator>,
+        mask: ReasonMask,
+    ) -> Result<(), OffloadError> {
         let _g = lock(&self.reg_lock);
         let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
         match d.as_ref() {
             Some(a) if same(a, m) => {
-                self.reason_mask.store(mask.clamp().bits(), Ordering::SeqCst);
+                self.reason_mask
+                    .store(mask.clamp().bits(), Ordering::SeqCst);
                 Ok(())
             }
-            _ => Err(OffloadError::Invalid(format!("{} is not the active migrator", m.name()))),
+            _ => Err(OffloadError::Invalid(format!(
+                "{} is not the active migrator",
+                m.name()
+            ))),
         }
     }
 
@@ -291,7 +321,8 @@ impl Registry {
     /// `migrate_offload_batch_copy(dst, src, n)`: the only place a driver is entered.
     pub fn batch_copy(&self, batch: &CopyBatch<'_>) -> Result<(), Errno> {
         self.nr_batches.fetch_add(1, Ordering::Relaxed);
-        self.nr_folios_offered.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.nr_folios_offered
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
         let rc = match d.as_ref() {
             Some(m) => m.offload_copy(batch),

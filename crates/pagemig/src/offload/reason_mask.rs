@@ -93,7 +93,11 @@ impl FromStr for ReasonMask {
         };
         if let Some(v) = raw {
             if v & !(ReasonMask::ALL.0 as u64) != 0 {
-                return Err(ReasonMaskError::BitsOutOfRange { mask: v, nr: Reason::ALL.len(), allowed: ReasonMask::ALL.0 });
+                return Err(ReasonMaskError::BitsOutOfRange {
+                    mask: v,
+                    nr: Reason::ALL.len(),
+                    allowed: ReasonMask::ALL.0,
+                });
             }
             return Ok(ReasonMask(v as u32));
         }
@@ -101,7 +105,11 @@ impl FromStr for ReasonMask {
         for word in s.split(',').map(str::trim) {
             let r = Reason::from_name(word).ok_or_else(|| ReasonMaskError::UnknownReason {
                 name: word.to_string(),
-                known: Reason::ALL.iter().map(|r| r.name()).collect::<Vec<_>>().join(", "),
+                known: Reason::ALL
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
             m = m.with(r);
         }
@@ -112,7 +120,11 @@ impl FromStr for ReasonMask {
 impl fmt::Display for ReasonMask {
     /// A comma-separated list of names, or `none`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = Reason::ALL.iter().filter(|r| self.contains(**r)).map(|r| r.name()).collect();
+        let names: Vec<&str> = Reason::ALL
+            .iter()
+            .filter(|r| self.contains(**r))
+            .map(|r| r.name())
+            .collect();
         if names.is_empty() {
             f.write_str("none")
         } else {
@@ -134,15 +146,27 @@ mod tests {
         assert!(!m.contains(Reason::Syscall));
         assert_eq!(m.to_string(), "compaction,demotion");
         assert_eq!(m.to_string().parse::<ReasonMask>().unwrap(), m);
-        assert_eq!("0x9".parse::<ReasonMask>().unwrap(), ReasonMask::of(&[Reason::Compaction, Reason::Syscall]));
+        assert_eq!(
+            "0x9".parse::<ReasonMask>().unwrap(),
+            ReasonMask::of(&[Reason::Compaction, Reason::Syscall])
+        );
         assert_eq!("9".parse::<ReasonMask>().unwrap().bits(), 9);
-        assert_eq!(ReasonMask::ALL.to_string().parse::<ReasonMask>().unwrap(), ReasonMask::ALL);
+        assert_eq!(
+            ReasonMask::ALL.to_string().parse::<ReasonMask>().unwrap(),
+            ReasonMask::ALL
+        );
     }
 
     #[test]
     fn bad_masks_are_errors() {
-        assert!(matches!("compaction,bogus".parse::<ReasonMask>(), Err(ReasonMaskError::UnknownReason { .. })));
-        assert!(matches!("0xffff".parse::<ReasonMask>(), Err(ReasonMaskError::BitsOutOfRange { .. })));
+        assert!(matches!(
+            "compaction,bogus".parse::<ReasonMask>(),
+            Err(ReasonMaskError::UnknownReason { .. })
+        ));
+        assert!(matches!(
+            "0xffff".parse::<ReasonMask>(),
+            Err(ReasonMaskError::BitsOutOfRange { .. })
+        ));
         assert_eq!("".parse::<ReasonMask>(), Err(ReasonMaskError::Empty));
         assert!("0xzz".parse::<ReasonMask>().is_err());
     }

@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pagemig::migrate::{alloc_on_node, migrate_pages, MigratePagesResult, Mode, Reason};
-use pagemig::mm::{AddressSpace, FaultHooks, Folio, Memory, MemoryConfig, MovableOps, NodeId, Order, VirtAddr, PAGE_SIZE};
+use pagemig::mm::{
+    AddressSpace, FaultHooks, Folio, Memory, MemoryConfig, MovableOps, NodeId, Order, VirtAddr,
+    PAGE_SIZE,
+};
 use pagemig::offload::{CopyBatch, Migrator};
 use pagemig::Errno;
 
@@ -15,7 +18,11 @@ pub fn memory(capacity_bytes: usize) -> Arc<Memory> {
     Memory::new(MemoryConfig::with_nodes(2, capacity_bytes)).unwrap()
 }
 
-pub fn memory_with(capacity_bytes: usize, hooks: Option<Arc<dyn FaultHooks>>, ops: Option<Arc<dyn MovableOps>>) -> Arc<Memory> {
+pub fn memory_with(
+    capacity_bytes: usize,
+    hooks: Option<Arc<dyn FaultHooks>>,
+    ops: Option<Arc<dyn MovableOps>>,
+) -> Arc<Memory> {
     let mut c = MemoryConfig::with_nodes(2, capacity_bytes);
     c.hooks = hooks;
     c.movable_ops = ops;
@@ -49,7 +56,11 @@ pub fn map_filled(space: &Arc<AddressSpace>, n: usize, order: u8, tag: u64) -> V
             let va = VirtAddr(BASE + (i * size) as u64);
             let f = space.map_anon(va, NodeId(0), Order(order)).unwrap();
             for p in 0..(1 << order) {
-                acc.write(VirtAddr(va.0 + (p * PAGE_SIZE) as u64), &pattern(tag, i * (1 << order) + p)).unwrap();
+                acc.write(
+                    VirtAddr(va.0 + (p * PAGE_SIZE) as u64),
+                    &pattern(tag, i * (1 << order) + p),
+                )
+                .unwrap();
             }
             f
         })
@@ -61,7 +72,8 @@ pub fn check_filled(space: &Arc<AddressSpace>, n: usize, order: u8, tag: u64) {
     let acc = space.accessor();
     let mut buf = vec![0u8; PAGE_SIZE];
     for page in 0..n << order {
-        acc.read(VirtAddr(BASE + (page * PAGE_SIZE) as u64), &mut buf).unwrap();
+        acc.read(VirtAddr(BASE + (page * PAGE_SIZE) as u64), &mut buf)
+            .unwrap();
         assert!(buf == pattern(tag, page), "page {page} lost its content");
     }
 }
@@ -73,7 +85,13 @@ pub fn isolate_all(mm: &Memory, folios: &[Folio]) -> Vec<Folio> {
     folios.to_vec()
 }
 
-pub fn migrate_to(mm: &Memory, list: &mut Vec<Folio>, node: u32, mode: Mode, reason: Reason) -> MigratePagesResult {
+pub fn migrate_to(
+    mm: &Memory,
+    list: &mut Vec<Folio>,
+    node: u32,
+    mode: Mode,
+    reason: Reason,
+) -> MigratePagesResult {
     let mut alloc = alloc_on_node(mm, NodeId(node));
     migrate_pages(mm, list, &mut alloc, None, mode, reason).unwrap()
 }
@@ -85,7 +103,11 @@ pub fn node_at(space: &AddressSpace, va: u64) -> u32 {
 
 /// Frame accounting: once every space is gone, every frame is free again.
 pub fn assert_frames_balanced(mm: &Memory) {
-    assert_eq!(mm.nr_free_pages_total(), mm.nr_pages_total(), "frames leaked");
+    assert_eq!(
+        mm.nr_free_pages_total(),
+        mm.nr_pages_total(),
+        "frames leaked"
+    );
 }
 
 /// A migrator that copies with the default copier and counts folios copied.
