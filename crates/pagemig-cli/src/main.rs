@@ -1,5 +1,7 @@
 //! `pagemig`: benchmark the page-migration engine.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod spec;
 

@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn pagemig(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_pagemig")).args(args).output().expect("run pagemig")
+    Command::new(env!("CARGO_BIN_EXE_pagemig"))
+        .args(args)
+        .output()
+        .expect("run pagemig")
 }
 
 #[test]
@@ -11,12 +14,25 @@ fn quick_bench_prints_the_table_and_writes_json_with_verified_results() {
     let dir = std::env::temp_dir().join(format!("pagemig-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("out.json");
-    let out = pagemig(&["bench", "--quick", "--quiet", "--sizes", "4K,64K,2M", "--json", json.to_str().unwrap()]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = pagemig(&[
+        "bench",
+        "--quick",
+        "--quiet",
+        "--sizes",
+        "4K,64K,2M",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("copy limit"));
     assert!(text.contains("vanilla") && text.contains("batch"));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let limit = v["machine"]["copy_limit_gbps"]["1"].as_f64().unwrap();
     assert!(limit > 0.1);
     let results = v["results"].as_array().unwrap();
@@ -30,9 +46,15 @@ fn quick_bench_prints_the_table_and_writes_json_with_verified_results() {
             assert!(r["phases_ns"][k].is_u64(), "{k}");
         }
         let size = r["folio_size"].as_u64().unwrap();
-        assert_eq!(r["nr_folios"].as_u64().unwrap() * size, v["total_bytes"].as_u64().unwrap());
+        assert_eq!(
+            r["nr_folios"].as_u64().unwrap() * size,
+            v["total_bytes"].as_u64().unwrap()
+        );
         if r["engine"] == "batch" {
-            assert!(r["nr_copied_by_batch"].as_u64().unwrap() > 0, "batch engine used the batch copy");
+            assert!(
+                r["nr_copied_by_batch"].as_u64().unwrap() > 0,
+                "batch engine used the batch copy"
+            );
             assert!(r["phases_ns"]["copy"].as_u64().unwrap() > 0);
         } else {
             assert_eq!(r["nr_copied_by_batch"], 0, "vanilla never batch-copies");
@@ -46,8 +68,14 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
     for (args, needle) in [
         (vec!["bench", "--sizes", "3K"], "bad folio size"),
         (vec!["bench", "--total", "0"], "--total"),
-        (vec!["bench", "--engines", "vanilla,turbo"], "unknown engine"),
-        (vec!["bench", "--total", "3M", "--sizes", "2M"], "not a multiple"),
+        (
+            vec!["bench", "--engines", "vanilla,turbo"],
+            "unknown engine",
+        ),
+        (
+            vec!["bench", "--total", "3M", "--sizes", "2M"],
+            "not a multiple",
+        ),
         (vec!["bench", "--runs", "0"], "--runs"),
         (vec!["bench", "--sizes", ""], "empty size list"),
     ] {

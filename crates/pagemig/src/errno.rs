@@ -1,5 +1,7 @@
 //! Linux error numbers as the migration code uses them.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 
 /// A per-folio or per-call error code with the meaning Linux gives it.

@@ -1,6 +1,8 @@
 //! A tiny synchronisation shim (the crossbeam / tokio pattern): the protocols in this crate
 //! use these names, so that under `--cfg loom` the same code is model-checked by loom.
 
+#![forbid(unsafe_code)]
+
 #[cfg(not(loom))]
 pub use std::sync::{
     atomic::{fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},

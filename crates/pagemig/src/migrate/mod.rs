@@ -5,6 +5,8 @@
 //! the split in `unmap.rs`, `migrate_folio_move` / `move_to_new_folio` /
 //! `__migrate_folio` in `move_folio.rs`, and the undo helpers in `undo.rs`.
 
+#![forbid(unsafe_code)]
+
 mod batch;
 mod hugetlb;
 mod move_folio;

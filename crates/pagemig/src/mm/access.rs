@@ -3,6 +3,8 @@
 //! the cached entry or walks the page table; an access that meets a migration entry waits
 //! until that folio's migration finishes (`migration_entry_wait`) and then retries.
 
+#![forbid(unsafe_code)]
+
 use std::cell::Cell;
 
 use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Ordering};

@@ -5,6 +5,8 @@
 //! indexed by frame number (the `lru` links of `struct page`), so allocation, freeing and
 //! merging are O(1) per order. Frame numbers here are node-local.
 
+#![forbid(unsafe_code)]
+
 /// The largest order the allocator hands out: 2 MiB with 4 KiB pages (a PMD).
 pub const MAX_PAGE_ORDER: u8 = 9;
 const NR_ORDERS: usize = MAX_PAGE_ORDER as usize + 1;

@@ -2,6 +2,8 @@
 //! `PG_*` flags, the folio lock with its wait queue (`folio_wait_table`), and the series'
 //! `migrate_info` word.
 
+#![forbid(unsafe_code)]
+
 use crate::sync::{lock, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Condvar, Mutex, Ordering};
 
 use super::{Memory, NodeId, Order, Pfn};

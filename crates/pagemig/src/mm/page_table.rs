@@ -4,6 +4,8 @@
 //! A PTE is one `AtomicU64`, so accessors walk the table without locks (like a hardware
 //! walker); every change is made under the space's page-table lock (`ptl`).
 
+#![forbid(unsafe_code)]
+
 use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 
 use super::access::{Accessor, AccessorSlot};

@@ -7,6 +7,8 @@
 //! virtual address (`folio->index`), which is what `fork()` gives; a folio shared by two
 //! spaces is mapped at the same address in both.
 
+#![forbid(unsafe_code)]
+
 use crate::sync::{lock, Arc, Mutex, Ordering, Weak};
 
 use super::folio::{Folio, FolioRef};

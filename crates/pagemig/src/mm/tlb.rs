@@ -18,6 +18,8 @@
 //! use. After `flush_tlb_space` returns no accessor can write through a translation taken
 //! before the unmap — which is what lets the batch copy run right after the flush.
 
+#![forbid(unsafe_code)]
+
 use crate::sync::{lock, Arc, Ordering};
 
 use super::access::AccessorSlot;

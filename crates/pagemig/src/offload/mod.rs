@@ -4,6 +4,8 @@
 //! runtime reason mask, the SRCU-protected dispatch, and the default copier
 //! [`migrate_folios_mc_copy`].
 
+#![forbid(unsafe_code)]
+
 mod reason_mask;
 
 pub use reason_mask::{ReasonMask, ReasonMaskError};
