@@ -44,3 +44,4 @@ pub mod offload;
 pub mod sync;
 
 pub use errno::Errno;
+pub mod sys;

@@ -1,0 +1,265 @@
+//! Copy-offload drivers for pagemig — the analogue of the series' `drivers/migrate_offload/`:
+//!
+//! * [`mtcopy`] — a multi-threaded CPU copier with a persistent thread pool (Zi Yan's
+//!   `mtcopy`, in its padata form);
+//! * [`dcbm`] — the DMA batch migrator, over a dmaengine-style provider API
+//!   ([`dmaengine`]) with an emulated copy engine ([`emulated`]).
+//!
+//! A driver sees only the offload API of `pagemig` (the `Migrator` trait, `CopyBatch`, the
+//! registry), the way a kernel module sees only exported symbols. Knobs are set through
+//! [`ModuleParams`], the analogue of module parameters.
+
+#![forbid(unsafe_code)]
+
+pub mod dcbm;
+pub mod dmaengine;
+pub mod emulated;
+pub mod mtcopy;
+mod params;
+mod sync;
+
+pub use params::{ModuleParams, ParamError};
+
+use std::fmt;
+use std::sync::Arc;
+
+use pagemig::mm::Memory;
+
+/// A copy engine named on a command line: `vanilla`, `batch`, `mtcopy:N`, `dcbm:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineSpec {
+    /// Offload off: each folio copied inside its own move step (today's kernel).
+    Vanilla,
+    /// Offload on with the default copier `migrate_folios_mc_copy` (the series, no driver).
+    Batch,
+    /// The multi-threaded CPU copier with this many threads.
+    MtCopy(usize),
+    /// The DMA batch migrator with this many channels (emulated provider).
+    Dcbm(usize),
+}
+
+impl EngineSpec {
+    /// Threads or channels.
+    pub fn width(&self) -> usize {
+        match *self {
+            EngineSpec::Vanilla | EngineSpec::Batch => 1,
+            EngineSpec::MtCopy(n) | EngineSpec::Dcbm(n) => n,
+        }
+    }
+    /// The engine's family name (`mtcopy`), used to route knob flags.
+    pub fn family(&self) -> &'static str {
+        match self {
+            EngineSpec::Vanilla => "vanilla",
+            EngineSpec::Batch => "batch",
+            EngineSpec::MtCopy(_) => "mtcopy",
+            EngineSpec::Dcbm(_) => "dcbm",
+        }
+    }
+}
+
+impl fmt::Display for EngineSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineSpec::Vanilla => f.write_str("vanilla"),
+            EngineSpec::Batch => f.write_str("batch"),
+            EngineSpec::MtCopy(n) => write!(f, "mtcopy:{n}"),
+            EngineSpec::Dcbm(n) => write!(f, "dcbm:{n}"),
+        }
+    }
+}
+
+/// Why an engine spec did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+impl std::str::FromStr for EngineSpec {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (name, width) = match s.split_once(':') {
+            Some((n, w)) => {
+                let w: usize = w.parse().map_err(|_| {
+                    SpecError(format!(
+                        "bad width in engine {s:?}: expected a number after ':'"
+                    ))
+                })?;
+                (n, Some(w))
+            }
+            None => (s, None),
+        };
+        let spec = match (name, width) {
+            ("vanilla", None) => EngineSpec::Vanilla,
+            ("batch", None) => EngineSpec::Batch,
+            ("mtcopy", w) => {
+                let w = w.unwrap_or_else(mtcopy::default_threads);
+                if !(1..=mtcopy::MAX_THREADS).contains(&w) {
+                    return Err(SpecError(format!(
+                        "mtcopy threads must be 1..={}, got {w}",
+                        mtcopy::MAX_THREADS
+                    )));
+                }
+                EngineSpec::MtCopy(w)
+            }
+            ("dcbm", w) => {
+                let w = w.unwrap_or(1);
+                if !(1..=dcbm::MAX_DMA_CHANNELS).contains(&w) {
+                    return Err(SpecError(format!(
+                        "dcbm channels must be 1..={}, got {w}",
+                        dcbm::MAX_DMA_CHANNELS
+                    )));
+                }
+                EngineSpec::Dcbm(w)
+            }
+            ("vanilla" | "batch", Some(_)) => {
+                return Err(SpecError(format!("engine {name:?} takes no width")))
+            }
+            _ => {
+                return Err(SpecError(format!(
+                    "unknown engine {s:?} (known: vanilla, batch, mtcopy:N, dcbm:N)"
+                )))
+            }
+        };
+        Ok(spec)
+    }
+}
+
+/// A live engine: the driver behind a spec, switched on for one memory.
+pub enum Engine {
+    /// No driver (offload off).
+    Vanilla,
+    /// The default copier, registered.
+    Batch(Arc<dyn pagemig::offload::Migrator>, Arc<Memory>),
+    /// mtcopy, offloading on.
+    MtCopy(mtcopy::MtCopy),
+    /// dcbm, offloading on.
+    Dcbm(dcbm::Dcbm),
+}
+
+impl Engine {
+    /// Creates the driver for `spec`, applies `knobs` (`name=value`, for this family) and
+    /// switches offloading on.
+    pub fn start(
+        spec: EngineSpec,
+        mm: &Arc<Memory>,
+        knobs: &[(String, String)],
+    ) -> Result<Engine, ParamError> {
+        let e = match spec {
+            EngineSpec::Vanilla => {
+                if let Some((k, _)) = knobs.first() {
+                    return Err(ParamError::Unknown {
+                        name: k.clone(),
+                        known: "none".into(),
+                    });
+                }
+                Engine::Vanilla
+            }
+            EngineSpec::Batch => {
+                let m: Arc<dyn pagemig::offload::Migrator> =
+                    Arc::new(pagemig::offload::DefaultCopier);
+                let mut mask = pagemig::offload::ReasonMask::ALL;
+                for (k, v) in knobs {
+                    match k.as_str() {
+                        "reason_mask" => {
+                            mask = v.parse().map_err(|e| ParamError::invalid(k, v, e))?
+                        }
+                        _ => {
+                            return Err(ParamError::Unknown {
+                                name: k.clone(),
+                                known: "reason_mask".into(),
+                            })
+                        }
+                    }
+                }
+                mm.offload()
+                    .register(m.clone(), mask)
+                    .map_err(ParamError::Offload)?;
+                Engine::Batch(m, mm.clone())
+            }
+            EngineSpec::MtCopy(n) => {
+                let d = mtcopy::MtCopy::new(mm);
+                d.set_param("threads", &n.to_string())?;
+                for (k, v) in knobs {
+                    d.set_param(k, v)?;
+                }
+                d.set_param("offloading", "1")?;
+                Engine::MtCopy(d)
+            }
+            EngineSpec::Dcbm(n) => {
+                let dev = emulated::EmulatedDmaDevice::new(mm, emulated::EmulatedConfig::default());
+                let d = dcbm::Dcbm::new(mm, dev);
+                d.set_param("nr_dma_chan", &n.to_string())?;
+                for (k, v) in knobs {
+                    d.set_param(k, v)?;
+                }
+                d.set_param("offloading", "1")?;
+                Engine::Dcbm(d)
+            }
+        };
+        Ok(e)
+    }
+
+    /// Switches offloading off (unregisters; waits for in-flight copies).
+    pub fn stop(self) -> Result<(), ParamError> {
+        match self {
+            Engine::Vanilla => Ok(()),
+            Engine::Batch(m, mm) => mm
+                .offload()
+                .unregister(&m)
+                .map(|_| ())
+                .map_err(ParamError::Offload),
+            Engine::MtCopy(d) => d.set_param("offloading", "0"),
+            Engine::Dcbm(d) => d.set_param("offloading", "0"),
+        }
+    }
+
+    /// The driver's counters as (name, value).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        match self {
+            Engine::Vanilla | Engine::Batch(..) => Vec::new(),
+            Engine::MtCopy(d) => d.counters(),
+            Engine::Dcbm(d) => d.counters(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_specs_parse_with_clear_errors() {
+        assert_eq!(
+            "vanilla".parse::<EngineSpec>().unwrap(),
+            EngineSpec::Vanilla
+        );
+        assert_eq!(
+            "mtcopy:4".parse::<EngineSpec>().unwrap(),
+            EngineSpec::MtCopy(4)
+        );
+        assert_eq!(
+            "dcbm:16".parse::<EngineSpec>().unwrap(),
+            EngineSpec::Dcbm(16)
+        );
+        assert_eq!("dcbm".parse::<EngineSpec>().unwrap(), EngineSpec::Dcbm(1));
+        assert!("dcbm:0"
+            .parse::<EngineSpec>()
+            .unwrap_err()
+            .0
+            .contains("1..=16"));
+        assert!("dcbm:17".parse::<EngineSpec>().is_err());
+        assert!("mtcopy:65"
+            .parse::<EngineSpec>()
+            .unwrap_err()
+            .0
+            .contains("1..=64"));
+        assert!("mtcopy:x".parse::<EngineSpec>().is_err());
+        assert!("batch:2".parse::<EngineSpec>().is_err());
+        assert!("turbo"
+            .parse::<EngineSpec>()
+            .unwrap_err()
+            .0
+            .contains("unknown engine"));
+        assert_eq!(EngineSpec::Dcbm(8).to_string(), "dcbm:8");
+    }
+}
