@@ -54,7 +54,7 @@ pub struct DmaFaults {
     pub stall_ms: AtomicU64,
     /// `request_channel` fails with `ENODEV`.
     pub no_channel: AtomicBool,
-    /// >0: engines take descriptors in pairs and complete the second first, the first
+    /// Non-zero: engines take descriptors in pairs and complete the second first, the first
     /// after this many microseconds.
     pub reorder_delay_us: AtomicU64,
     /// Descriptors executed successfully.
