@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use pagemig::migrate::{alloc_on_node, migrate_pages, Mode, PhaseTimes, Reason};
 use pagemig::mm::{
-    AddressSpace, Folio, Memory, MemoryConfig, NodeId, Order, VirtAddr, HPAGE_PMD_ORDER, PAGE_SIZE,
+    AddressSpace, Folio, Memory, MemoryConfig, NodeId, Order, VirtAddr, HPAGE_PMD_ORDER,
 };
-use pagemig::offload::{DefaultCopier, Migrator, ReasonMask};
+use pagemig_engines::Engine;
 use serde::Serialize;
 
 use crate::spec::{format_size, EngineSpec};
@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub mode: Mode,
     /// Print progress lines on stderr.
     pub verbose: bool,
+    /// Knobs: (engine family, name, value).
+    pub knobs: Vec<(String, String, String)>,
 }
 
 /// The machine section of the JSON.
@@ -82,6 +84,11 @@ pub struct BenchResult {
     pub gbps_sd: f64,
     /// Mean as a fraction of the single-thread copy limit.
     pub frac_of_limit: f64,
+    /// Mean as a fraction of the copy limit with as many threads as the engine's width
+    /// (capped at the CPUs measured).
+    pub frac_of_width_limit: f64,
+    /// The engine's own counters after the last run (folios_migrated, ...), summed over runs.
+    pub engine_counters: std::collections::BTreeMap<String, u64>,
     /// Folios not migrated, summed over runs.
     pub nr_failed: usize,
     /// Mean phase times.
@@ -115,9 +122,9 @@ pub enum BenchError {
     /// Setting up memory failed.
     #[error("memory setup: {0}")]
     Mm(#[from] pagemig::mm::MmError),
-    /// Registration failed.
+    /// Engine setup failed.
     #[error("engine setup: {0}")]
-    Offload(#[from] pagemig::offload::OffloadError),
+    Engine(#[from] pagemig_engines::ParamError),
     /// Content did not survive migration.
     #[error("checksum mismatch after migration: engine {engine}, folio size {size}, {nr_bad} folio(s) differ")]
     Mismatch {
@@ -156,6 +163,22 @@ pub struct CopyLimitProbe {
     src: Vec<Folio>,
     dst: Vec<Folio>,
     samples: Vec<f64>,
+    /// Samples with every CPU copying its share at once, keyed by thread count.
+    samples_mt: std::collections::BTreeMap<usize, Vec<f64>>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 impl CopyLimitProbe {
@@ -174,7 +197,41 @@ impl CopyLimitProbe {
             src,
             dst,
             samples: Vec::new(),
+            samples_mt: Default::default(),
         })
+    }
+
+    /// One pass with `t` threads, each copying a contiguous share of the pairs at once.
+    pub fn sample_threads(&mut self, mm: &Memory, t: usize) -> f64 {
+        if t <= 1 {
+            return self.sample(mm);
+        }
+        let n = self.src.len();
+        let t0 = Instant::now();
+        std::thread::scope(|sc| {
+            for j in 0..t {
+                let (a, b) = (n * j / t, n * (j + 1) / t);
+                let (src, dst) = (&self.src[a..b], &self.dst[a..b]);
+                sc.spawn(move || {
+                    for (d, s) in dst.iter().zip(src) {
+                        mm.folio_mc_copy(*d, *s)
+                            .expect("fresh folios are not poisoned");
+                    }
+                    pagemig::copy::store_fence();
+                });
+            }
+        });
+        let gbps = (n * (2 << 20)) as f64 / t0.elapsed().as_secs_f64() / 1e9;
+        self.samples_mt.entry(t).or_default().push(gbps);
+        gbps
+    }
+
+    /// Median limit with `t` threads.
+    pub fn limit_threads(&self, t: usize) -> f64 {
+        if t <= 1 {
+            return self.limit();
+        }
+        self.samples_mt.get(&t).map_or(0.0, |v| median(v))
     }
 
     /// One pass: copies every pair once and records GB/s.
@@ -192,17 +249,7 @@ impl CopyLimitProbe {
 
     /// The median of all passes: the limit the results are compared with.
     pub fn limit(&self) -> f64 {
-        let mut v = self.samples.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            return 0.0;
-        }
-        let m = v.len() / 2;
-        if v.len() % 2 == 1 {
-            v[m]
-        } else {
-            (v[m - 1] + v[m]) / 2.0
-        }
+        median(&self.samples)
     }
 
     /// Frees the folios.
@@ -314,22 +361,12 @@ fn migrate_once(
     })
 }
 
-fn setup_engine(mm: &Memory, e: EngineSpec) -> Result<Option<Arc<dyn Migrator>>, BenchError> {
-    match e {
-        EngineSpec::Vanilla => Ok(None),
-        EngineSpec::Batch => {
-            let m: Arc<dyn Migrator> = Arc::new(DefaultCopier);
-            mm.offload().register(m.clone(), ReasonMask::ALL)?;
-            Ok(Some(m))
-        }
-    }
-}
-
-fn teardown_engine(mm: &Memory, m: Option<Arc<dyn Migrator>>) -> Result<(), BenchError> {
-    if let Some(m) = m {
-        mm.offload().unregister(&m)?;
-    }
-    Ok(())
+fn knobs_for(opts: &BenchOptions, e: EngineSpec) -> Vec<(String, String)> {
+    opts.knobs
+        .iter()
+        .filter(|(f, _, _)| f == e.family())
+        .map(|(_, k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -358,9 +395,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     // The limit is sampled before the table and again between runs, so that it sees the
     // same drift of the machine's memory bandwidth as the migrations do; the median of all
     // passes is the limit.
+    let nr_cpus = pagemig::sys::nr_cpus();
     let mut probe = CopyLimitProbe::new(&mm, opts.total_bytes)?;
     for _ in 0..3 {
         probe.sample(&mm);
+        probe.sample_threads(&mm, nr_cpus);
     }
     let mut results = Vec::new();
     for &size in &opts.sizes {
@@ -374,16 +413,23 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         let mut w = Workload::new(&mm, size, opts.total_bytes)?;
         let mut per_engine: Vec<Vec<RunOutcome>> =
             (0..opts.engines.len()).map(|_| Vec::new()).collect();
-        // Warm-up: one untimed round trip with the first engine.
-        let m = setup_engine(&mm, opts.engines[0])?;
+        let mut counters: Vec<std::collections::BTreeMap<String, u64>> = (0..opts.engines.len())
+            .map(|_| Default::default())
+            .collect();
+        // Warm-up: one untimed migration with the first engine.
+        let eng = Engine::start(opts.engines[0], &mm, &knobs_for(opts, opts.engines[0]))?;
         migrate_once(&mm, &mut w, opts.mode, &opts.engines[0].to_string())?;
-        teardown_engine(&mm, m)?;
+        eng.stop()?;
         for _ in 0..opts.runs {
             probe.sample(&mm);
+            probe.sample_threads(&mm, nr_cpus);
             for (k, &e) in opts.engines.iter().enumerate() {
-                let m = setup_engine(&mm, e)?;
+                let eng = Engine::start(e, &mm, &knobs_for(opts, e))?;
                 let out = migrate_once(&mm, &mut w, opts.mode, &e.to_string());
-                teardown_engine(&mm, m)?;
+                for (name, v) in eng.counters() {
+                    *counters[k].entry(name.to_string()).or_default() += v;
+                }
+                eng.stop()?;
                 per_engine[k].push(out?);
             }
         }
@@ -408,6 +454,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 gbps_mean: mean,
                 gbps_sd: sd,
                 frac_of_limit: 0.0,
+                frac_of_width_limit: 0.0,
+                engine_counters: counters[k].clone(),
                 nr_failed: outs.iter().map(|o| o.nr_failed).sum(),
                 phases_ns: PhasesNs {
                     unmap: ph.unmap_ns / n,
@@ -435,9 +483,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let limit = probe.limit();
     for r in &mut results {
         r.frac_of_limit = r.gbps_mean / limit;
+        let w = r.width.min(nr_cpus);
+        r.frac_of_width_limit = r.gbps_mean / probe.limit_threads(w);
     }
     let mut copy_limit_gbps = std::collections::BTreeMap::new();
     copy_limit_gbps.insert("1".to_string(), limit);
+    if nr_cpus > 1 {
+        copy_limit_gbps.insert(nr_cpus.to_string(), probe.limit_threads(nr_cpus));
+    }
     let copy_limit_samples = probe.samples.clone();
     probe.release(&mm);
     Ok(BenchReport {
@@ -458,46 +511,63 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     })
 }
 
-/// Renders the series-style table.
+/// Renders the series-style tables: baseline, mtcopy by threads, dcbm by channels.
 pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) -> String {
     let mut s = String::new();
-    let limit = rep.machine.copy_limit_gbps.get("1").copied().unwrap_or(0.0);
+    let limits: Vec<String> = rep
+        .machine
+        .copy_limit_gbps
+        .iter()
+        .map(|(t, g)| format!("{t} thread{}: {g:.2} GB/s", if t == "1" { "" } else { "s" }))
+        .collect();
     s.push_str(&format!(
-        "copy limit (1 thread, {} in 2M chunks, {}; median of {} passes spread over the run): {:.2} GB/s\n",
+        "copy limit ({} in 2M chunks, {}; median of {} passes spread over the run): {}\n",
         format_size(rep.total_bytes),
         rep.machine.copy_primitive,
         rep.machine.copy_limit_samples_1t.len(),
-        limit
+        limits.join(", ")
     ));
     s.push_str(&format!(
-        "moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the copy limit)\n\n",
+        "moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the single-thread copy limit)\n",
         format_size(rep.total_bytes),
         rep.batch_pages,
         rep.mode
     ));
-    s.push_str(&format!("{:<12}", "engine"));
-    for &z in sizes {
-        s.push_str(&format!(" {:>20}", format_size(z)));
-    }
-    s.push('\n');
-    for e in engines {
-        s.push_str(&format!("{:<12}", e.to_string()));
+    for (title, fam) in [
+        ("baseline", &["vanilla", "batch"][..]),
+        ("mtcopy, by threads", &["mtcopy"][..]),
+        ("dcbm, by channels", &["dcbm"][..]),
+    ] {
+        let rows: Vec<&EngineSpec> = engines
+            .iter()
+            .filter(|e| fam.contains(&e.family()))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        s.push_str(&format!("\n{title}\n{:<12}", "engine"));
         for &z in sizes {
-            let cell = rep
-                .results
-                .iter()
-                .find(|r| r.engine == e.to_string() && r.folio_size == z)
-                .map(|r| {
-                    format!(
-                        "{:.2}±{:.2} ({:.2})",
-                        r.gbps_mean, r.gbps_sd, r.frac_of_limit
-                    )
-                })
-                .unwrap_or_else(|| "-".into());
-            s.push_str(&format!(" {:>20}", cell));
+            s.push_str(&format!(" {:>20}", format_size(z)));
         }
         s.push('\n');
+        for e in rows {
+            s.push_str(&format!("{:<12}", e.to_string()));
+            for &z in sizes {
+                let cell = rep
+                    .results
+                    .iter()
+                    .find(|r| r.engine == e.to_string() && r.folio_size == z)
+                    .map(|r| {
+                        format!(
+                            "{:.2}±{:.2} ({:.2})",
+                            r.gbps_mean, r.gbps_sd, r.frac_of_limit
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                s.push_str(&format!(" {:>20}", cell));
+            }
+            s.push('\n');
+        }
     }
-    let _ = PAGE_SIZE;
     s
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use pagemig::migrate::Mode;
 
-use spec::{parse_engine, parse_folio_size, parse_list, parse_size};
+use spec::{parse_engine, parse_folio_size, parse_knob, parse_list, parse_size};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,9 +44,16 @@ struct BenchArgs {
     /// Bytes moved per migration (a multiple of the largest folio size).
     #[arg(long, default_value = "1G")]
     total: String,
-    /// Engines, comma-separated: vanilla, batch.
-    #[arg(long, default_value = "vanilla,batch")]
+    /// Engines, comma-separated: vanilla, batch, mtcopy:THREADS, dcbm:CHANNELS.
+    #[arg(
+        long,
+        default_value = "vanilla,batch,mtcopy:1,mtcopy:2,dcbm:1,dcbm:2,dcbm:4"
+    )]
     engines: String,
+    /// An engine knob, ENGINE.NAME=VALUE (repeatable), e.g. dcbm.min_batch_bytes=65536,
+    /// mtcopy.cpuselect=spread, batch.reason_mask=all.
+    #[arg(long = "knob", value_name = "ENGINE.NAME=VALUE")]
+    knobs: Vec<String>,
     /// Migrations per (size, engine); mean and standard deviation are reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -70,6 +77,12 @@ struct BenchArgs {
 fn bench(a: BenchArgs) -> Result<(), String> {
     let sizes = parse_list(&a.sizes, "size", parse_folio_size).map_err(|e| e.to_string())?;
     let engines = parse_list(&a.engines, "engine", parse_engine).map_err(|e| e.to_string())?;
+    let knobs = a
+        .knobs
+        .iter()
+        .map(|k| parse_knob(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     let mut total = parse_size(&a.total).map_err(|e| format!("--total: {e}"))?;
     let mut runs = a.runs;
     if a.quick {
@@ -109,6 +122,7 @@ fn bench(a: BenchArgs) -> Result<(), String> {
         batch_pages: a.batch_pages,
         mode,
         verbose: !a.quiet,
+        knobs,
     };
     let rep = bench::run(&opts).map_err(|e| e.to_string())?;
     print!("{}", bench::render_table(&rep, &sizes, &engines));

@@ -1,8 +1,6 @@
 //! Parsing of the command line's value syntaxes: sizes (`4K`, `2M`, `1G`) and engine
 //! specs (`vanilla`, `batch`).
 
-use std::fmt;
-
 /// A parse error with a message meant for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -60,40 +58,29 @@ pub fn format_size(n: usize) -> String {
     }
 }
 
-/// A copy engine selected on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineSpec {
-    /// Offload off: each folio copied inside its own move step (today's kernel).
-    Vanilla,
-    /// Offload on with the default copier (the series with no driver).
-    Batch,
-}
+pub use pagemig_engines::EngineSpec;
 
-impl EngineSpec {
-    /// Threads or channels (1 for the CPU copiers).
-    pub fn width(&self) -> usize {
-        1
-    }
-}
-
-impl fmt::Display for EngineSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EngineSpec::Vanilla => f.write_str("vanilla"),
-            EngineSpec::Batch => f.write_str("batch"),
-        }
-    }
-}
-
-/// Parses one engine spec.
+/// Parses one engine spec (`vanilla`, `batch`, `mtcopy:N`, `dcbm:N`).
 pub fn parse_engine(s: &str) -> Result<EngineSpec, SpecError> {
-    match s.trim() {
-        "vanilla" => Ok(EngineSpec::Vanilla),
-        "batch" => Ok(EngineSpec::Batch),
-        other => Err(SpecError(format!(
-            "unknown engine {other:?} (known: vanilla, batch)"
-        ))),
+    s.parse::<EngineSpec>().map_err(|e| SpecError(e.0))
+}
+
+/// Parses a knob flag `family.name=value` (`dcbm.reason_mask=demotion`).
+pub fn parse_knob(s: &str) -> Result<(String, String, String), SpecError> {
+    let (lhs, value) = s.split_once('=').ok_or_else(|| {
+        SpecError(format!(
+            "bad knob {s:?}: expected ENGINE.NAME=VALUE (e.g. dcbm.min_batch_bytes=65536)"
+        ))
+    })?;
+    let (family, name) = lhs
+        .split_once('.')
+        .ok_or_else(|| SpecError(format!("bad knob {s:?}: expected ENGINE.NAME=VALUE")))?;
+    if !["batch", "mtcopy", "dcbm"].contains(&family) {
+        return Err(SpecError(format!(
+            "bad knob {s:?}: unknown engine {family:?} (batch, mtcopy, dcbm)"
+        )));
     }
+    Ok((family.to_string(), name.to_string(), value.to_string()))
 }
 
 /// Parses a comma-separated list with `f`, rejecting an empty list.

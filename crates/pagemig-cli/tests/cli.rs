@@ -20,6 +20,8 @@ fn quick_bench_prints_the_table_and_writes_json_with_verified_results() {
         "--quiet",
         "--sizes",
         "4K,64K,2M",
+        "--engines",
+        "vanilla,batch,mtcopy:2,dcbm:2",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -31,15 +33,28 @@ fn quick_bench_prints_the_table_and_writes_json_with_verified_results() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("copy limit"));
     assert!(text.contains("vanilla") && text.contains("batch"));
+    assert!(text.contains("mtcopy, by threads") && text.contains("dcbm, by channels"));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let limit = v["machine"]["copy_limit_gbps"]["1"].as_f64().unwrap();
     assert!(limit > 0.1);
+    if std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        > 1
+    {
+        assert!(
+            v["machine"]["copy_limit_gbps"].as_object().unwrap().len() >= 2,
+            "an all-cores limit too"
+        );
+    }
     let results = v["results"].as_array().unwrap();
-    assert_eq!(results.len(), 6);
+    assert_eq!(results.len(), 12);
     for r in results {
         assert_eq!(r["backend"], "builtin");
-        assert_eq!(r["width"], 1);
+        let engine = r["engine"].as_str().unwrap();
+        let width = if engine.ends_with(":2") { 2 } else { 1 };
+        assert_eq!(r["width"], width, "{engine}");
         assert_eq!(r["nr_failed"], 0);
         assert!(r["gbps_mean"].as_f64().unwrap() > 0.0);
         for k in ["unmap", "flush", "copy", "move"] {
@@ -50,14 +65,23 @@ fn quick_bench_prints_the_table_and_writes_json_with_verified_results() {
             r["nr_folios"].as_u64().unwrap() * size,
             v["total_bytes"].as_u64().unwrap()
         );
-        if r["engine"] == "batch" {
+        if engine == "vanilla" {
+            assert_eq!(r["nr_copied_by_batch"], 0, "vanilla never batch-copies");
+        } else {
             assert!(
                 r["nr_copied_by_batch"].as_u64().unwrap() > 0,
-                "batch engine used the batch copy"
+                "{engine} used the batch copy"
             );
             assert!(r["phases_ns"]["copy"].as_u64().unwrap() > 0);
-        } else {
-            assert_eq!(r["nr_copied_by_batch"], 0, "vanilla never batch-copies");
+        }
+        if engine.starts_with("dcbm") || engine.starts_with("mtcopy") {
+            let c = &r["engine_counters"];
+            assert_eq!(c["folios_failures"], 0, "{engine}");
+            assert_eq!(
+                c["folios_migrated"].as_u64().unwrap(),
+                r["nr_copied_by_batch"].as_u64().unwrap(),
+                "{engine}: the driver's count matches the core's"
+            );
         }
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -78,6 +102,31 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
         ),
         (vec!["bench", "--runs", "0"], "--runs"),
         (vec!["bench", "--sizes", ""], "empty size list"),
+        (vec!["bench", "--engines", "dcbm:0"], "1..=16"),
+        (vec!["bench", "--engines", "mtcopy:65"], "1..=64"),
+        (
+            vec![
+                "bench",
+                "--quick",
+                "--engines",
+                "dcbm:1",
+                "--knob",
+                "dcbm.nr_dma_chan=0",
+            ],
+            "nr_dma_chan",
+        ),
+        (
+            vec![
+                "bench",
+                "--quick",
+                "--engines",
+                "dcbm:1",
+                "--knob",
+                "dcbm.reason_mask=bogus",
+            ],
+            "unknown migration reason",
+        ),
+        (vec!["bench", "--knob", "dcbm"], "bad knob"),
     ] {
         let out = pagemig(&args);
         assert!(!out.status.success(), "{args:?} should fail");

@@ -52,12 +52,22 @@ impl Pending {
     /// got there. Spins briefly first: copy batches are short and a sleep/wake costs tens
     /// of microseconds in a VM.
     pub(crate) fn wait_at_most(&self, target: usize, deadline: Option<Instant>) -> bool {
-        let spin_until = Instant::now() + Duration::from_micros(30);
+        self.wait_at_most_spin(target, deadline, Duration::from_micros(30))
+    }
+
+    /// As [`Pending::wait_at_most`], spinning (and yielding the CPU) up to `spin` first.
+    pub(crate) fn wait_at_most_spin(
+        &self,
+        target: usize,
+        deadline: Option<Instant>,
+        spin: Duration,
+    ) -> bool {
+        let spin_until = Instant::now() + spin;
         while Instant::now() < spin_until {
             if lock(&self.state).left <= target {
                 return true;
             }
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         let mut g = lock(&self.state);
         while g.left > target {

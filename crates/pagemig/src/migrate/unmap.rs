@@ -169,14 +169,17 @@ pub(crate) fn split_folio_to_list(
         return Err(Errno::Again);
     }
     let nr = f.nr_pages();
-    let flags = f.flags() & !(pg::HWPOISON | pg::HAS_HWPOISONED | pg::TAIL);
+    let flags = f.flags() & !pg::HAS_HWPOISONED;
     let mapping = f.meta.mapping.load(Ordering::Acquire);
     let index = f.meta.index.load(Ordering::Acquire);
     for k in 0..nr as u64 {
         let pfn = Pfn(folio.0 .0 + k);
         let m = mm.page(pfn);
-        let poisoned = m.flags.load(Ordering::Acquire) & pg::HWPOISON;
-        let extra = if poisoned != 0 { pg::HAS_HWPOISONED } else { 0 };
+        let extra = if mm.page_is_hwpoison(pfn) {
+            pg::HAS_HWPOISONED
+        } else {
+            0
+        };
         // Tail pieces are created locked like the head and unlocked below.
         m.order.store(0, Ordering::Relaxed);
         m.mapping.store(mapping, Ordering::Relaxed);
@@ -184,10 +187,11 @@ pub(crate) fn split_folio_to_list(
         m.mapcount.store(mapcount, Ordering::Relaxed);
         m.refcount.store(mapcount + 1, Ordering::Relaxed);
         m.migrate_info.store(0, Ordering::Relaxed);
-        m.flags.store(flags | poisoned | extra, Ordering::Release);
-        m.head.store(pfn.0, Ordering::Release);
+        m.flags.store(flags | extra, Ordering::Release);
         list.push(Folio(pfn));
     }
+    mm.clear_compound(folio.0, nr);
+    mm.mark_split_heads(folio.0, nr);
     for k in 1..nr as u64 {
         mm.folio(Folio(Pfn(folio.0 .0 + k))).unlock();
     }

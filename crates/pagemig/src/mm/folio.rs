@@ -8,8 +8,9 @@ use crate::sync::{lock, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Condvar, Mute
 
 use super::{Memory, NodeId, Order, Pfn};
 
-/// Page flags (`enum pageflags`). Folio-wide flags live on the head page; `HWPOISON` is
-/// per page.
+/// Page flags (`enum pageflags`) of a folio's head page. Per-page state lives beside the
+/// memmap: `PG_hwpoison` in a bitmap ([`Memory::page_is_hwpoison`]) and the tail-to-head
+/// link in an offset array ([`Memory::compound_head`]).
 pub mod pg {
     /// `PG_locked`: the folio lock.
     pub const LOCKED: u32 = 1 << 0;
@@ -25,8 +26,6 @@ pub mod pg {
     pub const HUGETLB: u32 = 1 << 5;
     /// A movable_ops page (balloon, zsmalloc): migrated through its own callback.
     pub const MOVABLE_OPS: u32 = 1 << 6;
-    /// `PG_hwpoison`, per page: reading it is an uncorrectable memory error.
-    pub const HWPOISON: u32 = 1 << 7;
     /// `PG_has_hwpoisoned`, on the head: some page of this large folio is poisoned.
     pub const HAS_HWPOISONED: u32 = 1 << 8;
     /// Isolated from the LRU for migration (`folio_isolate_lru` cleared `PG_lru`).
@@ -37,8 +36,6 @@ pub mod pg {
     pub const MLOCKED: u32 = 1 << 11;
     /// `PG_waiters`: someone sleeps on this folio's wait queue; unlock must wake it.
     pub const WAITERS: u32 = 1 << 13;
-    /// A tail page of a large folio.
-    pub const TAIL: u32 = 1 << 12;
 }
 
 /// The series' `migrate_info` state bits (v6: `FOLIO_WAS_MAPPED`, `FOLIO_WAS_MLOCKED`,
@@ -79,8 +76,6 @@ pub struct PageMeta {
     pub(crate) order: AtomicU8,
     pub(crate) refcount: AtomicI32,
     pub(crate) mapcount: AtomicI32,
-    /// Head pfn of the folio this page belongs to (`compound_head`).
-    pub(crate) head: AtomicU64,
     /// The series' `folio->migrate_info` (destination folios during migration).
     pub(crate) migrate_info: AtomicU64,
     /// anon_vma handle (`folio->mapping` with `PAGE_MAPPING_ANON`); 0 = none.

@@ -219,6 +219,14 @@ pub struct Node {
     arena: Arena,
     buddy: Mutex<Buddy>,
     memmap: Vec<PageMeta>,
+    /// Per page: distance to the head page (`compound_head`); 0 for heads and free pages.
+    /// Kept apart from the memmap so that allocating or freeing a 2 MiB folio touches 2 KiB
+    /// of metadata, not every tail `PageMeta`.
+    head_off: Vec<AtomicU32>,
+    /// Per page `PG_hwpoison`, as a bitmap.
+    hwpoison: Vec<AtomicU64>,
+    /// Per page: the page is the head of an allocated folio.
+    live_head: Vec<AtomicU64>,
 }
 
 impl Node {
@@ -319,10 +327,9 @@ impl Memory {
                 .map_err(|e| MmError::Arena(e.to_string()))?;
             let nr = arena.len_bytes() / PAGE_SIZE;
             let memmap: Vec<PageMeta> = (0..nr)
-                .map(|k| {
+                .map(|_| {
                     let m = PageMeta::default();
                     m.flags.store(pg::BUDDY, Ordering::Relaxed);
-                    m.head.store(base_pfn + k as u64, Ordering::Relaxed);
                     m
                 })
                 .collect();
@@ -332,6 +339,9 @@ impl Memory {
                 arena,
                 buddy: Mutex::new(Buddy::new(nr)),
                 memmap,
+                head_off: (0..nr).map(|_| AtomicU32::new(0)).collect(),
+                hwpoison: (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+                live_head: (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             });
             // Node `i` owns pfns from `i << NODE_PFN_SHIFT`: `pfn_to_nid` is a shift, and
             // pfns of different nodes are never contiguous.
@@ -390,9 +400,70 @@ impl Memory {
         (&n.arena, (pfn.0 - n.base_pfn) as usize * PAGE_SIZE)
     }
 
+    fn node_idx(&self, pfn: Pfn) -> (&Node, usize) {
+        let n = &self.nodes[self.node_index_of(pfn).expect("pfn outside every node")];
+        (n, (pfn.0 - n.base_pfn) as usize)
+    }
+
     /// `compound_head()`.
     pub fn compound_head(&self, pfn: Pfn) -> Pfn {
-        Pfn(self.page(pfn).head.load(Ordering::Acquire))
+        let (n, i) = self.node_idx(pfn);
+        Pfn(pfn.0 - n.head_off[i].load(Ordering::Acquire) as u64)
+    }
+
+    /// Whether `pfn` is a tail page of a large folio.
+    pub fn is_tail_page(&self, pfn: Pfn) -> bool {
+        let (n, i) = self.node_idx(pfn);
+        n.head_off[i].load(Ordering::Acquire) != 0
+    }
+
+    /// `PageHWPoison()` of one page.
+    pub fn page_is_hwpoison(&self, pfn: Pfn) -> bool {
+        let (n, i) = self.node_idx(pfn);
+        n.hwpoison[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0
+    }
+
+    /// Sets or clears `PG_hwpoison` of `nr` pages from `pfn` (one node).
+    pub(crate) fn set_hwpoison_range(&self, pfn: Pfn, nr: usize, on: bool) {
+        let (n, i) = self.node_idx(pfn);
+        for k in i..i + nr {
+            let bit = 1u64 << (k % 64);
+            if on {
+                n.hwpoison[k / 64].fetch_or(bit, Ordering::AcqRel);
+            } else if n.hwpoison[k / 64].load(Ordering::Relaxed) & bit != 0 {
+                n.hwpoison[k / 64].fetch_and(!bit, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn set_live_head(&self, pfn: Pfn, on: bool) {
+        let (n, i) = self.node_idx(pfn);
+        let bit = 1u64 << (i % 64);
+        if on {
+            n.live_head[i / 64].fetch_or(bit, Ordering::AcqRel);
+        } else {
+            n.live_head[i / 64].fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+
+    fn is_live_head(&self, pfn: Pfn) -> bool {
+        let (n, i) = self.node_idx(pfn);
+        n.live_head[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0
+    }
+
+    /// Makes every page of `[head, head + nr)` its own head (after a split).
+    pub(crate) fn clear_compound(&self, head: Pfn, nr: usize) {
+        let (n, i) = self.node_idx(head);
+        for k in i..i + nr {
+            n.head_off[k].store(0, Ordering::Release);
+        }
+    }
+
+    /// Marks every page of `[head, head + nr)` a live folio head (after a split).
+    pub(crate) fn mark_split_heads(&self, head: Pfn, nr: usize) {
+        for k in 0..nr as u64 {
+            self.set_live_head(Pfn(head.0 + k), true);
+        }
     }
 
     /// A view of a folio. Panics if `folio` names no page (use [`Memory::folio_checked`]
@@ -411,7 +482,7 @@ impl Memory {
             return Err(MmError::NotAFolio(folio.0 .0));
         }
         let f = self.folio(folio);
-        if f.test(pg::BUDDY) || f.test(pg::TAIL) || f.ref_count() <= 0 {
+        if !self.is_live_head(folio.0) || f.test(pg::BUDDY) || f.ref_count() <= 0 {
             return Err(MmError::NotAFolio(folio.0 .0));
         }
         Ok(f)
@@ -439,20 +510,19 @@ impl Memory {
         let head = n.base_pfn + frame as u64;
         let nr = 1usize << order.0;
         for k in 1..nr {
-            let m = &n.memmap[frame as usize + k];
-            m.flags.store(pg::TAIL, Ordering::Relaxed);
-            m.head.store(head, Ordering::Relaxed);
+            n.head_off[frame as usize + k].store(k as u32, Ordering::Relaxed);
         }
+        self.set_hwpoison_range(Pfn(head), nr, false);
+        self.set_live_head(Pfn(head), true);
         let m = &n.memmap[frame as usize];
         m.order.store(order.0, Ordering::Relaxed);
         m.mapcount.store(0, Ordering::Relaxed);
         m.migrate_info.store(0, Ordering::Relaxed);
         m.mapping.store(0, Ordering::Relaxed);
         m.index.store(0, Ordering::Relaxed);
-        m.head.store(head, Ordering::Relaxed);
         m.refcount.store(1, Ordering::Relaxed);
         m.flags.store(
-            flags & !(pg::BUDDY | pg::TAIL | pg::LOCKED | pg::HWPOISON | pg::HAS_HWPOISONED),
+            flags & !(pg::BUDDY | pg::LOCKED | pg::HAS_HWPOISONED),
             Ordering::Release,
         );
         Ok(Folio(Pfn(head)))
@@ -481,11 +551,8 @@ impl Memory {
         m.flags.store(pg::BUDDY, Ordering::Release);
         m.mapping.store(0, Ordering::Relaxed);
         m.migrate_info.store(0, Ordering::Relaxed);
-        for k in 1..(1u64 << order) {
-            let t = self.page(Pfn(folio.0 .0 + k));
-            t.flags.store(pg::BUDDY, Ordering::Relaxed);
-            t.head.store(folio.0 .0 + k, Ordering::Relaxed);
-        }
+        self.clear_compound(folio.0, 1 << order);
+        self.set_live_head(folio.0, false);
         m.order.store(0, Ordering::Relaxed);
         let r = lock(&n.buddy).free((folio.0 .0 - n.base_pfn) as u32, order);
         if let Err(e) = r {
@@ -534,8 +601,7 @@ impl Memory {
         if !self.pfn_valid(pfn) {
             return Err(MmError::NotAFolio(pfn.0));
         }
-        let m = self.page(pfn);
-        m.flags.fetch_or(pg::HWPOISON, Ordering::AcqRel);
+        self.set_hwpoison_range(pfn, 1, true);
         let head = self.compound_head(pfn);
         self.page(head)
             .flags
@@ -546,7 +612,7 @@ impl Memory {
     /// Reads within one page. `EHWPOISON` if the page is poisoned.
     pub fn page_read(&self, pfn: Pfn, off: usize, buf: &mut [u8]) -> Result<(), Errno> {
         assert!(off + buf.len() <= PAGE_SIZE);
-        if self.page(pfn).flags.load(Ordering::Acquire) & pg::HWPOISON != 0 {
+        if self.page_is_hwpoison(pfn) {
             return Err(Errno::HwPoison);
         }
         let (a, o) = self.arena_off(pfn);
@@ -586,13 +652,7 @@ impl Memory {
             let first = off / PAGE_SIZE;
             let last = (off + len).div_ceil(PAGE_SIZE);
             for p in first..last {
-                if self
-                    .page(Pfn(src.0 .0 + p as u64))
-                    .flags
-                    .load(Ordering::Acquire)
-                    & pg::HWPOISON
-                    != 0
-                {
+                if self.page_is_hwpoison(Pfn(src.0 .0 + p as u64)) {
                     copy_len = (p * PAGE_SIZE).saturating_sub(off);
                     poisoned = true;
                     break;
@@ -642,7 +702,7 @@ impl Memory {
         let mut copy_len = len;
         let mut poisoned = false;
         for p in first..last {
-            if sn.memmap[p].flags.load(Ordering::Acquire) & pg::HWPOISON != 0 {
+            if sn.hwpoison[p / 64].load(Ordering::Acquire) & (1 << (p % 64)) != 0 {
                 copy_len = (p * PAGE_SIZE).saturating_sub(s_byte);
                 poisoned = true;
                 break;
