@@ -125,6 +125,14 @@ pub enum BenchError {
     /// Engine setup failed.
     #[error("engine setup: {0}")]
     Engine(#[from] pagemig_engines::ParamError),
+    /// A driver's counters disagree with what the core handed it.
+    #[error("engine {engine}: counters do not add up: {detail}")]
+    Counters {
+        /// engine
+        engine: String,
+        /// what disagreed
+        detail: String,
+    },
     /// Content did not survive migration.
     #[error("checksum mismatch after migration: engine {engine}, folio size {size}, {nr_bad} folio(s) differ")]
     Mismatch {
@@ -369,6 +377,42 @@ fn knobs_for(opts: &BenchOptions, e: EngineSpec) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every folio a driver was offered is either copied by it, left to the CPU, or declined,
+/// and the core took exactly the copied (and declined-but-copied) ones from the batch.
+fn check_counters(
+    e: EngineSpec,
+    c: &std::collections::BTreeMap<String, u64>,
+    offered: u64,
+    nr_copied_by_batch: u64,
+) -> Result<(), BenchError> {
+    if c.is_empty() {
+        return Ok(());
+    }
+    let get = |n: &str| c.get(n).copied().unwrap_or(0);
+    let (migrated, failures, declined) = (
+        get("folios_migrated"),
+        get("folios_failures"),
+        get("folios_declined"),
+    );
+    let err = |detail: String| {
+        Err(BenchError::Counters {
+            engine: e.to_string(),
+            detail,
+        })
+    };
+    if migrated + failures + declined != offered {
+        return err(format!(
+            "migrated {migrated} + failures {failures} + declined {declined} != offered {offered}"
+        ));
+    }
+    if migrated + declined != nr_copied_by_batch {
+        return err(format!(
+            "migrated {migrated} + declined {declined} != {nr_copied_by_batch} folios whose copy the move phase took from the batch"
+        ));
+    }
+    Ok(())
+}
+
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
@@ -425,12 +469,21 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             probe.sample_threads(&mm, nr_cpus);
             for (k, &e) in opts.engines.iter().enumerate() {
                 let eng = Engine::start(e, &mm, &knobs_for(opts, e))?;
+                let offered0 = mm.offload().stats().nr_folios_offered;
                 let out = migrate_once(&mm, &mut w, opts.mode, &e.to_string());
-                for (name, v) in eng.counters() {
-                    *counters[k].entry(name.to_string()).or_default() += v;
-                }
+                let offered = mm.offload().stats().nr_folios_offered - offered0;
+                let c: std::collections::BTreeMap<String, u64> = eng
+                    .counters()
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect();
                 eng.stop()?;
-                per_engine[k].push(out?);
+                let out = out?;
+                check_counters(e, &c, offered, out.nr_copied_by_batch as u64)?;
+                for (name, v) in c {
+                    *counters[k].entry(name).or_default() += v;
+                }
+                per_engine[k].push(out);
             }
         }
         for (k, &e) in opts.engines.iter().enumerate() {

@@ -135,3 +135,44 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn fault_injection_keeps_checksums_and_counters_consistent() {
+    let dir = std::env::temp_dir().join(format!("pagemig-cli-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let out = pagemig(&[
+        "bench",
+        "--quick",
+        "--quiet",
+        "--sizes",
+        "4K,2M",
+        "--engines",
+        "mtcopy:2,dcbm:2",
+        "--knob",
+        "mtcopy.inject_fail_every=5",
+        "--knob",
+        "dcbm.dma.fail_every=7",
+        "--knob",
+        "dcbm.max_desc_bytes=8192",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    // The bench verifies every folio's checksum and the drivers' counters itself and exits
+    // non-zero on any mismatch.
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let failures: u64 = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["engine_counters"]["folios_failures"].as_u64().unwrap())
+        .sum();
+    assert!(failures > 0, "faults were injected");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -21,8 +21,10 @@
 //! default copier on the calling CPU, where that wins), `timeout_ms`, `max_desc_bytes`
 //! (the largest scatter-gather descriptor), `spin_us` (how long the submitter spins
 //! before sleeping on the completion),
-//! and counters `folios_migrated`, `folios_failures`, `batches_refused`,
-//! `batches_declined` (any write resets a counter).
+//! and counters `folios_migrated` (copied by the engine), `folios_failures` (left to the
+//! CPU fallback), `batches_refused`, `batches_declined` and `folios_declined` (copied by
+//! the default copier instead); any write resets a counter. Every folio offered lands in
+//! exactly one of `folios_migrated`, `folios_failures`, `folios_declined`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, TryLockError, Weak};
@@ -65,6 +67,7 @@ struct Inner {
     folios_failures: AtomicU64,
     batches_refused: AtomicU64,
     batches_declined: AtomicU64,
+    folios_declined: AtomicU64,
 }
 
 /// The dcbm driver over one DMA device. Cheap to clone (a handle).
@@ -94,7 +97,7 @@ impl Dcbm {
                     min_batch_bytes: 0,
                     timeout_ms: 10_000,
                     max_desc_bytes: 2 << 20,
-                    spin_us: 500,
+                    spin_us: 30,
                 }),
                 pool: Mutex::new(None),
                 rotor: AtomicUsize::new(0),
@@ -102,6 +105,7 @@ impl Dcbm {
                 folios_failures: AtomicU64::new(0),
                 batches_refused: AtomicU64::new(0),
                 batches_declined: AtomicU64::new(0),
+                folios_declined: AtomicU64::new(0),
             }),
         }
     }
@@ -187,6 +191,7 @@ impl Dcbm {
                 "batches_declined",
                 i.batches_declined.load(Ordering::Relaxed),
             ),
+            ("folios_declined", i.folios_declined.load(Ordering::Relaxed)),
         ]
     }
 }
@@ -203,6 +208,7 @@ const PARAMS: &[&str] = &[
     "folios_failures",
     "batches_refused",
     "batches_declined",
+    "folios_declined",
 ];
 
 impl ModuleParams for Dcbm {
@@ -225,6 +231,7 @@ impl ModuleParams for Dcbm {
             "folios_failures" => i.folios_failures.load(Ordering::Relaxed).to_string(),
             "batches_refused" => i.batches_refused.load(Ordering::Relaxed).to_string(),
             "batches_declined" => i.batches_declined.load(Ordering::Relaxed).to_string(),
+            "folios_declined" => i.folios_declined.load(Ordering::Relaxed).to_string(),
             _ => {
                 return Err(ParamError::Unknown {
                     name: name.into(),
@@ -275,6 +282,7 @@ impl ModuleParams for Dcbm {
             "folios_failures" => i.folios_failures.store(0, Ordering::Relaxed),
             "batches_refused" => i.batches_refused.store(0, Ordering::Relaxed),
             "batches_declined" => i.batches_declined.store(0, Ordering::Relaxed),
+            "folios_declined" => i.folios_declined.store(0, Ordering::Relaxed),
             _ => {
                 return Err(ParamError::Unknown {
                     name: name.into(),
@@ -393,6 +401,7 @@ impl Migrator for Inner {
         if batch.total_bytes() < p.min_batch_bytes {
             // Declined: too small for the engine to win. Copied on this CPU instead.
             self.batches_declined.fetch_add(1, Ordering::Relaxed);
+            self.folios_declined.fetch_add(n as u64, Ordering::Relaxed);
             return migrate_folios_mc_copy(batch);
         }
         let Some(pool) = lock(&self.pool).clone() else {

@@ -187,10 +187,14 @@ impl Engine {
             }
             EngineSpec::Dcbm(n) => {
                 let dev = emulated::EmulatedDmaDevice::new(mm, emulated::EmulatedConfig::default());
-                let d = dcbm::Dcbm::new(mm, dev);
+                let d = dcbm::Dcbm::new(mm, dev.clone());
                 d.set_param("nr_dma_chan", &n.to_string())?;
                 for (k, v) in knobs {
-                    d.set_param(k, v)?;
+                    match k.strip_prefix("dma.") {
+                        // Fault injection of the emulated provider.
+                        Some(f) => set_dma_fault(dev.faults(), f, v)?,
+                        None => d.set_param(k, v)?,
+                    }
                 }
                 d.set_param("offloading", "1")?;
                 Engine::Dcbm(d)
@@ -221,6 +225,31 @@ impl Engine {
             Engine::Dcbm(d) => d.counters(),
         }
     }
+}
+
+/// Sets a fault of the emulated DMA provider by name (`fail_every`, `stall_every`,
+/// `stall_ms`, `reorder_delay_us`, `no_channel`).
+pub fn set_dma_fault(f: &emulated::DmaFaults, name: &str, value: &str) -> Result<(), ParamError> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let full = format!("dma.{name}");
+    let n: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| ParamError::invalid(&full, value, "expected a number"))?;
+    match name {
+        "fail_every" => f.fail_every.store(n, SeqCst),
+        "stall_every" => f.stall_every.store(n, SeqCst),
+        "stall_ms" => f.stall_ms.store(n, SeqCst),
+        "reorder_delay_us" => f.reorder_delay_us.store(n, SeqCst),
+        "no_channel" => f.no_channel.store(n != 0, SeqCst),
+        _ => {
+            return Err(ParamError::Unknown {
+                name: full,
+                known: "dma.fail_every, dma.stall_every, dma.stall_ms, dma.reorder_delay_us, dma.no_channel".into(),
+            })
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
