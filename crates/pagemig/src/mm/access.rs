@@ -7,21 +7,14 @@
 
 use std::cell::Cell;
 
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crate::Errno;
 
 use super::folio::{pg, Folio};
 use super::page_table::{AddressSpace, Pte};
+use super::tlb::AccessorSlot;
 use super::{Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
-
-/// The part of an accessor the flusher sees (one "CPU" in `mm_cpumask`).
-#[derive(Debug, Default)]
-pub struct AccessorSlot {
-    /// Inside an access.
-    pub(crate) busy: AtomicBool,
-    /// Last flush generation acknowledged.
-    pub(crate) acked: AtomicU64,
-}
 
 const TLB_ENTRIES: usize = 64;
 
@@ -48,10 +41,7 @@ impl std::fmt::Debug for Accessor {
 
 impl Accessor {
     pub(crate) fn new(space: Arc<AddressSpace>) -> Accessor {
-        let slot = Arc::new(AccessorSlot::default());
-        let gen = space.flush_gen.load(Ordering::SeqCst);
-        slot.acked.store(gen, Ordering::SeqCst);
-        lock(&space.accessors).push(slot.clone());
+        let (slot, gen) = space.tlb.register();
         Accessor {
             space,
             slot,
@@ -74,19 +64,17 @@ impl Accessor {
 
     /// Begins an access: publishes `busy`, then acknowledges any newer shootdown.
     fn enter(&self) {
-        self.slot.busy.store(true, Ordering::SeqCst);
-        let gen = self.space.flush_gen.load(Ordering::SeqCst);
-        if gen != self.seen_gen.get() {
+        let mut seen = self.seen_gen.get();
+        if self.slot.enter(&self.space.tlb, &mut seen) {
             for e in &self.tlb {
                 e.set((0, 0));
             }
-            self.seen_gen.set(gen);
-            self.slot.acked.store(gen, Ordering::SeqCst);
+            self.seen_gen.set(seen);
         }
     }
 
     fn exit(&self) {
-        self.slot.busy.store(false, Ordering::SeqCst);
+        self.slot.exit();
     }
 
     /// Translates `vpn` inside an access; `Err(Some(pfn))` is a migration entry to wait on.
@@ -205,7 +193,6 @@ impl Accessor {
 
 impl Drop for Accessor {
     fn drop(&mut self) {
-        let mut v = lock(&self.space.accessors);
-        v.retain(|s| !Arc::ptr_eq(s, &self.slot));
+        self.space.tlb.unregister(&self.slot);
     }
 }

@@ -4,7 +4,10 @@
 
 #![forbid(unsafe_code)]
 
-use crate::sync::{lock, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Condvar, Mutex, Ordering};
+use crate::sync::model::AtomicU32;
+use crate::sync::{AtomicI32, AtomicU64, AtomicU8, Ordering};
+
+use super::waitbit::{self, WaitQueue};
 
 use super::{Memory, NodeId, Order, Pfn};
 
@@ -35,7 +38,7 @@ pub mod pg {
     /// `PG_mlocked`.
     pub const MLOCKED: u32 = 1 << 11;
     /// `PG_waiters`: someone sleeps on this folio's wait queue; unlock must wake it.
-    pub const WAITERS: u32 = 1 << 13;
+    pub const WAITERS: u32 = super::waitbit::WAITERS;
 }
 
 /// The series' `migrate_info` state bits (v6: `FOLIO_WAS_MAPPED`, `FOLIO_WAS_MLOCKED`,
@@ -70,7 +73,7 @@ pub mod migrate_info {
 }
 
 /// One entry of the memmap (`struct page`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PageMeta {
     pub(crate) flags: AtomicU32,
     pub(crate) order: AtomicU8,
@@ -83,6 +86,21 @@ pub struct PageMeta {
     /// Virtual page number the folio is mapped at in every space of its anon_vma
     /// (`folio->index` for anon folios).
     pub(crate) index: AtomicU64,
+}
+
+impl PageMeta {
+    /// A free page: `PG_buddy`, no references.
+    pub(crate) fn new_free() -> PageMeta {
+        PageMeta {
+            flags: AtomicU32::new(pg::BUDDY),
+            order: AtomicU8::new(0),
+            refcount: AtomicI32::new(0),
+            mapcount: AtomicI32::new(0),
+            migrate_info: AtomicU64::new(0),
+            mapping: AtomicU64::new(0),
+            index: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A folio, named by the pfn of its head page. Cheap to copy; all state is in the memmap.
@@ -227,11 +245,8 @@ impl<'a> FolioRef<'a> {
     }
     /// `folio_unlock()`: releases the lock and wakes waiters (`folio_wake_bit`).
     pub fn unlock(&self) {
-        let old = self.meta.flags.fetch_and(!pg::LOCKED, Ordering::AcqRel);
+        let old = self.mm.clear_flag_wake(self.folio.0, pg::LOCKED);
         debug_assert!(old & pg::LOCKED != 0, "unlock of an unlocked folio");
-        if old & pg::WAITERS != 0 {
-            self.mm.wake_flag(self.folio.0);
-        }
     }
     /// `folio_wait_writeback()`.
     pub fn wait_writeback(&self) {
@@ -243,8 +258,7 @@ impl<'a> FolioRef<'a> {
     }
     /// `folio_end_writeback()`: clears writeback and wakes waiters.
     pub fn end_writeback(&self) {
-        self.clear(pg::WRITEBACK);
-        self.mm.wake_flag(self.folio.0);
+        self.mm.clear_flag_wake(self.folio.0, pg::WRITEBACK);
     }
     /// `folio_get()`: takes an extra reference (a GUP pin, say).
     pub fn get(&self) {
@@ -259,45 +273,20 @@ impl<'a> FolioRef<'a> {
 /// Number of hashed wait queues (`folio_wait_table`).
 pub(crate) const WAIT_TABLE_SIZE: usize = 256;
 
-/// One hashed wait queue.
-#[derive(Default)]
-pub(crate) struct WaitQueue {
-    pub(crate) lock: Mutex<()>,
-    pub(crate) cond: Condvar,
-}
-
 impl Memory {
-    fn wait_queue(&self, pfn: Pfn) -> &WaitQueue {
+    pub(crate) fn wait_queue(&self, pfn: Pfn) -> &WaitQueue {
         let h = (pfn.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
         &self.wait_table[h % WAIT_TABLE_SIZE]
     }
 
     /// Sleeps until `flag` is clear on the head page `pfn`.
     pub(crate) fn wait_on_flag(&self, pfn: Pfn, flag: u32) {
-        let q = self.wait_queue(pfn);
-        let meta = self.page(pfn);
-        let mut g = lock(&q.lock);
-        // Publish PG_waiters before re-checking, under the queue lock: an unlock that
-        // clears `flag` after this sees the bit and wakes us (it takes the queue lock).
-        while meta.flags.fetch_or(pg::WAITERS, Ordering::AcqRel) & flag != 0 {
-            g = match q.cond.wait(g) {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-        }
+        waitbit::wait_on_bit(&self.page(pfn).flags, flag, self.wait_queue(pfn));
     }
 
-    /// Wakes every waiter hashed with `pfn`. Callers clear the flag first; taking the queue
-    /// lock orders the wake after any waiter's check, so no wake-up is lost.
-    pub(crate) fn wake_flag(&self, pfn: Pfn) {
-        let q = self.wait_queue(pfn);
-        let g = lock(&q.lock);
-        // Every waiter of this bucket wakes and re-arms PG_waiters if it still has to wait.
-        self.page(pfn)
-            .flags
-            .fetch_and(!pg::WAITERS, Ordering::AcqRel);
-        q.cond.notify_all();
-        drop(g);
+    /// Clears `flag` on the head page `pfn` and wakes its sleepers.
+    pub(crate) fn clear_flag_wake(&self, pfn: Pfn, flag: u32) -> u32 {
+        waitbit::clear_bit_unlock(&self.page(pfn).flags, flag, self.wait_queue(pfn))
     }
 }
 

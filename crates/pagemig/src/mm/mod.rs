@@ -14,6 +14,7 @@ pub mod folio;
 pub mod page_table;
 pub mod rmap;
 pub mod tlb;
+pub mod waitbit;
 
 use std::fmt;
 
@@ -285,7 +286,7 @@ pub const NR_MAX_BATCHED_MIGRATION: usize = HPAGE_PMD_NR;
 /// The whole memory model: the "machine" that migrations run on.
 pub struct Memory {
     nodes: Vec<Node>,
-    pub(crate) wait_table: Vec<folio::WaitQueue>,
+    pub(crate) wait_table: Vec<waitbit::WaitQueue>,
     pub(crate) anon_vmas: RwLock<Vec<Arc<rmap::AnonVma>>>,
     next_space_id: AtomicU32,
     pub(crate) events: VmEvents,
@@ -326,13 +327,7 @@ impl Memory {
             let arena = Arena::new(nc.capacity_bytes, nc.host_node.unwrap_or(i as u32))
                 .map_err(|e| MmError::Arena(e.to_string()))?;
             let nr = arena.len_bytes() / PAGE_SIZE;
-            let memmap: Vec<PageMeta> = (0..nr)
-                .map(|_| {
-                    let m = PageMeta::default();
-                    m.flags.store(pg::BUDDY, Ordering::Relaxed);
-                    m
-                })
-                .collect();
+            let memmap: Vec<PageMeta> = (0..nr).map(|_| PageMeta::new_free()).collect();
             nodes.push(Node {
                 id: NodeId(i as u32),
                 base_pfn,
@@ -785,8 +780,7 @@ impl Memory {
                 .collect(),
             ptl: Mutex::new(()),
             anon_vma: av,
-            flush_gen: AtomicU64::new(0),
-            accessors: Mutex::new(Vec::new()),
+            tlb: tlb::TlbDomain::new(),
         });
         self.anon_vma_link(av, &space);
         Ok(space)

@@ -8,8 +8,9 @@
 
 use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 
-use super::access::{Accessor, AccessorSlot};
+use super::access::Accessor;
 use super::folio::{pg, Folio};
+use super::tlb::TlbDomain;
 use super::{Memory, MmError, NodeId, Order, Pfn, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
 
 /// A page-table entry.
@@ -67,10 +68,8 @@ pub struct AddressSpace {
     pub(crate) ptl: Mutex<()>,
     /// Handle of this space's anon_vma.
     pub(crate) anon_vma: u64,
-    /// TLB flush generation: bumped by every shootdown.
-    pub(crate) flush_gen: AtomicU64,
-    /// Live accessors (the CPUs in `mm_cpumask`).
-    pub(crate) accessors: Mutex<Vec<Arc<AccessorSlot>>>,
+    /// Flush generation and live accessors (the CPUs in `mm_cpumask`).
+    pub(crate) tlb: TlbDomain,
 }
 
 impl std::fmt::Debug for AddressSpace {

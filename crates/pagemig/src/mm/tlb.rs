@@ -8,44 +8,124 @@
 //! handshake on sequentially consistent atomics:
 //!
 //! ```text
-//! flusher:  gen += 1          ; for each accessor: wait until !busy || acked >= gen
-//! accessor: busy = true       ; if gen != seen { drop cached translations; acked = gen }
+//! flusher:  gen += 1; fence(SeqCst); for each accessor: wait until !busy || acked >= gen
+//! accessor: busy = true; fence(SeqCst); if gen != seen { drop cached translations; acked = gen }
 //!           ... access ...    ; busy = false
 //! ```
 //!
-//! Either the flusher sees `busy` set (and waits for the access to end or acknowledge) or
-//! the accessor's read of `gen` comes after the bump and it drops its stale entries before
-//! use. After `flush_tlb_space` returns no accessor can write through a translation taken
-//! before the unmap — which is what lets the batch copy run right after the flush.
+//! The two sequentially consistent fences order the two sides: either the flusher's load
+//! sees `busy` set (and waits for the access to end or acknowledge) or the accessor's load
+//! of `gen` sees the bump and it drops its stale entries before use. After a shootdown returns no accessor can write through a translation taken
+//! before the unmap — which is what lets the batch copy run right after the flush. The
+//! protocol lives in [`TlbDomain`] and [`AccessorSlot`] and is model-checked with loom.
 
 #![forbid(unsafe_code)]
 
-use crate::sync::{lock, Arc, Ordering};
+use std::sync::Arc;
 
-use super::access::AccessorSlot;
+use crate::sync::model::{self, fence, AtomicBool, AtomicU64, Mutex, Ordering};
+
 use super::page_table::AddressSpace;
 
-/// Shoots down every accessor's cached translations for `space` and waits for their
-/// acknowledgements.
+/// One accessor as the flusher sees it (a CPU in `mm_cpumask`).
+#[derive(Debug)]
+pub struct AccessorSlot {
+    /// Inside an access.
+    busy: AtomicBool,
+    /// Last flush generation acknowledged.
+    acked: AtomicU64,
+}
+
+impl AccessorSlot {
+    /// Begins an access: publishes `busy`, then acknowledges a newer shootdown if there is
+    /// one. Returns true when the caller must drop its cached translations first.
+    pub fn enter(&self, domain: &TlbDomain, seen_gen: &mut u64) -> bool {
+        self.busy.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let gen = domain.flush_gen.load(Ordering::Acquire);
+        if gen != *seen_gen {
+            *seen_gen = gen;
+            self.acked.store(gen, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    /// Ends an access.
+    pub fn exit(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// The TLB state of one address space: its flush generation and its live accessors.
+#[derive(Debug)]
+pub struct TlbDomain {
+    flush_gen: AtomicU64,
+    slots: Mutex<Vec<Arc<AccessorSlot>>>,
+}
+
+impl Default for TlbDomain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TlbDomain {
+    /// A domain with no accessors.
+    pub fn new() -> TlbDomain {
+        TlbDomain {
+            flush_gen: AtomicU64::new(0),
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Registers an accessor; returns its slot and the generation it has seen.
+    pub fn register(&self) -> (Arc<AccessorSlot>, u64) {
+        let mut slots = model::lock(&self.slots);
+        let gen = self.flush_gen.load(Ordering::SeqCst);
+        let slot = Arc::new(AccessorSlot {
+            busy: AtomicBool::new(false),
+            acked: AtomicU64::new(gen),
+        });
+        slots.push(slot.clone());
+        (slot, gen)
+    }
+
+    /// Removes an accessor.
+    pub fn unregister(&self, slot: &Arc<AccessorSlot>) {
+        model::lock(&self.slots).retain(|s| !Arc::ptr_eq(s, slot));
+    }
+
+    /// Shoots down every accessor's cached translations and waits for the
+    /// acknowledgements. Returns the new generation.
+    pub fn shootdown(&self) -> u64 {
+        let gen = self.flush_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        fence(Ordering::SeqCst);
+        let slots: Vec<Arc<AccessorSlot>> = model::lock(&self.slots).clone();
+        for slot in &slots {
+            let mut i = 0;
+            while slot.busy.load(Ordering::Acquire) && slot.acked.load(Ordering::Acquire) < gen {
+                model::spin_step(i);
+                i = i.saturating_add(1);
+            }
+        }
+        gen
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        self.flush_gen.load(Ordering::SeqCst)
+    }
+}
+
+/// Shoots down every accessor of `space` (`flush_tlb_mm`).
 pub fn flush_tlb_space(space: &AddressSpace) {
-    let gen = space.flush_gen.fetch_add(1, Ordering::SeqCst) + 1;
-    let slots: Vec<Arc<AccessorSlot>> = lock(&space.accessors).clone();
+    space.tlb.shootdown();
     space
         .mm
         .events
         .nr_tlb_flushes
-        .fetch_add(1, Ordering::Relaxed);
-    for slot in &slots {
-        let mut spins = 0u32;
-        while slot.busy.load(Ordering::SeqCst) && slot.acked.load(Ordering::SeqCst) < gen {
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-    }
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Spaces whose TLB flush was deferred (`struct tlbflush_unmap_batch`), flushed once by

@@ -14,7 +14,10 @@ use std::fmt;
 
 use crate::migrate::Reason;
 use crate::mm::{Folio, Memory};
-use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use crate::sync::model::{self, AtomicBool, AtomicU32, Mutex, Ordering, RwLock};
 use crate::Errno;
 
 /// `MIGRATOR_NAME_LEN`.
@@ -233,7 +236,7 @@ impl Registry {
                 "name {name:?} must be 1..={MIGRATOR_NAME_LEN} bytes"
             )));
         }
-        let _g = lock(&self.reg_lock);
+        let _g = model::lock(&self.reg_lock);
         let mut d = self.dispatch.write().unwrap_or_else(|p| p.into_inner());
         if let Some(active) = d.as_ref() {
             return Err(OffloadError::Busy {
@@ -253,7 +256,7 @@ impl Registry {
     /// built-in copier, waits for every in-flight copy to finish, and returns the owner
     /// reference. Only the active migrator may unregister (`EINVAL` otherwise).
     pub fn unregister(&self, m: &Arc<dyn Migrator>) -> Result<Arc<dyn Migrator>, OffloadError> {
-        let _g = lock(&self.reg_lock);
+        let _g = model::lock(&self.reg_lock);
         {
             let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
             match d.as_ref() {
@@ -284,7 +287,7 @@ impl Registry {
         m: &Arc<dyn Migrator>,
         mask: ReasonMask,
     ) -> Result<(), OffloadError> {
-        let _g = lock(&self.reg_lock);
+        let _g = model::lock(&self.reg_lock);
         let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
         match d.as_ref() {
             Some(a) if same(a, m) => {
@@ -320,16 +323,23 @@ impl Registry {
         self.enabled.load(Ordering::SeqCst) && self.reason_mask().contains(reason)
     }
 
+    /// Runs `f` inside a read section of the dispatch (`srcu_read_lock` ..
+    /// `srcu_read_unlock`) with the active migrator, or `None` for the built-in copier.
+    /// `unregister` does not return while such a section is open.
+    pub fn with_dispatch<R>(&self, f: impl FnOnce(Option<&Arc<dyn Migrator>>) -> R) -> R {
+        let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
+        f(d.as_ref())
+    }
+
     /// `migrate_offload_batch_copy(dst, src, n)`: the only place a driver is entered.
     pub fn batch_copy(&self, batch: &CopyBatch<'_>) -> Result<(), Errno> {
         self.nr_batches.fetch_add(1, Ordering::Relaxed);
         self.nr_folios_offered
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
-        let rc = match d.as_ref() {
+        let rc = self.with_dispatch(|m| match m {
             Some(m) => m.offload_copy(batch),
             None => migrate_folios_mc_copy(batch),
-        };
+        });
         // Whatever the driver did, its streaming stores are ordered before the move phase.
         crate::copy::store_fence();
         rc
