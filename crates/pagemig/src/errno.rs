@@ -33,6 +33,26 @@ pub enum Errno {
 }
 
 impl Errno {
+    /// Every value, in declaration order.
+    pub const ALL: [Errno; 11] = [
+        Errno::Again,
+        Errno::Busy,
+        Errno::NoMem,
+        Errno::HwPoison,
+        Errno::NotSupported,
+        Errno::Inval,
+        Errno::Fault,
+        Errno::NoEnt,
+        Errno::NoDev,
+        Errno::TimedOut,
+        Errno::Io,
+    ];
+
+    /// Position in [`Errno::ALL`].
+    pub fn index(self) -> usize {
+        Errno::ALL.iter().position(|e| *e == self).unwrap_or(0)
+    }
+
     /// The positive Linux error number.
     pub fn errno(self) -> i32 {
         match self {

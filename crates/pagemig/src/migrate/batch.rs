@@ -120,6 +120,7 @@ pub(crate) fn migrate_pages_batch(
                     }
                     stats.nr_failed_pages += nr_pages + c.nr_retry_pages;
                     stats.nr_thp_failed += c.thp_retry;
+                    stats.record_failure(Errno::NoMem, 1);
                     rc_saved = Some(Errno::NoMem);
                     // The folio and the untried rest stay on `from`.
                     from.push(folio);
@@ -127,8 +128,9 @@ pub(crate) fn migrate_pages_batch(
                     go_out = unmap_batch.is_empty() && unmap_single.is_empty();
                     break 'unmap;
                 }
-                Err(_) => {
+                Err(e) => {
                     // Permanent failure (-EBUSY, ...): on ret_folios, not retried.
+                    stats.record_failure(e, 1);
                     c.nr_failed += 1;
                     stats.nr_thp_failed += is_thp;
                     stats.nr_failed_pages += nr_pages;
@@ -139,6 +141,7 @@ pub(crate) fn migrate_pages_batch(
     }
     if rc_saved.is_none() {
         c.nr_failed += c.retry;
+        stats.record_failure(Errno::Again, c.retry);
         stats.nr_thp_failed += c.thp_retry;
         stats.nr_failed_pages += c.nr_retry_pages;
     }
@@ -206,6 +209,7 @@ pub(crate) fn migrate_pages_batch(
             pass += 1;
         }
         c.nr_failed += c.retry;
+        stats.record_failure(Errno::Again, c.retry);
         stats.nr_thp_failed += c.thp_retry;
         stats.nr_failed_pages += c.nr_retry_pages;
         stats.phases.move_ns += elapsed_ns(t_move);

@@ -102,6 +102,7 @@ fn unmap_and_move_huge_page(
             // folio_putback_active_hugetlb(src/dst): the old one is freed, the new one
             // keeps only its mappings' references.
             migrate_folio_done(mm, src);
+            d.set(pg::LRU);
             d.put();
         }
         Err(e) => {

@@ -119,6 +119,22 @@ pub struct PhaseTimes {
     pub move_ns: u64,
 }
 
+impl MigratePagesStats {
+    pub(crate) fn record_failure(&mut self, e: Errno, n: usize) {
+        self.nr_failed_by_errno[e.index()] += n;
+    }
+
+    /// The failures by errno, as (errno, count) for the non-zero ones.
+    pub fn failures_by_errno(&self) -> Vec<(Errno, usize)> {
+        Errno::ALL
+            .iter()
+            .zip(self.nr_failed_by_errno)
+            .filter(|(_, n)| *n > 0)
+            .map(|(e, n)| (*e, n))
+            .collect()
+    }
+}
+
 impl PhaseTimes {
     fn add(&mut self, o: &PhaseTimes) {
         self.unmap_ns += o.unmap_ns;
@@ -149,6 +165,10 @@ pub struct MigratePagesStats {
     pub nr_copied_on_cpu: usize,
     /// TLB flushes issued by the batch path (`try_to_unmap_flush`) and inline flushes.
     pub nr_tlb_flushes: usize,
+    /// Folios that failed for good, by the error they failed with (indexed like
+    /// [`Errno::ALL`]; retries that ran out count as `EAGAIN`). The async attempt of a
+    /// sync migration is retried, so its failures are not counted here.
+    pub nr_failed_by_errno: [usize; 11],
     /// Phase times.
     pub phases: PhaseTimes,
 }

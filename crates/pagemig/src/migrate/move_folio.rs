@@ -54,7 +54,8 @@ pub(crate) fn migrate_folios_move(
                 stats.nr_succeeded += nr_pages;
                 stats.nr_thp_succeeded += is_thp;
             }
-            Err(_) => {
+            Err(e) => {
+                stats.record_failure(e, 1);
                 c.nr_failed += 1;
                 stats.nr_thp_failed += is_thp;
                 stats.nr_failed_pages += nr_pages;
@@ -101,8 +102,12 @@ pub(crate) fn migrate_folio_move(
         return Err(rc);
     }
 
-    if is_lru && page_was_mapped {
-        mm.remove_migration_ptes(src, dst, anon_vma);
+    if is_lru {
+        // folio_add_lru(dst): the new folio can be isolated again from now on.
+        d.set(pg::LRU);
+        if page_was_mapped {
+            mm.remove_migration_ptes(src, dst, anon_vma);
+        }
     }
     d.meta.migrate_info.store(0, Ordering::Release);
     d.unlock();

@@ -37,6 +37,8 @@ pub mod pg {
     pub const BUDDY: u32 = 1 << 10;
     /// `PG_mlocked`.
     pub const MLOCKED: u32 = 1 << 11;
+    /// `PG_lru`: on an LRU list, so it can be isolated for migration.
+    pub const LRU: u32 = 1 << 14;
     /// `PG_waiters`: someone sleeps on this folio's wait queue; unlock must wake it.
     pub const WAITERS: u32 = super::waitbit::WAITERS;
 }

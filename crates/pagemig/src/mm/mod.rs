@@ -555,22 +555,67 @@ impl Memory {
         }
     }
 
-    /// `folio_isolate_lru()`: takes the folio off the LRU for migration, with a reference.
-    /// Fails with `Busy` if it is already isolated.
+    /// `folio_try_get()`: a reference on a folio found by pfn, only if it is live, checked
+    /// again once the reference is held (a pfn walker can race with the folio's freeing
+    /// and reuse).
+    fn folio_try_get(&self, folio: Folio) -> Result<FolioRef<'_>, MmError> {
+        if !self.pfn_valid(folio.0) || !self.is_live_head(folio.0) {
+            return Err(MmError::NotAFolio(folio.0 .0));
+        }
+        let f = self.folio(folio);
+        let mut r = f.meta.refcount.load(Ordering::Acquire);
+        loop {
+            if r <= 0 {
+                return Err(MmError::NotAFolio(folio.0 .0));
+            }
+            match f.meta.refcount.compare_exchange_weak(
+                r,
+                r + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(v) => r = v,
+            }
+        }
+        if !self.is_live_head(folio.0) || f.test(pg::BUDDY) {
+            // It stopped being a folio head before our increment: not a reference at all.
+            f.meta.refcount.fetch_sub(1, Ordering::AcqRel);
+            return Err(MmError::NotAFolio(folio.0 .0));
+        }
+        Ok(f)
+    }
+
+    /// `folio_isolate_lru()` (or `isolate_movable_ops_page()`): takes the folio off the LRU
+    /// for migration, holding a reference. `Busy` if it is not on the LRU (already
+    /// isolated, or a destination still being migrated into); `NotAFolio` for a pfn that
+    /// is no live folio.
     pub fn isolate_folio(&self, folio: Folio) -> Result<(), MmError> {
-        let f = self.folio_checked(folio)?;
-        if f.meta.flags.fetch_or(pg::ISOLATED, Ordering::AcqRel) & pg::ISOLATED != 0 {
+        let f = self.folio_try_get(folio)?;
+        let taken = if f.test(pg::MOVABLE_OPS) {
+            f.meta.flags.fetch_or(pg::ISOLATED, Ordering::AcqRel) & pg::ISOLATED == 0
+        } else if f.meta.flags.fetch_and(!pg::LRU, Ordering::AcqRel) & pg::LRU != 0 {
+            f.set(pg::ISOLATED);
+            true
+        } else {
+            false
+        };
+        if !taken {
+            f.put();
             return Err(MmError::Busy);
         }
-        f.get();
         Ok(())
     }
 
-    /// `folio_putback_lru()`: puts an isolated folio back and drops the isolation reference.
+    /// `folio_putback_lru()`: puts an isolated folio back on the LRU and drops the
+    /// isolation reference.
     pub fn putback_folio(&self, folio: Folio) -> Result<(), MmError> {
         let f = self.folio_checked(folio)?;
         if f.meta.flags.fetch_and(!pg::ISOLATED, Ordering::AcqRel) & pg::ISOLATED == 0 {
             return Err(MmError::Busy);
+        }
+        if !f.test(pg::MOVABLE_OPS) {
+            f.set(pg::LRU);
         }
         f.put();
         Ok(())
@@ -601,6 +646,16 @@ impl Memory {
         self.page(head)
             .flags
             .fetch_or(pg::HAS_HWPOISONED, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Clears the poison mark of one page (`unpoison_memory`, for fault injection that
+    /// models a transient error).
+    pub fn clear_hwpoison(&self, pfn: Pfn) -> Result<(), MmError> {
+        if !self.pfn_valid(pfn) {
+            return Err(MmError::NotAFolio(pfn.0));
+        }
+        self.set_hwpoison_range(pfn, 1, false);
         Ok(())
     }
 

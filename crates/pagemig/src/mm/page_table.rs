@@ -128,6 +128,22 @@ impl AddressSpace {
         }
     }
 
+    /// Takes a reference on the folio mapped at `vaddr`, as `get_user_pages()` does: under
+    /// the page-table lock the PTE is present, so the folio is alive and the reference is
+    /// safe to take. The caller drops it with `folio_put`. `None` if nothing is present.
+    pub fn get_folio(&self, vaddr: VirtAddr) -> Option<Folio> {
+        let i = self.slot(vaddr)?;
+        let _g = lock(&self.ptl);
+        match self.pte_at(i) {
+            Pte::Present { pfn } => {
+                let f = Folio(self.mm.compound_head(pfn));
+                self.mm.folio(f).get();
+                Some(f)
+            }
+            _ => None,
+        }
+    }
+
     fn check_range(&self, vaddr: VirtAddr, nr_pages: usize) -> Result<usize, MmError> {
         let len = nr_pages * PAGE_SIZE;
         if vaddr.0 % len as u64 != 0 {
@@ -146,7 +162,7 @@ impl AddressSpace {
     /// Allocates an anonymous folio of `order` on `node` and maps it at `vaddr` (an
     /// anonymous fault). The mapping owns the allocation reference: refcount 1, mapcount 1.
     pub fn map_anon(&self, vaddr: VirtAddr, node: NodeId, order: Order) -> Result<Folio, MmError> {
-        self.map_new(vaddr, node, order, pg::ANON | pg::UPTODATE)
+        self.map_new(vaddr, node, order, pg::ANON | pg::UPTODATE | pg::LRU)
     }
 
     /// Maps a new hugetlb folio (order 9) at `vaddr`.
@@ -155,7 +171,7 @@ impl AddressSpace {
             vaddr,
             node,
             Order(super::HPAGE_PMD_ORDER),
-            pg::ANON | pg::UPTODATE | pg::HUGETLB,
+            pg::ANON | pg::UPTODATE | pg::HUGETLB | pg::LRU,
         )
     }
 
