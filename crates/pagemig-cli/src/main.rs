@@ -4,6 +4,7 @@
 
 mod bench;
 mod spec;
+mod stress;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,45 @@ struct Cli {
 enum Cmd {
     /// Migrate folios between node 0 and node 1 and report GB/s per folio size and engine.
     Bench(BenchArgs),
+    /// Run accessor and migrating threads together with faults injected; fail on any loss.
+    Stress(StressArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum BackendArg {
+    /// The in-process memory model.
+    Builtin,
+    /// Live process memory through userfaultfd.
+    Live,
+}
+
+#[derive(clap::Args, Debug)]
+struct StressArgs {
+    /// Seconds per engine.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Engines, comma-separated, each stressed in turn.
+    #[arg(long, default_value = "batch,mtcopy:2,dcbm:2")]
+    engines: String,
+    /// Accessor threads (reading and writing while pages migrate).
+    #[arg(long, default_value_t = 2)]
+    accessors: usize,
+    /// Migrating threads.
+    #[arg(long, default_value_t = 1)]
+    migrators: usize,
+    /// Faults: all, none, or KIND[=RATE],... with kinds eagain, lock, writeback, poison,
+    /// enomem, engine, timeout, unregister, reason.
+    #[arg(long, default_value = "all")]
+    inject: String,
+    /// Memory backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Builtin)]
+    backend: BackendArg,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// No progress on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -137,10 +177,82 @@ fn bench(a: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn stress(a: StressArgs) -> Result<(), String> {
+    if a.backend == BackendArg::Live {
+        return Err(
+            "the live (userfaultfd) backend is not part of this build yet; use --backend builtin"
+                .into(),
+        );
+    }
+    let engines = parse_list(&a.engines, "engine", parse_engine).map_err(|e| e.to_string())?;
+    let inject = stress::parse_inject(&a.inject).map_err(|e| e.to_string())?;
+    if !(a.seconds > 0.0 && a.seconds <= 86_400.0) {
+        return Err("--seconds must be in (0, 86400]".into());
+    }
+    if a.accessors == 0 || a.accessors > 64 || a.migrators == 0 || a.migrators > 64 {
+        return Err("--accessors and --migrators must be 1..=64".into());
+    }
+    let opts = stress::StressOptions {
+        seconds: a.seconds,
+        accessors: a.accessors,
+        migrators: a.migrators,
+        inject,
+        verbose: !a.quiet,
+    };
+    let before = stress::process_resources();
+    let mut reports = Vec::new();
+    for &e in &engines {
+        let r = stress::run_one(e, &opts)?;
+        println!(
+            "{:<10} {:>6.1}s  ops {:>10}  pages migrated {:>9}  failed {:?}  faults {:?}  lost_writes {} torn_reads {} content_mismatches {} leaked_frames {}",
+            r.engine,
+            r.seconds,
+            r.operations,
+            r.pages_migrated,
+            r.folios_failed_by_errno,
+            r.faults_injected,
+            r.lost_writes,
+            r.torn_reads,
+            r.content_mismatches,
+            r.leaked_frames
+        );
+        reports.push(r);
+    }
+    let after = stress::process_resources();
+    let summary = serde_json::json!({
+        "inject": a.inject,
+        "accessors": a.accessors,
+        "migrators": a.migrators,
+        "resources_before": before,
+        "resources_after": after,
+        "runs": reports,
+    });
+    if let Some(p) = a.json {
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    let dirty: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.is_clean())
+        .map(|r| r.engine.as_str())
+        .collect();
+    if !dirty.is_empty() {
+        return Err(format!("data loss detected with {}", dirty.join(", ")));
+    }
+    if after.threads != before.threads || after.fds != before.fds {
+        return Err(format!(
+            "resources not released: threads {} -> {}, fds {} -> {}",
+            before.threads, after.threads, before.fds, after.fds
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Bench(a) => bench(a),
+        Cmd::Stress(a) => stress(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

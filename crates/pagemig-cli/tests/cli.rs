@@ -176,3 +176,75 @@ fn fault_injection_keeps_checksums_and_counters_consistent() {
     assert!(failures > 0, "faults were injected");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_short_stress_run_with_every_fault_reports_zero_loss() {
+    let dir = std::env::temp_dir().join(format!("pagemig-cli-stress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("stress.json");
+    let out = pagemig(&[
+        "stress",
+        "--seconds",
+        "2",
+        "--engines",
+        "batch,mtcopy:2,dcbm:2",
+        "--inject",
+        "all",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    for r in runs {
+        for k in [
+            "lost_writes",
+            "torn_reads",
+            "content_mismatches",
+            "leaked_frames",
+        ] {
+            assert_eq!(r[k], 0, "{}: {k}", r["engine"]);
+        }
+        assert!(r["operations"].as_u64().unwrap() > 0);
+        assert!(r["pages_migrated"].as_u64().unwrap() > 0);
+        let faults = r["faults_injected"].as_object().unwrap();
+        for k in ["eagain", "lock", "writeback", "enomem"] {
+            assert!(
+                faults.get(k).and_then(|v| v.as_u64()).unwrap_or(0) > 0,
+                "{}: no {k} injected",
+                r["engine"]
+            );
+        }
+    }
+    assert_eq!(
+        v["resources_before"]["threads"], v["resources_after"]["threads"],
+        "threads released"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn stress_rejects_bad_input() {
+    for (args, needle) in [
+        (vec!["stress", "--inject", "meteor"], "unknown fault kind"),
+        (vec!["stress", "--inject", "lock=2"], "(0, 1]"),
+        (vec!["stress", "--seconds", "0"], "--seconds"),
+        (
+            vec!["stress", "--backend", "live", "--seconds", "1"],
+            "live",
+        ),
+        (vec!["stress", "--engines", "dcbm:99"], "1..=16"),
+    ] {
+        let out = pagemig(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

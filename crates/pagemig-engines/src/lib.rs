@@ -217,6 +217,41 @@ impl Engine {
         }
     }
 
+    /// Changes the reason mask of the running driver (pushed live to the core).
+    pub fn set_reason_mask(&self, mask: pagemig::offload::ReasonMask) -> Result<(), ParamError> {
+        match self {
+            Engine::Vanilla => Ok(()),
+            Engine::Batch(m, mm) => mm
+                .offload()
+                .set_reason_mask(m, mask)
+                .map_err(ParamError::Offload),
+            Engine::MtCopy(d) => d.set_param("reason_mask", &mask.to_string()),
+            Engine::Dcbm(d) => d.set_param("reason_mask", &mask.to_string()),
+        }
+    }
+
+    /// Switches offloading off and on again (unregister while batches may be in flight).
+    pub fn restart(&self) -> Result<(), ParamError> {
+        match self {
+            Engine::Vanilla => Ok(()),
+            Engine::Batch(m, mm) => {
+                let mask = mm.offload().reason_mask();
+                mm.offload().unregister(m).map_err(ParamError::Offload)?;
+                mm.offload()
+                    .register(m.clone(), mask)
+                    .map_err(ParamError::Offload)
+            }
+            Engine::MtCopy(d) => {
+                d.set_param("offloading", "0")?;
+                d.set_param("offloading", "1")
+            }
+            Engine::Dcbm(d) => {
+                d.set_param("offloading", "0")?;
+                d.set_param("offloading", "1")
+            }
+        }
+    }
+
     /// The driver's counters as (name, value).
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         match self {

@@ -1,0 +1,772 @@
+//! `pagemig stress`: accessor threads and migrating threads together for a while, with
+//! faults injected, checked for lost writes, torn reads, corrupted content and leaked
+//! frames — all of which must be zero.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pagemig::migrate::{migrate_pages, Mode, Reason};
+use pagemig::mm::{
+    AddressSpace, FaultHooks, Folio, Memory, MemoryConfig, NodeId, Order, Pfn, VirtAddr, PAGE_SIZE,
+};
+use pagemig::offload::ReasonMask;
+use pagemig::Errno;
+use pagemig_engines::{Engine, EngineSpec};
+use serde::Serialize;
+
+use crate::spec::SpecError;
+
+const BASE: u64 = 0x20_0000_0000;
+/// Folios of the stressed space: (order, count), laid out back to back.
+const LAYOUT: &[(u8, usize)] = &[(9, 2), (4, 64), (0, 1024), (2, 256)];
+
+/// Fault kinds `--inject` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// An extra reference held across a migration (a GUP pin): `EAGAIN`.
+    Eagain,
+    /// The folio lock held by someone else for a while.
+    Lock,
+    /// Writeback in progress for a while (`EBUSY` in async modes, waits in sync).
+    Writeback,
+    /// A page poisoned for a while (the copy fails with `EHWPOISON`).
+    Poison,
+    /// Destination allocation fails (`ENOMEM`; large folios split).
+    Enomem,
+    /// The copy engine fails copies (mtcopy chunks, dcbm descriptors).
+    Engine,
+    /// A DMA channel stalls past the driver's timeout (dcbm).
+    Timeout,
+    /// The driver is unregistered and registered again mid-run.
+    Unregister,
+    /// The reason mask changes mid-run.
+    Reason,
+}
+
+impl FaultKind {
+    const ALL: [FaultKind; 9] = [
+        FaultKind::Eagain,
+        FaultKind::Lock,
+        FaultKind::Writeback,
+        FaultKind::Poison,
+        FaultKind::Enomem,
+        FaultKind::Engine,
+        FaultKind::Timeout,
+        FaultKind::Unregister,
+        FaultKind::Reason,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            FaultKind::Eagain => "eagain",
+            FaultKind::Lock => "lock",
+            FaultKind::Writeback => "writeback",
+            FaultKind::Poison => "poison",
+            FaultKind::Enomem => "enomem",
+            FaultKind::Engine => "engine",
+            FaultKind::Timeout => "timeout",
+            FaultKind::Unregister => "unregister",
+            FaultKind::Reason => "reason",
+        }
+    }
+    /// The rate `all` uses.
+    fn default_rate(self) -> f64 {
+        match self {
+            FaultKind::Eagain | FaultKind::Lock | FaultKind::Writeback => 0.2,
+            FaultKind::Poison => 0.05,
+            FaultKind::Enomem => 0.01,
+            FaultKind::Engine => 0.05,
+            FaultKind::Timeout => 0.01,
+            FaultKind::Unregister | FaultKind::Reason => 0.05,
+        }
+    }
+}
+
+/// Parses `--inject`: `none`, `all`, or `kind[=rate],...` with rates in (0, 1].
+pub fn parse_inject(s: &str) -> Result<Vec<(FaultKind, f64)>, SpecError> {
+    match s.trim() {
+        "none" | "" => return Ok(Vec::new()),
+        "all" => {
+            return Ok(FaultKind::ALL
+                .iter()
+                .map(|k| (*k, k.default_rate()))
+                .collect())
+        }
+        _ => {}
+    }
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim) {
+        let (name, rate) = match item.split_once('=') {
+            Some((n, r)) => {
+                let r: f64 = r.parse().map_err(|_| {
+                    SpecError(format!("bad rate in {item:?}: expected a number in (0, 1]"))
+                })?;
+                (n, Some(r))
+            }
+            None => (item, None),
+        };
+        let kind = FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                SpecError(format!(
+                    "unknown fault kind {name:?} (known: all, none, {})",
+                    FaultKind::ALL.map(|k| k.name()).join(", ")
+                ))
+            })?;
+        let rate = rate.unwrap_or_else(|| kind.default_rate());
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err(SpecError(format!(
+                "rate of {name} must be in (0, 1], got {rate}"
+            )));
+        }
+        out.push((kind, rate));
+    }
+    Ok(out)
+}
+
+/// Options of a stress run.
+#[derive(Debug, Clone)]
+pub struct StressOptions {
+    /// Seconds per engine.
+    pub seconds: f64,
+    /// Accessor threads.
+    pub accessors: usize,
+    /// Migrating threads.
+    pub migrators: usize,
+    /// Faults and rates.
+    pub inject: Vec<(FaultKind, f64)>,
+    /// Progress on stderr.
+    pub verbose: bool,
+}
+
+/// Resource use of the process.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Resources {
+    /// Resident set, KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors.
+    pub fds: u64,
+    /// Threads.
+    pub threads: u64,
+}
+
+/// The process's resource use now.
+pub fn process_resources() -> Resources {
+    resources()
+}
+
+fn resources() -> Resources {
+    let page_kib = 4;
+    let rss_kib = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * page_kib;
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    let threads = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .and_then(|l| l[8..].trim().parse().ok())
+        })
+        .unwrap_or(0);
+    Resources {
+        rss_kib,
+        fds,
+        threads,
+    }
+}
+
+/// The summary of one engine's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StressReport {
+    /// Engine.
+    pub engine: String,
+    /// Seconds run.
+    pub seconds: f64,
+    /// Accessor reads and writes.
+    pub operations: u64,
+    /// `migrate_pages()` calls.
+    pub migrate_calls: u64,
+    /// Base pages migrated.
+    pub pages_migrated: u64,
+    /// Folios that failed, by errno name.
+    pub folios_failed_by_errno: BTreeMap<String, u64>,
+    /// Whole calls that returned an error, by errno name.
+    pub calls_failed_by_errno: BTreeMap<String, u64>,
+    /// Faults injected, by kind.
+    pub faults_injected: BTreeMap<String, u64>,
+    /// Reads that returned `EHWPOISON` (expected while a page is poisoned).
+    pub poisoned_reads: u64,
+    /// Writes whose value was not read back later.
+    pub lost_writes: u64,
+    /// Records read half-old, half-new.
+    pub torn_reads: u64,
+    /// Pages whose content changed though nobody wrote them.
+    pub content_mismatches: u64,
+    /// Frames not free after everything was released.
+    pub leaked_frames: u64,
+    /// Resources after setup and at the end.
+    pub resources_start: Resources,
+    /// Resources after the run and the teardown of its engine and memory.
+    pub resources_end: Resources,
+    /// The engine's counters.
+    pub engine_counters: BTreeMap<String, u64>,
+}
+
+impl StressReport {
+    /// Whether every loss figure is zero.
+    pub fn is_clean(&self) -> bool {
+        self.lost_writes == 0
+            && self.torn_reads == 0
+            && self.content_mismatches == 0
+            && self.leaked_frames == 0
+    }
+}
+
+/// A small shared random source (splitmix64).
+struct Rng(AtomicU64);
+
+impl Rng {
+    fn next(&self) -> u64 {
+        let mut z = self
+            .0
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn chance(&self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+    fn below(&self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+struct Hooks {
+    enomem_rate: f64,
+    rng: Rng,
+    injected: AtomicU64,
+    /// Off while the space is set up.
+    armed: AtomicBool,
+}
+
+impl FaultHooks for Hooks {
+    fn alloc_should_fail(&self, _node: NodeId, _order: Order) -> bool {
+        if self.armed.load(Ordering::Relaxed)
+            && self.enomem_rate > 0.0
+            && self.rng.chance(self.enomem_rate)
+        {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+fn folio_starts() -> Vec<(u64, u8)> {
+    let mut v = Vec::new();
+    let mut va = BASE;
+    for &(order, n) in LAYOUT {
+        for _ in 0..n {
+            v.push((va, order));
+            va += (PAGE_SIZE << order) as u64;
+        }
+    }
+    v
+}
+
+fn space_len() -> usize {
+    LAYOUT.iter().map(|(o, n)| (PAGE_SIZE << o) * n).sum()
+}
+
+fn pattern_word(page: usize, w: usize) -> u64 {
+    let mut x = (page as u64) << 20 ^ w as u64 ^ 0xA5A5_5A5A_DEAD_BEEF;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^ (x << 17)
+}
+
+/// Pages with writer slots: every 4th page; the others keep a fixed pattern.
+fn is_writer_page(page: usize) -> bool {
+    page % 4 == 0
+}
+
+#[derive(Default)]
+struct Totals {
+    ops: AtomicU64,
+    poisoned_reads: AtomicU64,
+    lost: AtomicU64,
+    torn: AtomicU64,
+    mismatches: AtomicU64,
+    migrate_calls: AtomicU64,
+    migrated: AtomicU64,
+    failed: Mutex<BTreeMap<String, u64>>,
+    calls_failed: Mutex<BTreeMap<String, u64>>,
+    injected: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Totals {
+    fn inject(&self, k: FaultKind) {
+        *self
+            .injected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(k.name().into())
+            .or_default() += 1;
+    }
+}
+
+fn accessor_loop(
+    sp: Arc<AddressSpace>,
+    id: usize,
+    nr: usize,
+    stop: Arc<AtomicBool>,
+    t: Arc<Totals>,
+    rng_seed: u64,
+) {
+    let acc = sp.accessor();
+    let nr_pages = space_len() / PAGE_SIZE;
+    let mine: Vec<usize> = (0..nr_pages)
+        .filter(|p| is_writer_page(*p) && (p / 4) % nr == id)
+        .collect();
+    let mut last = vec![0u64; mine.len()];
+    let slot = |p: usize| VirtAddr(BASE + (p * PAGE_SIZE + (p * 16) % PAGE_SIZE) as u64);
+    let rng = Rng(AtomicU64::new(rng_seed));
+    let mut seq = 1u64;
+    let mut ops = 0u64;
+    let check = |p: usize, expect: u64, final_check: bool| -> (u64, u64, u64) {
+        let mut b = [0u8; 16];
+        match acc.read(slot(p), &mut b) {
+            Err(Errno::HwPoison) => (0, 0, 1),
+            Err(e) => panic!("accessor read failed: {e}"),
+            Ok(()) => {
+                let v = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+                let c = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
+                let torn = (c != !v ^ p as u64) as u64;
+                let lost = (v != expect) as u64;
+                let _ = final_check;
+                (lost, torn, 0)
+            }
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        for (k, &p) in mine.iter().enumerate() {
+            let (lost, torn, pois) = check(p, last[k], false);
+            t.lost.fetch_add(lost, Ordering::Relaxed);
+            t.torn.fetch_add(torn, Ordering::Relaxed);
+            t.poisoned_reads.fetch_add(pois, Ordering::Relaxed);
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&seq.to_le_bytes());
+            b[8..].copy_from_slice(&(!seq ^ p as u64).to_le_bytes());
+            acc.write(slot(p), &b).expect("accessor write");
+            last[k] = seq;
+            ops += 2;
+        }
+        seq += 1;
+        t.ops.fetch_add(ops, Ordering::Relaxed);
+        ops = 0;
+        // A few reads of pattern pages.
+        for _ in 0..8 {
+            let p = rng.below(nr_pages);
+            if is_writer_page(p) {
+                continue;
+            }
+            let w = rng.below(PAGE_SIZE / 8);
+            match acc.read_u64(VirtAddr(BASE + (p * PAGE_SIZE + w * 8) as u64)) {
+                Ok(v) => {
+                    if v != pattern_word(p, w) {
+                        t.mismatches.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(Errno::HwPoison) => {
+                    t.poisoned_reads.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => panic!("accessor read failed: {e}"),
+            }
+            ops += 1;
+        }
+    }
+    // Final check: every slot holds the last value written (retry poisoned reads).
+    for (k, &p) in mine.iter().enumerate() {
+        loop {
+            let (lost, torn, pois) = check(p, last[k], true);
+            if pois == 1 {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            t.lost.fetch_add(lost, Ordering::Relaxed);
+            t.torn.fetch_add(torn, Ordering::Relaxed);
+            break;
+        }
+    }
+    t.ops.fetch_add(ops, Ordering::Relaxed);
+}
+
+fn migrator_loop(
+    mm: Arc<Memory>,
+    sp: Arc<AddressSpace>,
+    stop: Arc<AtomicBool>,
+    t: Arc<Totals>,
+    seed: u64,
+) {
+    let rng = Rng(AtomicU64::new(seed));
+    let starts = folio_starts();
+    let modes = [Mode::Async, Mode::SyncLight, Mode::Sync];
+    let reasons = [
+        Reason::Demotion,
+        Reason::Syscall,
+        Reason::Compaction,
+        Reason::NumaMisplaced,
+        Reason::LongtermPin,
+    ];
+    while !stop.load(Ordering::Relaxed) {
+        let mut list = Vec::new();
+        for &(va, _) in &starts {
+            if !rng.chance(0.25) {
+                continue;
+            }
+            if let Some(f) = sp.folio_at(VirtAddr(va)) {
+                if mm.isolate_folio(f).is_ok() {
+                    list.push(f);
+                }
+            }
+        }
+        if list.is_empty() {
+            continue;
+        }
+        let mode = modes[rng.below(modes.len())];
+        let reason = reasons[rng.below(reasons.len())];
+        let mut alloc = |mm: &Memory, src: Folio| {
+            let f = mm.folio(src);
+            let node = NodeId(1 - f.node().0);
+            let flags = f.flags() & pagemig::mm::pg::HUGETLB;
+            mm.alloc_folio(node, f.order(), flags).ok()
+        };
+        let res = migrate_pages(&mm, &mut list, &mut alloc, None, mode, reason)
+            .expect("stress lists are valid");
+        t.migrate_calls.fetch_add(1, Ordering::Relaxed);
+        t.migrated
+            .fetch_add(res.stats.nr_succeeded as u64, Ordering::Relaxed);
+        {
+            let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
+            for (e, n) in res.stats.failures_by_errno() {
+                *f.entry(e.name().into()).or_default() += n as u64;
+            }
+        }
+        if let Err(e) = res.rc {
+            *t.calls_failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(e.name().into())
+                .or_default() += 1;
+        }
+        mm.putback_movable_pages(&mut list);
+    }
+}
+
+fn chaos_loop(
+    mm: Arc<Memory>,
+    sp: Arc<AddressSpace>,
+    stop: Arc<AtomicBool>,
+    t: Arc<Totals>,
+    inject: Vec<(FaultKind, f64)>,
+    seed: u64,
+) {
+    let rng = Rng(AtomicU64::new(seed));
+    let starts = folio_starts();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_micros(200));
+        for &(k, rate) in &inject {
+            if !matches!(
+                k,
+                FaultKind::Eagain | FaultKind::Lock | FaultKind::Writeback | FaultKind::Poison
+            ) || !rng.chance(rate)
+            {
+                continue;
+            }
+            let (va, order) = starts[rng.below(starts.len())];
+            let Some(f) = sp.get_folio(VirtAddr(va)) else {
+                continue;
+            };
+            let fr = mm.folio(f);
+            match k {
+                FaultKind::Eagain => std::thread::sleep(Duration::from_micros(500)),
+                FaultKind::Lock => {
+                    if fr.trylock() {
+                        std::thread::sleep(Duration::from_micros(500));
+                        fr.unlock();
+                    } else {
+                        fr.put();
+                        continue;
+                    }
+                }
+                FaultKind::Writeback => {
+                    // Writeback starts under the folio lock, as in the kernel.
+                    if fr.trylock() {
+                        fr.start_writeback();
+                        fr.unlock();
+                        std::thread::sleep(Duration::from_micros(500));
+                        fr.end_writeback();
+                    } else {
+                        fr.put();
+                        continue;
+                    }
+                }
+                FaultKind::Poison => {
+                    let nr = fr.nr_pages().min(1 << order);
+                    let pfn = Pfn(f.pfn().0 + rng.below(nr) as u64);
+                    let _ = mm.inject_hwpoison(pfn);
+                    std::thread::sleep(Duration::from_millis(1));
+                    let _ = mm.clear_hwpoison(pfn);
+                }
+                _ => {}
+            }
+            fr.put();
+            t.inject(k);
+        }
+    }
+}
+
+fn rate(inject: &[(FaultKind, f64)], k: FaultKind) -> f64 {
+    inject
+        .iter()
+        .find(|(x, _)| *x == k)
+        .map_or(0.0, |(_, r)| *r)
+}
+
+fn engine_knobs(spec: EngineSpec, inject: &[(FaultKind, f64)]) -> Vec<(String, String)> {
+    let mut knobs = Vec::new();
+    let every = |r: f64| ((1.0 / r).round() as u64).max(1).to_string();
+    match spec {
+        EngineSpec::MtCopy(_) => {
+            let r = rate(inject, FaultKind::Engine);
+            if r > 0.0 {
+                knobs.push(("inject_fail_every".into(), every(r)));
+            }
+        }
+        EngineSpec::Dcbm(_) => {
+            let r = rate(inject, FaultKind::Engine);
+            if r > 0.0 {
+                knobs.push(("dma.fail_every".into(), every(r)));
+            }
+            let r = rate(inject, FaultKind::Timeout);
+            if r > 0.0 {
+                knobs.push(("dma.stall_every".into(), every(r)));
+                knobs.push(("dma.stall_ms".into(), "50".into()));
+                knobs.push(("timeout_ms".into(), "5".into()));
+            }
+            knobs.push(("max_desc_bytes".into(), "65536".into()));
+        }
+        _ => {}
+    }
+    knobs
+}
+
+/// Runs the stress for one engine.
+pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, String> {
+    let res_start = resources();
+    let hooks = Arc::new(Hooks {
+        enomem_rate: rate(&o.inject, FaultKind::Enomem),
+        rng: Rng(AtomicU64::new(0x1234)),
+        injected: AtomicU64::new(0),
+        armed: AtomicBool::new(false),
+    });
+    let mut cfg = MemoryConfig::with_nodes(2, 2 * space_len() + (16 << 20));
+    cfg.hooks = Some(hooks.clone());
+    let mm = Memory::new(cfg).map_err(|e| e.to_string())?;
+    let sp = mm
+        .new_space(VirtAddr(BASE), space_len())
+        .map_err(|e| e.to_string())?;
+    for &(va, order) in &folio_starts() {
+        sp.map_anon(VirtAddr(va), NodeId(0), Order(order))
+            .map_err(|e| e.to_string())?;
+    }
+    {
+        let acc = sp.accessor();
+        let mut buf = vec![0u8; PAGE_SIZE];
+        for p in 0..space_len() / PAGE_SIZE {
+            if is_writer_page(p) {
+                let mut b = [0u8; 16];
+                b[8..].copy_from_slice(&(!0u64 ^ p as u64).to_le_bytes());
+                acc.write(
+                    VirtAddr(BASE + (p * PAGE_SIZE + (p * 16) % PAGE_SIZE) as u64),
+                    &b,
+                )
+                .map_err(|e| e.to_string())?;
+            } else {
+                for (w, c) in buf.chunks_exact_mut(8).enumerate() {
+                    c.copy_from_slice(&pattern_word(p, w).to_le_bytes());
+                }
+                acc.write(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &buf)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    let engine =
+        Engine::start(spec, &mm, &engine_knobs(spec, &o.inject)).map_err(|e| e.to_string())?;
+    let totals = Arc::new(Totals::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    hooks.armed.store(true, Ordering::SeqCst);
+    let mut handles = Vec::new();
+    for i in 0..o.accessors {
+        let (sp, stop, t) = (sp.clone(), stop.clone(), totals.clone());
+        let n = o.accessors;
+        handles.push(std::thread::spawn(move || {
+            accessor_loop(sp, i, n, stop, t, 77 + i as u64)
+        }));
+    }
+    for i in 0..o.migrators {
+        let (mm, sp, stop, t) = (mm.clone(), sp.clone(), stop.clone(), totals.clone());
+        handles.push(std::thread::spawn(move || {
+            migrator_loop(mm, sp, stop, t, 1000 + i as u64)
+        }));
+    }
+    if !o.inject.is_empty() {
+        let (mm, sp, stop, t, inj) = (
+            mm.clone(),
+            sp.clone(),
+            stop.clone(),
+            totals.clone(),
+            o.inject.clone(),
+        );
+        handles.push(std::thread::spawn(move || {
+            chaos_loop(mm, sp, stop, t, inj, 5)
+        }));
+    }
+    // The control loop: progress, and the faults that act on the engine itself.
+    let t0 = Instant::now();
+    let rng = Rng(AtomicU64::new(99));
+    let mut next_report = Duration::from_secs(1);
+    let mut reason_all = true;
+    let mut control_error = None;
+    while t0.elapsed().as_secs_f64() < o.seconds {
+        std::thread::sleep(Duration::from_millis(10));
+        if rng.chance(rate(&o.inject, FaultKind::Unregister)) {
+            if let Err(e) = engine.restart() {
+                control_error = Some(format!("restart: {e}"));
+                break;
+            }
+            totals.inject(FaultKind::Unregister);
+        }
+        if rng.chance(rate(&o.inject, FaultKind::Reason)) {
+            reason_all = !reason_all;
+            let mask = if reason_all {
+                ReasonMask::ALL
+            } else {
+                "compaction,demotion".parse().expect("valid mask")
+            };
+            if let Err(e) = engine.set_reason_mask(mask) {
+                control_error = Some(format!("reason mask: {e}"));
+                break;
+            }
+            totals.inject(FaultKind::Reason);
+        }
+        if o.verbose && t0.elapsed() >= next_report {
+            next_report += Duration::from_secs(1);
+            eprintln!(
+                "[{spec} {:>5.0}s] ops {} pages migrated {} failed {:?} lost {} torn {} mismatches {}",
+                t0.elapsed().as_secs_f64(),
+                totals.ops.load(Ordering::Relaxed),
+                totals.migrated.load(Ordering::Relaxed),
+                totals.failed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                totals.lost.load(Ordering::Relaxed),
+                totals.torn.load(Ordering::Relaxed),
+                totals.mismatches.load(Ordering::Relaxed),
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for h in handles {
+        h.join()
+            .map_err(|_| "a stress thread panicked".to_string())?;
+    }
+    hooks.armed.store(false, Ordering::SeqCst);
+    let seconds = t0.elapsed().as_secs_f64();
+    if let Some(e) = control_error {
+        return Err(e);
+    }
+    // Pattern pages, checked once more in full.
+    {
+        let acc = sp.accessor();
+        let mut buf = vec![0u8; PAGE_SIZE];
+        for p in (0..space_len() / PAGE_SIZE).filter(|p| !is_writer_page(*p)) {
+            acc.read(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &mut buf)
+                .map_err(|e| e.to_string())?;
+            if buf
+                .chunks_exact(8)
+                .enumerate()
+                .any(|(w, c)| u64::from_le_bytes(c.try_into().expect("8")) != pattern_word(p, w))
+            {
+                totals.mismatches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let engine_counters: BTreeMap<String, u64> = engine
+        .counters()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    engine.stop().map_err(|e| e.to_string())?;
+    drop(sp);
+    let leaked = (mm.nr_pages_total() - mm.nr_free_pages_total()) as u64;
+    let mut injected = totals
+        .injected
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let n = hooks.injected.load(Ordering::Relaxed);
+    if n > 0 {
+        injected.insert("enomem".into(), n);
+    }
+    // Engine faults (failed copies, stalled channels) show as folios the engine left to
+    // the CPU fallback.
+    if (rate(&o.inject, FaultKind::Engine) > 0.0 || rate(&o.inject, FaultKind::Timeout) > 0.0)
+        && matches!(spec, EngineSpec::MtCopy(_) | EngineSpec::Dcbm(_))
+    {
+        injected.insert(
+            "engine_folio_failures".into(),
+            engine_counters.get("folios_failures").copied().unwrap_or(0),
+        );
+    }
+    drop(mm);
+    let failed = totals
+        .failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let calls_failed = totals
+        .calls_failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(StressReport {
+        engine: spec.to_string(),
+        seconds,
+        operations: totals.ops.load(Ordering::Relaxed),
+        migrate_calls: totals.migrate_calls.load(Ordering::Relaxed),
+        pages_migrated: totals.migrated.load(Ordering::Relaxed),
+        folios_failed_by_errno: failed,
+        calls_failed_by_errno: calls_failed,
+        faults_injected: injected,
+        poisoned_reads: totals.poisoned_reads.load(Ordering::Relaxed),
+        lost_writes: totals.lost.load(Ordering::Relaxed),
+        torn_reads: totals.torn.load(Ordering::Relaxed),
+        content_mismatches: totals.mismatches.load(Ordering::Relaxed),
+        leaked_frames: leaked,
+        resources_start: res_start,
+        resources_end: resources(),
+        engine_counters,
+    })
+}
