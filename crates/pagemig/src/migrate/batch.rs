@@ -153,6 +153,9 @@ pub(crate) fn migrate_pages_batch(
         let copy_early = hooks.as_ref().is_some_and(|h| h.copy_before_flush());
         let batch_copy = |stats: &mut MigratePagesStats| {
             if !unmap_batch.is_empty() {
+                if let Some(h) = &hooks {
+                    h.before_batch_copy(mm);
+                }
                 let t = Instant::now();
                 // One call for the whole batch; the return value is ignored: correctness
                 // rests on the per-folio CONTENT_COPIED marks.

@@ -153,6 +153,10 @@ pub trait FaultHooks: Send + Sync {
     }
     /// Called at the start of each move attempt of `src` (pass number from 0).
     fn before_move(&self, _mm: &Memory, _src: Folio, _pass: usize) {}
+    /// Called after the TLB flush, right before the batch copy is dispatched (the gate
+    /// was evaluated at the top of the batch): a driver unregistered here is the case of
+    /// an unregister racing with a batch that already chose the batch path.
+    fn before_batch_copy(&self, _mm: &Memory) {}
     /// Called right after the batch copy, before the move phase.
     fn after_batch_copy(&self, _mm: &Memory) {}
     /// Negative control only: copy the batch *before* the TLB flush, which is wrong and
