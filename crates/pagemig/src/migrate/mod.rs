@@ -186,6 +186,17 @@ pub enum MigrateError {
     /// A list entry is not an allocated folio head.
     #[error("pfn {0:#x} is not an allocated folio")]
     NotAFolio(u64),
+    /// The target node does not exist.
+    #[error("no such node {0:?}")]
+    NoSuchNode(NodeId),
+    /// A folio is already on the target node.
+    #[error("folio at pfn {pfn:#x} is already on node {node:?}")]
+    SameNode {
+        /// the folio
+        pfn: u64,
+        /// the target
+        node: NodeId,
+    },
 }
 
 impl MigrateError {
@@ -372,6 +383,27 @@ pub fn migrate_pages<'b>(
         nr_succeeded: stats.nr_succeeded,
         stats,
     })
+}
+
+/// Migrates every folio of `from` to `node` (the core of `move_pages(2)` and of
+/// demotion): `migrate_pages()` with `alloc_migration_target` for `node`. Rejects an unknown
+/// node and a folio already on `node`, changing nothing.
+pub fn migrate_folios_to_node(
+    mm: &Memory,
+    from: &mut Vec<Folio>,
+    node: NodeId,
+    mode: Mode,
+    reason: Reason,
+) -> Result<MigratePagesResult, MigrateError> {
+    mm.node(node).map_err(|_| MigrateError::NoSuchNode(node))?;
+    for &f in from.iter() {
+        let fr = mm.folio_checked(f).map_err(|_| MigrateError::NotAFolio(f.0 .0))?;
+        if fr.node() == node {
+            return Err(MigrateError::SameNode { pfn: f.0 .0, node });
+        }
+    }
+    let mut alloc = alloc_on_node(mm, node);
+    migrate_pages(mm, from, &mut alloc, None, mode, reason)
 }
 
 /// `migrate_pages_sync()`: first the whole chunk as one ASYNC batch with 3 passes, then
