@@ -21,6 +21,8 @@ pub(crate) struct PassCounters {
     pub(crate) thp_retry: usize,
     pub(crate) nr_failed: usize,
     pub(crate) nr_retry_pages: usize,
+    /// When the first folio of the batch was usable again.
+    pub(crate) first_done: Option<Instant>,
 }
 
 /// `migrate_pages_batch(from, ..., mode, reason, ret_folios, split_folios, stats, nr_pass)`.
@@ -216,6 +218,15 @@ pub(crate) fn migrate_pages_batch(
         stats.nr_thp_failed += c.thp_retry;
         stats.nr_failed_pages += c.nr_retry_pages;
         stats.phases.move_ns += elapsed_ns(t_move);
+        if let Some(first) = c.first_done {
+            let first_ns = first.duration_since(t_unmap).as_nanos() as u64;
+            let last_ns = elapsed_ns(t_unmap);
+            stats.nr_batches += 1;
+            stats.first_usable_ns_sum += first_ns;
+            stats.last_usable_ns_sum += last_ns;
+            stats.first_usable_ns_max = stats.first_usable_ns_max.max(first_ns);
+            stats.last_usable_ns_max = stats.last_usable_ns_max.max(last_ns);
+        }
         rc = match rc_saved {
             Some(e) => Err(e),
             None => Ok(c.nr_failed),

@@ -136,7 +136,7 @@ impl MigratePagesStats {
 }
 
 impl PhaseTimes {
-    fn add(&mut self, o: &PhaseTimes) {
+    pub(crate) fn add(&mut self, o: &PhaseTimes) {
         self.unmap_ns += o.unmap_ns;
         self.flush_ns += o.flush_ns;
         self.copy_ns += o.copy_ns;
@@ -165,6 +165,18 @@ pub struct MigratePagesStats {
     pub nr_copied_on_cpu: usize,
     /// TLB flushes issued by the batch path (`try_to_unmap_flush`) and inline flushes.
     pub nr_tlb_flushes: usize,
+    /// Batches (`migrate_pages_batch` calls) in which at least one folio moved.
+    pub nr_batches: usize,
+    /// Sum over those batches of the time from the batch's start (its first unmap) until
+    /// the first folio was usable again (its PTEs restored).
+    pub first_usable_ns_sum: u64,
+    /// Sum over those batches of the time from the batch's start until the move loop
+    /// finished (the last folio usable again).
+    pub last_usable_ns_sum: u64,
+    /// Worst first-folio time of any batch.
+    pub first_usable_ns_max: u64,
+    /// Worst last-folio time of any batch.
+    pub last_usable_ns_max: u64,
     /// Folios that failed for good, by the error they failed with (indexed like
     /// [`Errno::ALL`]; retries that ran out count as `EAGAIN`). The async attempt of a
     /// sync migration is retried, so its failures are not counted here.
@@ -435,6 +447,11 @@ fn migrate_pages_sync(
     stats.nr_copied_by_batch += astats.nr_copied_by_batch;
     stats.nr_copied_on_cpu += astats.nr_copied_on_cpu;
     stats.phases.add(&astats.phases);
+    stats.nr_batches += astats.nr_batches;
+    stats.first_usable_ns_sum += astats.first_usable_ns_sum;
+    stats.last_usable_ns_sum += astats.last_usable_ns_sum;
+    stats.first_usable_ns_max = stats.first_usable_ns_max.max(astats.first_usable_ns_max);
+    stats.last_usable_ns_max = stats.last_usable_ns_max.max(astats.last_usable_ns_max);
     if let Err(e) = rc {
         stats.nr_failed_pages += astats.nr_failed_pages;
         stats.nr_thp_failed += astats.nr_thp_failed;

@@ -53,6 +53,9 @@ pub(crate) fn migrate_folios_move(
             Ok(()) => {
                 stats.nr_succeeded += nr_pages;
                 stats.nr_thp_succeeded += is_thp;
+                if c.first_done.is_none() {
+                    c.first_done = Some(std::time::Instant::now());
+                }
             }
             Err(e) => {
                 stats.record_failure(e, 1);
