@@ -5,7 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use std::sync::Arc;
 
@@ -29,7 +29,12 @@ pub struct Accessor {
     tlb: [Cell<(u64, u64)>; TLB_ENTRIES],
     nr_waits: Cell<u64>,
     wait_ns: Cell<u64>,
+    /// Each wait's duration, if recording (for stall distributions).
+    wait_samples: RefCell<Option<Vec<u64>>>,
 }
+
+/// The most wait samples an accessor keeps.
+const MAX_WAIT_SAMPLES: usize = 1 << 20;
 
 impl std::fmt::Debug for Accessor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,6 +54,7 @@ impl Accessor {
             tlb: std::array::from_fn(|_| Cell::new((0, 0))),
             nr_waits: Cell::new(0),
             wait_ns: Cell::new(0),
+            wait_samples: RefCell::new(None),
         }
     }
 
@@ -60,6 +66,16 @@ impl Accessor {
     /// Number of times an access waited on a migration entry, and the total time waited.
     pub fn migration_waits(&self) -> (u64, u64) {
         (self.nr_waits.get(), self.wait_ns.get())
+    }
+
+    /// Starts keeping the duration of every migration-entry wait (up to 2^20 of them).
+    pub fn record_waits(&self) {
+        *self.wait_samples.borrow_mut() = Some(Vec::new());
+    }
+
+    /// Takes the wait durations recorded so far (ns), leaving recording on.
+    pub fn take_wait_samples(&self) -> Vec<u64> {
+        self.wait_samples.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Begins an access: publishes `busy`, then acknowledges any newer shootdown.
@@ -104,9 +120,14 @@ impl Accessor {
         let mm = &self.space.mm;
         let head = mm.compound_head(pfn);
         mm.wait_on_flag(head, pg::LOCKED);
+        let ns = t.elapsed().as_nanos() as u64;
         self.nr_waits.set(self.nr_waits.get() + 1);
-        self.wait_ns
-            .set(self.wait_ns.get() + t.elapsed().as_nanos() as u64);
+        self.wait_ns.set(self.wait_ns.get() + ns);
+        if let Some(v) = self.wait_samples.borrow_mut().as_mut() {
+            if v.len() < MAX_WAIT_SAMPLES {
+                v.push(ns);
+            }
+        }
     }
 
     /// One access confined to a single page.
