@@ -2,8 +2,12 @@
 //! report GB/s per folio size and engine, next to this machine's copy limit measured in
 //! the same run.
 
-use std::sync::Arc;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use pagemig::migrate::{alloc_on_node, migrate_pages, Mode, PhaseTimes, Reason};
 use pagemig::mm::{
@@ -25,11 +29,15 @@ pub struct BenchOptions {
     pub engines: Vec<EngineSpec>,
     /// Migrations per (size, engine).
     pub runs: usize,
-    /// `NR_MAX_BATCHED_MIGRATION` in base pages.
-    pub batch_pages: usize,
+    /// `NR_MAX_BATCHED_MIGRATION` values to measure, in base pages.
+    pub batch_pages: Vec<usize>,
+    /// Accessor threads reading the workload during the migrations (stall times).
+    pub accessors: usize,
+    /// Keep the auto engine's calibration for the report.
+    pub explain: bool,
     /// Migration mode (the series measured `move_pages(2)`: `Sync`).
     pub mode: Mode,
-    /// Print progress lines on stderr.
+    /// Show a progress bar on stderr (only if it is a terminal).
     pub verbose: bool,
     /// Knobs: (engine family, name, value).
     pub knobs: Vec<(String, String, String)>,
@@ -76,6 +84,8 @@ pub struct BenchResult {
     pub width: usize,
     /// Folio size in bytes.
     pub folio_size: usize,
+    /// `NR_MAX_BATCHED_MIGRATION` of this result.
+    pub batch_pages: usize,
     /// Folios per migration.
     pub nr_folios: usize,
     /// Mean throughput.
@@ -97,6 +107,20 @@ pub struct BenchResult {
     pub nr_copied_by_batch: usize,
     /// TLB flushes per migration (mean).
     pub tlb_flushes_per_run: f64,
+    /// Mean time per batch from its first unmap until its first folio was usable again.
+    pub first_usable_us: f64,
+    /// Mean time per batch from its first unmap until its last folio was usable again.
+    pub last_usable_us: f64,
+    /// Worst batch's last-folio time.
+    pub last_usable_us_max: f64,
+    /// Accessor waits on migration entries recorded.
+    pub nr_stalls: usize,
+    /// Median wait.
+    pub stall_p50_us: f64,
+    /// 99th percentile wait.
+    pub stall_p99_us: f64,
+    /// Longest wait.
+    pub stall_max_us: f64,
     /// Runs.
     pub runs: usize,
 }
@@ -108,8 +132,14 @@ pub struct BenchReport {
     pub machine: MachineInfo,
     /// Bytes moved per migration.
     pub total_bytes: usize,
-    /// Batch size in base pages.
+    /// Batch size of the main tables, in base pages.
     pub batch_pages: usize,
+    /// Every batch size measured.
+    pub batch_pages_list: Vec<usize>,
+    /// Accessor threads that read during the migrations.
+    pub accessors: usize,
+    /// The auto engine's calibration, with `--explain`.
+    pub explain: Option<String>,
     /// Mode name.
     pub mode: String,
     /// Results.
@@ -309,6 +339,10 @@ struct RunOutcome {
     phases: PhaseTimes,
     nr_copied_by_batch: usize,
     nr_tlb_flushes: usize,
+    nr_batches: u64,
+    first_usable_ns: u64,
+    last_usable_ns: u64,
+    last_usable_ns_max: u64,
 }
 
 fn migrate_once(
@@ -366,6 +400,10 @@ fn migrate_once(
         phases: res.stats.phases,
         nr_copied_by_batch: res.stats.nr_copied_by_batch,
         nr_tlb_flushes: res.stats.nr_tlb_flushes,
+        nr_batches: res.stats.nr_batches as u64,
+        first_usable_ns: res.stats.first_usable_ns_sum,
+        last_usable_ns: res.stats.last_usable_ns_sum,
+        last_usable_ns_max: res.stats.last_usable_ns_max,
     })
 }
 
@@ -385,7 +423,7 @@ fn check_counters(
     offered: u64,
     nr_copied_by_batch: u64,
 ) -> Result<(), BenchError> {
-    if c.is_empty() {
+    if !c.contains_key("folios_migrated") {
         return Ok(());
     }
     let get = |n: &str| c.get(n).copied().unwrap_or(0);
@@ -424,18 +462,98 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Accessor threads reading the workload while it migrates; their migration-entry
+/// waits are attributed to whichever (engine, batch size) is running.
+struct Readers {
+    stop: Arc<AtomicBool>,
+    tag: Arc<AtomicUsize>,
+    samples: Arc<Mutex<Vec<(usize, u64)>>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+const NO_TAG: usize = usize::MAX;
+
+impl Readers {
+    fn start(space: &Arc<AddressSpace>, n: usize, total: usize) -> Readers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tag = Arc::new(AtomicUsize::new(NO_TAG));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let handles = (0..n)
+            .map(|i| {
+                let (space, stop, tag, samples) =
+                    (space.clone(), stop.clone(), tag.clone(), samples.clone());
+                std::thread::spawn(move || {
+                    let acc = space.accessor();
+                    acc.record_waits();
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ i as u64;
+                    let mut local = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let off = (x as usize % total) & !7;
+                        let _ = acc.read_u64(VirtAddr(SPACE_BASE + off as u64));
+                        let w = acc.take_wait_samples();
+                        if !w.is_empty() {
+                            let t = tag.load(Ordering::Relaxed);
+                            if t != NO_TAG {
+                                local.extend(w.into_iter().map(|ns| (t, ns)));
+                            }
+                        }
+                    }
+                    samples
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(local);
+                })
+            })
+            .collect();
+        Readers {
+            stop,
+            tag,
+            samples,
+            handles,
+        }
+    }
+
+    fn finish(self) -> Vec<(usize, u64)> {
+        self.stop.store(true, Ordering::SeqCst);
+        for h in self.handles {
+            let _ = h.join();
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn progress_bar(opts: &BenchOptions) -> ProgressBar {
+    let total = (opts.sizes.len() * opts.batch_pages.len() * opts.runs * opts.engines.len()) as u64;
+    if !opts.verbose || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb
+}
+
 /// Runs the benchmark.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     // Each node holds one workload plus the copy-limit probe's half.
     let slack = 8 << 20;
     let mm = Memory::new(MemoryConfig::with_nodes(2, 2 * opts.total_bytes + slack))?;
-    mm.set_batch_pages(opts.batch_pages)?;
-    if opts.verbose {
-        eprintln!(
-            "measuring the copy limit ({} in 2M chunks)...",
-            format_size(opts.total_bytes)
-        );
-    }
+    let pb = progress_bar(opts);
+    pb.set_message("measuring the copy limit");
     // The limit is sampled before the table and again between runs, so that it sees the
     // same drift of the machine's memory bandwidth as the migrations do; the median of all
     // passes is the limit.
@@ -446,93 +564,121 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         probe.sample_threads(&mm, nr_cpus);
     }
     let mut results = Vec::new();
+    let mut explain = None;
     for &size in &opts.sizes {
-        if opts.verbose {
-            eprintln!(
-                "folio size {}: mapping {} of folios on node 0...",
-                format_size(size),
-                format_size(opts.total_bytes)
-            );
-        }
+        pb.set_message(format!(
+            "mapping {} of {} folios",
+            format_size(opts.total_bytes),
+            format_size(size)
+        ));
         let mut w = Workload::new(&mm, size, opts.total_bytes)?;
-        let mut per_engine: Vec<Vec<RunOutcome>> =
-            (0..opts.engines.len()).map(|_| Vec::new()).collect();
-        let mut counters: Vec<std::collections::BTreeMap<String, u64>> = (0..opts.engines.len())
-            .map(|_| Default::default())
+        let readers = (opts.accessors > 0)
+            .then(|| Readers::start(&w.space, opts.accessors, opts.total_bytes));
+        let combos: Vec<(usize, EngineSpec)> = opts
+            .batch_pages
+            .iter()
+            .flat_map(|&bp| opts.engines.iter().map(move |&e| (bp, e)))
             .collect();
+        let mut outs: Vec<Vec<RunOutcome>> = (0..combos.len()).map(|_| Vec::new()).collect();
+        let mut counters: Vec<std::collections::BTreeMap<String, u64>> =
+            (0..combos.len()).map(|_| Default::default()).collect();
         // Warm-up: one untimed migration with the first engine.
+        mm.set_batch_pages(opts.batch_pages[0])?;
         let eng = Engine::start(opts.engines[0], &mm, &knobs_for(opts, opts.engines[0]))?;
         migrate_once(&mm, &mut w, opts.mode, &opts.engines[0].to_string())?;
         eng.stop()?;
         for _ in 0..opts.runs {
             probe.sample(&mm);
             probe.sample_threads(&mm, nr_cpus);
-            for (k, &e) in opts.engines.iter().enumerate() {
+            for (k, &(bp, e)) in combos.iter().enumerate() {
+                pb.set_message(format!("{} {} batch {}", e, format_size(size), bp));
+                mm.set_batch_pages(bp)?;
                 let eng = Engine::start(e, &mm, &knobs_for(opts, e))?;
+                if opts.explain && explain.is_none() {
+                    explain = eng.explain();
+                }
                 let offered0 = mm.offload().stats().nr_folios_offered;
+                if let Some(r) = &readers {
+                    r.tag.store(k, Ordering::SeqCst);
+                }
                 let out = migrate_once(&mm, &mut w, opts.mode, &e.to_string());
+                if let Some(r) = &readers {
+                    r.tag.store(NO_TAG, Ordering::SeqCst);
+                }
                 let offered = mm.offload().stats().nr_folios_offered - offered0;
-                let c: std::collections::BTreeMap<String, u64> = eng
-                    .counters()
-                    .into_iter()
-                    .map(|(n, v)| (n.to_string(), v))
-                    .collect();
+                let c: std::collections::BTreeMap<String, u64> =
+                    eng.counters().into_iter().collect();
                 eng.stop()?;
                 let out = out?;
                 check_counters(e, &c, offered, out.nr_copied_by_batch as u64)?;
                 for (name, v) in c {
                     *counters[k].entry(name).or_default() += v;
                 }
-                per_engine[k].push(out);
+                outs[k].push(out);
+                pb.inc(1);
             }
         }
-        for (k, &e) in opts.engines.iter().enumerate() {
-            let outs = &per_engine[k];
-            let g: Vec<f64> = outs.iter().map(|o| o.gbps).collect();
+        let stalls = readers.map(Readers::finish).unwrap_or_default();
+        for (k, &(bp, e)) in combos.iter().enumerate() {
+            let o = &outs[k];
+            let g: Vec<f64> = o.iter().map(|o| o.gbps).collect();
             let (mean, sd) = mean_sd(&g);
-            let n = outs.len() as u64;
-            let ph = outs.iter().fold(PhaseTimes::default(), |mut a, o| {
+            let n = o.len() as u64;
+            let ph = o.iter().fold(PhaseTimes::default(), |mut a, o| {
                 a.unmap_ns += o.phases.unmap_ns;
                 a.flush_ns += o.phases.flush_ns;
                 a.copy_ns += o.phases.copy_ns;
                 a.move_ns += o.phases.move_ns;
                 a
             });
-            let r = BenchResult {
+            let nr_batches: u64 = o.iter().map(|o| o.nr_batches).sum::<u64>().max(1);
+            let mut st: Vec<u64> = stalls
+                .iter()
+                .filter(|(t, _)| *t == k)
+                .map(|(_, ns)| *ns)
+                .collect();
+            st.sort_unstable();
+            results.push(BenchResult {
                 backend: "builtin".into(),
                 engine: e.to_string(),
                 width: e.width(),
                 folio_size: size,
+                batch_pages: bp,
                 nr_folios: w.nr_folios,
                 gbps_mean: mean,
                 gbps_sd: sd,
                 frac_of_limit: 0.0,
                 frac_of_width_limit: 0.0,
                 engine_counters: counters[k].clone(),
-                nr_failed: outs.iter().map(|o| o.nr_failed).sum(),
+                nr_failed: o.iter().map(|o| o.nr_failed).sum(),
                 phases_ns: PhasesNs {
                     unmap: ph.unmap_ns / n,
                     flush: ph.flush_ns / n,
                     copy: ph.copy_ns / n,
                     r#move: ph.move_ns / n,
                 },
-                nr_copied_by_batch: outs.iter().map(|o| o.nr_copied_by_batch).sum(),
-                tlb_flushes_per_run: outs.iter().map(|o| o.nr_tlb_flushes as f64).sum::<f64>()
+                nr_copied_by_batch: o.iter().map(|o| o.nr_copied_by_batch).sum(),
+                tlb_flushes_per_run: o.iter().map(|o| o.nr_tlb_flushes as f64).sum::<f64>()
                     / n as f64,
-                runs: outs.len(),
-            };
-            if opts.verbose {
-                eprintln!(
-                    "  {:<10} {:>6}: {:6.2} GB/s",
-                    r.engine,
-                    format_size(size),
-                    r.gbps_mean
-                );
-            }
-            results.push(r);
+                first_usable_us: o.iter().map(|o| o.first_usable_ns).sum::<u64>() as f64
+                    / nr_batches as f64
+                    / 1e3,
+                last_usable_us: o.iter().map(|o| o.last_usable_ns).sum::<u64>() as f64
+                    / nr_batches as f64
+                    / 1e3,
+                last_usable_us_max: o.iter().map(|o| o.last_usable_ns_max).max().unwrap_or(0)
+                    as f64
+                    / 1e3,
+                nr_stalls: st.len(),
+                stall_p50_us: percentile(&st, 0.5) as f64 / 1e3,
+                stall_p99_us: percentile(&st, 0.99) as f64 / 1e3,
+                stall_max_us: st.last().copied().unwrap_or(0) as f64 / 1e3,
+                runs: o.len(),
+            });
         }
         drop(w);
     }
+    pb.finish_and_clear();
     let limit = probe.limit();
     for r in &mut results {
         r.frac_of_limit = r.gbps_mean / limit;
@@ -551,15 +697,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             copy_limit_gbps,
             copy_limit_samples_1t: copy_limit_samples,
             copy_primitive: pagemig::copy::best_kind().name().into(),
-            cpus: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            cpus: nr_cpus,
             kernel: kernel_release(),
             host_numa_nodes: pagemig::mm::arena::host_numa_nodes().len(),
         },
         total_bytes: opts.total_bytes,
-        batch_pages: opts.batch_pages,
+        batch_pages: opts.batch_pages[0],
+        batch_pages_list: opts.batch_pages.clone(),
+        accessors: opts.accessors,
         mode: format!("{:?}", opts.mode),
+        explain,
         results,
     })
 }
@@ -590,6 +737,7 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
         ("baseline", &["vanilla", "batch"][..]),
         ("mtcopy, by threads", &["mtcopy"][..]),
         ("dcbm, by channels", &["dcbm"][..]),
+        ("auto", &["auto"][..]),
     ] {
         let rows: Vec<&EngineSpec> = engines
             .iter()
@@ -609,7 +757,11 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
                 let cell = rep
                     .results
                     .iter()
-                    .find(|r| r.engine == e.to_string() && r.folio_size == z)
+                    .find(|r| {
+                        r.engine == e.to_string()
+                            && r.folio_size == z
+                            && r.batch_pages == rep.batch_pages
+                    })
                     .map(|r| {
                         format!(
                             "{:.2}±{:.2} ({:.2})",

@@ -93,9 +93,23 @@ struct BenchArgs {
     /// Migrations per (size, engine); mean and standard deviation are reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// NR_MAX_BATCHED_MIGRATION in base pages.
-    #[arg(long, default_value_t = 512)]
-    batch_pages: usize,
+    /// NR_MAX_BATCHED_MIGRATION in base pages; a comma-separated list measures each
+    /// (latency against batch size), the first one fills the main tables.
+    #[arg(long, default_value = "512")]
+    batch_pages: String,
+    /// Accessor threads reading the region during the migrations, to measure how long
+    /// their accesses stall on migration entries (p50/p99/max).
+    #[arg(long, default_value_t = 0)]
+    accessors: usize,
+    /// Print how the auto engine decided (its calibration).
+    #[arg(long)]
+    explain: bool,
+    /// Write a Markdown report to this file.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
+    /// Write SVG plots into this directory.
+    #[arg(long)]
+    svg_dir: Option<std::path::PathBuf>,
     /// Migration mode (move_pages(2) uses sync).
     #[arg(long, value_enum, default_value_t = ModeArg::Sync)]
     mode: ModeArg,
@@ -142,8 +156,22 @@ fn bench(a: BenchArgs) -> Result<(), String> {
     if runs == 0 {
         return Err("--runs must be at least 1".into());
     }
-    if a.batch_pages == 0 {
-        return Err("--batch-pages must be at least 1".into());
+    let batch_pages = parse_list(&a.batch_pages, "batch size", |s| {
+        let n: usize = s.parse().map_err(|_| {
+            spec::SpecError(format!(
+                "bad --batch-pages value {s:?}: expected a number of base pages"
+            ))
+        })?;
+        if n == 0 || n > 1 << 20 {
+            return Err(spec::SpecError(format!(
+                "--batch-pages {n} must be 1..=1048576"
+            )));
+        }
+        Ok(n)
+    })
+    .map_err(|e| e.to_string())?;
+    if a.accessors > 16 {
+        return Err("--accessors must be at most 16".into());
     }
     let mode = match a.mode {
         ModeArg::Async => Mode::Async,
@@ -155,13 +183,33 @@ fn bench(a: BenchArgs) -> Result<(), String> {
         total_bytes: total,
         engines: engines.clone(),
         runs,
-        batch_pages: a.batch_pages,
+        batch_pages,
+        accessors: a.accessors,
+        explain: a.explain,
         mode,
         verbose: !a.quiet,
         knobs,
     };
     let rep = bench::run(&opts).map_err(|e| e.to_string())?;
     print!("{}", bench::render_table(&rep, &sizes, &engines));
+    if rep.batch_pages_list.len() > 1 || rep.accessors > 0 {
+        print!("{}", crate::report::latency_text(&rep));
+    }
+    if a.explain {
+        match &rep.explain {
+            Some(t) => print!("\n{t}"),
+            None => println!("\n--explain: no auto engine in this run"),
+        }
+    }
+    if let Some(dir) = &a.svg_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        crate::report::write_svgs(&rep, dir).map_err(|e| format!("cannot write plots: {e}"))?;
+    }
+    if let Some(p) = &a.report {
+        let md = crate::report::markdown(&rep, a.svg_dir.as_deref());
+        std::fs::write(p, md).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
     if let Some(p) = a.json {
         let text = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
         std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;

@@ -5,5 +5,6 @@
 
 pub mod bench;
 pub mod cli;
+pub mod report;
 pub mod spec;
 pub mod stress;

@@ -248,3 +248,121 @@ fn stress_rejects_bad_input() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+fn svg_is_well_formed(path: &std::path::Path) -> (usize, String) {
+    use quick_xml::events::Event;
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut r = quick_xml::Reader::from_str(&text);
+    let mut depth = 0i32;
+    let mut elements = 0;
+    let mut texts = String::new();
+    loop {
+        match r.read_event() {
+            Ok(Event::Start(_)) => {
+                depth += 1;
+                elements += 1;
+            }
+            Ok(Event::End(_)) => depth -= 1,
+            Ok(Event::Empty(_)) => elements += 1,
+            Ok(Event::Text(t)) => texts.push_str(&String::from_utf8_lossy(t.as_ref())),
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{} is not well-formed XML: {e}", path.display()),
+        }
+    }
+    assert_eq!(depth, 0, "{}: unbalanced tags", path.display());
+    (elements, texts)
+}
+
+#[test]
+fn report_and_plots_hold_the_measured_series() {
+    let dir = std::env::temp_dir().join(format!("pagemig-cli-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.md");
+    let json = dir.join("out.json");
+    let out = pagemig(&[
+        "bench",
+        "--quick",
+        "--quiet",
+        "--sizes",
+        "4K,2M",
+        "--engines",
+        "vanilla,batch,mtcopy:2,auto",
+        "--batch-pages",
+        "64,512",
+        "--accessors",
+        "1",
+        "--explain",
+        "--report",
+        report.to_str().unwrap(),
+        "--svg-dir",
+        dir.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("latency per batch"), "{stdout}");
+    assert!(
+        stdout.contains("auto: copy time per MiB"),
+        "--explain prints the calibration"
+    );
+    let md = std::fs::read_to_string(&report).unwrap();
+    for needle in [
+        "## Throughput",
+        "## Latency against batch size",
+        "## Phase breakdown",
+        "Amdahl",
+        "## Accessor stalls",
+        "series V3",
+        "other hardware",
+        "## How `auto` decided",
+    ] {
+        assert!(md.contains(needle), "report lacks {needle:?}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2 * 2 * 4, "sizes x batch sizes x engines");
+    for r in results {
+        assert!(r["last_usable_us"].as_f64().unwrap() >= r["first_usable_us"].as_f64().unwrap());
+        assert!(r["first_usable_us"].as_f64().unwrap() > 0.0);
+    }
+    let auto_choices: u64 = results
+        .iter()
+        .filter(|r| r["engine"] == "auto")
+        .flat_map(|r| {
+            r["engine_counters"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|x| x.as_u64().unwrap())
+        })
+        .sum();
+    assert!(auto_choices > 0, "auto counts its decisions");
+    for (name, series) in [
+        (
+            "throughput.svg",
+            vec!["vanilla", "batch", "mtcopy:2", "auto", "copy limit"],
+        ),
+        (
+            "latency.svg",
+            vec!["vanilla: last folio", "auto: first folio"],
+        ),
+        (
+            "phases.svg",
+            vec!["unmap", "flush", "copy", "move", "batch 2M"],
+        ),
+    ] {
+        let (elements, texts) = svg_is_well_formed(&dir.join(name));
+        assert!(elements > 20, "{name} has content");
+        for s in series {
+            assert!(texts.contains(s), "{name} lacks the series {s:?}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

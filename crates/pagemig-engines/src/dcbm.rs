@@ -68,6 +68,8 @@ struct Inner {
     batches_refused: AtomicU64,
     batches_declined: AtomicU64,
     folios_declined: AtomicU64,
+    /// The channels are held for another driver that dispatches here (not registered).
+    attached: AtomicBool,
 }
 
 /// The dcbm driver over one DMA device. Cheap to clone (a handle).
@@ -106,6 +108,7 @@ impl Dcbm {
                 batches_refused: AtomicU64::new(0),
                 batches_declined: AtomicU64::new(0),
                 folios_declined: AtomicU64::new(0),
+                attached: AtomicBool::new(false),
             }),
         }
     }
@@ -119,13 +122,68 @@ impl Dcbm {
         self.as_migrator()
     }
 
-    /// Whether offloading is on.
+    /// Whether offloading is on (registered with the core).
     pub fn is_offloading(&self) -> bool {
-        lock(&self.inner.pool).is_some()
+        lock(&self.inner.pool).is_some() && !self.inner.attached.load(Ordering::SeqCst)
+    }
+
+    fn request_channels(&self, nr: usize) -> Result<Vec<Claimable>, ParamError> {
+        let mut chans = Vec::new();
+        for _ in 0..nr {
+            match self.inner.device.request_channel() {
+                Ok(ch) => chans.push(Claimable {
+                    ch,
+                    busy: Mutex::new(()),
+                }),
+                Err(_) => break,
+            }
+        }
+        if chans.is_empty() {
+            return Err(ParamError::Start(format!(
+                "no DMA channel on {}",
+                self.inner.device.name()
+            )));
+        }
+        Ok(chans)
+    }
+
+    /// Acquires the channels without registering, for a driver that dispatches batches
+    /// to this one (the `auto` engine).
+    pub fn attach(&self) -> Result<(), ParamError> {
+        let mut pool = lock(&self.inner.pool);
+        if pool.is_some() {
+            return Err(ParamError::Busy {
+                name: "attach".into(),
+                why: "channels are already held".into(),
+            });
+        }
+        let n = lock(&self.inner.params).nr_dma_chan;
+        *pool = Some(Arc::new(self.request_channels(n)?));
+        self.inner.attached.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Releases channels acquired by [`Dcbm::attach`].
+    pub fn detach(&self) {
+        if self.inner.attached.swap(false, Ordering::SeqCst) {
+            if let Some(chans) = lock(&self.inner.pool).take() {
+                if let Ok(chans) = Arc::try_unwrap(chans) {
+                    for c in chans {
+                        self.inner.device.release_channel(c.ch);
+                    }
+                }
+            }
+        }
     }
 
     fn set_offloading(&self, on: bool) -> Result<(), ParamError> {
         let mut pool = lock(&self.inner.pool);
+        if self.inner.attached.load(Ordering::SeqCst) {
+            return Err(ParamError::Busy {
+                name: "offloading".into(),
+                why: "attached to another driver".into(),
+            });
+        }
         if on == pool.is_some() {
             return Ok(());
         }

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auto;
 pub mod dcbm;
 pub mod dmaengine;
 pub mod emulated;
@@ -36,6 +37,8 @@ pub enum EngineSpec {
     MtCopy(usize),
     /// The DMA batch migrator with this many channels (emulated provider).
     Dcbm(usize),
+    /// Per batch, the engine and width a calibration found fastest (or no batch at all).
+    Auto,
 }
 
 impl EngineSpec {
@@ -44,6 +47,7 @@ impl EngineSpec {
         match *self {
             EngineSpec::Vanilla | EngineSpec::Batch => 1,
             EngineSpec::MtCopy(n) | EngineSpec::Dcbm(n) => n,
+            EngineSpec::Auto => pagemig::sys::nr_cpus(),
         }
     }
     /// The engine's family name (`mtcopy`), used to route knob flags.
@@ -53,6 +57,7 @@ impl EngineSpec {
             EngineSpec::Batch => "batch",
             EngineSpec::MtCopy(_) => "mtcopy",
             EngineSpec::Dcbm(_) => "dcbm",
+            EngineSpec::Auto => "auto",
         }
     }
 }
@@ -64,6 +69,7 @@ impl fmt::Display for EngineSpec {
             EngineSpec::Batch => f.write_str("batch"),
             EngineSpec::MtCopy(n) => write!(f, "mtcopy:{n}"),
             EngineSpec::Dcbm(n) => write!(f, "dcbm:{n}"),
+            EngineSpec::Auto => f.write_str("auto"),
         }
     }
 }
@@ -91,6 +97,7 @@ impl std::str::FromStr for EngineSpec {
         let spec = match (name, width) {
             ("vanilla", None) => EngineSpec::Vanilla,
             ("batch", None) => EngineSpec::Batch,
+            ("auto", None) => EngineSpec::Auto,
             ("mtcopy", w) => {
                 let w = w.unwrap_or_else(mtcopy::default_threads);
                 if !(1..=mtcopy::MAX_THREADS).contains(&w) {
@@ -111,12 +118,12 @@ impl std::str::FromStr for EngineSpec {
                 }
                 EngineSpec::Dcbm(w)
             }
-            ("vanilla" | "batch", Some(_)) => {
+            ("vanilla" | "batch" | "auto", Some(_)) => {
                 return Err(SpecError(format!("engine {name:?} takes no width")))
             }
             _ => {
                 return Err(SpecError(format!(
-                    "unknown engine {s:?} (known: vanilla, batch, mtcopy:N, dcbm:N)"
+                    "unknown engine {s:?} (known: vanilla, batch, mtcopy:N, dcbm:N, auto)"
                 )))
             }
         };
@@ -134,6 +141,8 @@ pub enum Engine {
     MtCopy(mtcopy::MtCopy),
     /// dcbm, offloading on.
     Dcbm(dcbm::Dcbm),
+    /// auto, registered.
+    Auto(auto::Auto, Arc<Memory>),
 }
 
 impl Engine {
@@ -185,6 +194,25 @@ impl Engine {
                 d.set_param("offloading", "1")?;
                 Engine::MtCopy(d)
             }
+            EngineSpec::Auto => {
+                let a = auto::Auto::new(mm)?;
+                let mut mask = pagemig::offload::ReasonMask::ALL;
+                for (k, v) in knobs {
+                    match k.as_str() {
+                        "reason_mask" => {
+                            mask = v.parse().map_err(|e| ParamError::invalid(k, v, e))?
+                        }
+                        _ => {
+                            return Err(ParamError::Unknown {
+                                name: k.clone(),
+                                known: "reason_mask".into(),
+                            })
+                        }
+                    }
+                }
+                a.register(mm, mask)?;
+                Engine::Auto(a, mm.clone())
+            }
             EngineSpec::Dcbm(n) => {
                 let dev = emulated::EmulatedDmaDevice::new(mm, emulated::EmulatedConfig::default());
                 let d = dcbm::Dcbm::new(mm, dev.clone());
@@ -214,6 +242,15 @@ impl Engine {
                 .map_err(ParamError::Offload),
             Engine::MtCopy(d) => d.set_param("offloading", "0"),
             Engine::Dcbm(d) => d.set_param("offloading", "0"),
+            Engine::Auto(a, mm) => a.stop(&mm),
+        }
+    }
+
+    /// The auto engine's calibration and decisions, if this is `auto`.
+    pub fn explain(&self) -> Option<String> {
+        match self {
+            Engine::Auto(a, _) => Some(a.explain()),
+            _ => None,
         }
     }
 
@@ -227,6 +264,10 @@ impl Engine {
                 .map_err(ParamError::Offload),
             Engine::MtCopy(d) => d.set_param("reason_mask", &mask.to_string()),
             Engine::Dcbm(d) => d.set_param("reason_mask", &mask.to_string()),
+            Engine::Auto(a, mm) => mm
+                .offload()
+                .set_reason_mask(&a.migrator(), mask)
+                .map_err(ParamError::Offload),
         }
     }
 
@@ -249,15 +290,31 @@ impl Engine {
                 d.set_param("offloading", "0")?;
                 d.set_param("offloading", "1")
             }
+            Engine::Auto(a, mm) => {
+                let mask = mm.offload().reason_mask();
+                mm.offload()
+                    .unregister(&a.migrator())
+                    .map_err(ParamError::Offload)?;
+                a.register(mm, mask)
+            }
         }
     }
 
     /// The driver's counters as (name, value).
-    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+    pub fn counters(&self) -> Vec<(String, u64)> {
         match self {
             Engine::Vanilla | Engine::Batch(..) => Vec::new(),
-            Engine::MtCopy(d) => d.counters(),
-            Engine::Dcbm(d) => d.counters(),
+            Engine::MtCopy(d) => d
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            Engine::Dcbm(d) => d
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            Engine::Auto(a, _) => a.counters(),
         }
     }
 }

@@ -200,6 +200,8 @@ struct Inner {
     folios_migrated: AtomicU64,
     folios_failures: AtomicU64,
     batches_inline: AtomicU64,
+    /// The pool runs for another driver that dispatches here (not registered itself).
+    attached: AtomicBool,
 }
 
 /// The mtcopy driver. Cheap to clone (a handle).
@@ -235,6 +237,7 @@ impl MtCopy {
                 folios_migrated: AtomicU64::new(0),
                 folios_failures: AtomicU64::new(0),
                 batches_inline: AtomicU64::new(0),
+                attached: AtomicBool::new(false),
             }),
         }
     }
@@ -248,13 +251,48 @@ impl MtCopy {
         self.as_migrator()
     }
 
-    /// Whether offloading is on.
+    /// Whether offloading is on (registered with the core).
     pub fn is_offloading(&self) -> bool {
-        lock(&self.inner.pool).is_some()
+        lock(&self.inner.pool).is_some() && !self.inner.attached.load(Ordering::SeqCst)
+    }
+
+    /// Starts the pool without registering, for a driver that dispatches batches to this
+    /// one (the `auto` engine).
+    pub fn attach(&self) -> Result<(), ParamError> {
+        let mut pool = lock(&self.inner.pool);
+        if pool.is_some() {
+            return Err(ParamError::Busy {
+                name: "attach".into(),
+                why: "the pool is already running".into(),
+            });
+        }
+        let p = lock(&self.inner.params).clone();
+        *pool = Some(Pool::start(
+            p.threads - 1,
+            p.cpuselect,
+            Duration::from_micros(p.spin_us),
+        )?);
+        self.inner.attached.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Stops a pool started by [`MtCopy::attach`].
+    pub fn detach(&self) {
+        if self.inner.attached.swap(false, Ordering::SeqCst) {
+            if let Some(p) = lock(&self.inner.pool).take() {
+                p.stop();
+            }
+        }
     }
 
     fn set_offloading(&self, on: bool) -> Result<(), ParamError> {
         let mut pool = lock(&self.inner.pool);
+        if self.inner.attached.load(Ordering::SeqCst) {
+            return Err(ParamError::Busy {
+                name: "offloading".into(),
+                why: "attached to another driver".into(),
+            });
+        }
         if on == pool.is_some() {
             return Ok(());
         }

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pagemig::migrate::{migrate_pages, Mode, Reason};
-use pagemig::mm::{AddressSpace, FaultHooks, Folio, Memory, MemoryConfig, NodeId, Order, Pfn, Pte, VirtAddr, PAGE_SIZE};
+use pagemig::mm::{
+    AddressSpace, FaultHooks, Folio, Memory, MemoryConfig, NodeId, Order, Pfn, Pte, VirtAddr,
+    PAGE_SIZE,
+};
 use pagemig::offload::{CopyBatch, DefaultCopier, Migrator, ReasonMask};
 use pagemig::Errno;
 use pagemig_engines::{Engine, EngineSpec};
@@ -68,8 +71,19 @@ struct Faults {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { folio: usize, page: usize, word: usize, value: u64 },
-    Migrate { subset: Vec<bool>, mode: Mode, reason: Reason, engine: Eng, faults: Faults },
+    Write {
+        folio: usize,
+        page: usize,
+        word: usize,
+        value: u64,
+    },
+    Migrate {
+        subset: Vec<bool>,
+        mode: Mode,
+        reason: Reason,
+        engine: Eng,
+        faults: Faults,
+    },
 }
 
 fn mode_strategy() -> impl Strategy<Value = Mode> {
@@ -77,7 +91,12 @@ fn mode_strategy() -> impl Strategy<Value = Mode> {
 }
 
 fn reason_strategy() -> impl Strategy<Value = Reason> {
-    prop_oneof![Just(Reason::Demotion), Just(Reason::Syscall), Just(Reason::Compaction), Just(Reason::NumaMisplaced)]
+    prop_oneof![
+        Just(Reason::Demotion),
+        Just(Reason::Syscall),
+        Just(Reason::Compaction),
+        Just(Reason::NumaMisplaced)
+    ]
 }
 
 fn engine_strategy() -> impl Strategy<Value = Eng> {
@@ -102,15 +121,25 @@ fn faults_strategy() -> impl Strategy<Value = Faults> {
         proptest::bool::weighted(0.15),
         proptest::bool::weighted(0.1),
     )
-        .prop_map(|(extra_ref, locked, writeback, poison, alloc_budget, unregister_mid_batch, masked_out)| Faults {
-            extra_ref,
-            locked,
-            writeback,
-            poison,
-            alloc_budget,
-            unregister_mid_batch,
-            masked_out,
-        })
+        .prop_map(
+            |(
+                extra_ref,
+                locked,
+                writeback,
+                poison,
+                alloc_budget,
+                unregister_mid_batch,
+                masked_out,
+            )| Faults {
+                extra_ref,
+                locked,
+                writeback,
+                poison,
+                alloc_budget,
+                unregister_mid_batch,
+                masked_out,
+            },
+        )
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -197,7 +226,10 @@ fn start(mm: &Arc<Memory>, e: Eng, mask: ReasonMask) -> Running {
         Eng::Half => plain(Arc::new(Half)),
         Eng::Failing => plain(Arc::new(Failing)),
         Eng::MtCopy => {
-            let knobs = vec![("inject_fail_every".to_string(), "3".to_string()), ("reason_mask".into(), mask.to_string())];
+            let knobs = vec![
+                ("inject_fail_every".to_string(), "3".to_string()),
+                ("reason_mask".into(), mask.to_string()),
+            ];
             Running::Engine(Engine::start(EngineSpec::MtCopy(2), mm, &knobs).unwrap())
         }
         Eng::Dcbm => {
@@ -243,7 +275,12 @@ impl World {
         for (va, o) in layout() {
             sp.map_anon(VirtAddr(va), NodeId(0), Order(o)).unwrap();
         }
-        World { mm, sp, hooks, words: BTreeMap::new() }
+        World {
+            mm,
+            sp,
+            hooks,
+            words: BTreeMap::new(),
+        }
     }
 
     fn page_va(&self, folio: usize, page: usize) -> u64 {
@@ -269,11 +306,15 @@ impl World {
     fn check_structure(&self) -> Result<(), TestCaseError> {
         let mut mapped_pages = 0;
         let mut seen = BTreeSet::new();
-        let pages = layout().into_iter().flat_map(|(va, o)| (0..1u64 << o).map(move |k| va + k * PAGE_SIZE as u64));
+        let pages = layout()
+            .into_iter()
+            .flat_map(|(va, o)| (0..1u64 << o).map(move |k| va + k * PAGE_SIZE as u64));
         for va in pages {
             let va = VirtAddr(va);
             match self.sp.pte(va).unwrap() {
-                Pte::Migration { .. } => prop_assert!(false, "migration entry survived at {:?}", va),
+                Pte::Migration { .. } => {
+                    prop_assert!(false, "migration entry survived at {:?}", va)
+                }
                 Pte::None => prop_assert!(false, "mapping lost at {:?}", va),
                 Pte::Present { .. } => {
                     let f = self.sp.folio_at(va).unwrap();
@@ -285,15 +326,30 @@ impl World {
                 }
             }
         }
-        prop_assert_eq!(self.mm.nr_free_pages_total() + mapped_pages, self.mm.nr_pages_total(), "frames balance");
+        prop_assert_eq!(
+            self.mm.nr_free_pages_total() + mapped_pages,
+            self.mm.nr_pages_total(),
+            "frames balance"
+        );
         Ok(())
     }
 }
 
-fn run_migrate(w: &mut World, subset: &[bool], mode: Mode, reason: Reason, engine: Eng, f: &Faults) -> Result<(), TestCaseError> {
+fn run_migrate(
+    w: &mut World,
+    subset: &[bool],
+    mode: Mode,
+    reason: Reason,
+    engine: Eng,
+    f: &Faults,
+) -> Result<(), TestCaseError> {
     let mm = w.mm.clone();
     let lay = layout();
-    let mask = if f.masked_out { ReasonMask::NONE } else { ReasonMask::ALL };
+    let mask = if f.masked_out {
+        ReasonMask::NONE
+    } else {
+        ReasonMask::ALL
+    };
     let running = start(&mm, engine, mask);
     if f.unregister_mid_batch {
         if let Running::Plain(m) = &running {
@@ -358,21 +414,30 @@ fn run_migrate(w: &mut World, subset: &[bool], mode: Mode, reason: Reason, engin
     };
     let n_in = list.len();
     // Sizes before the call (migrated folios are freed by it).
-    let sizes: BTreeMap<Folio, usize> = before.keys().map(|f| (*f, mm.folio(*f).nr_pages())).collect();
+    let sizes: BTreeMap<Folio, usize> = before
+        .keys()
+        .map(|f| (*f, mm.folio(*f).nr_pages()))
+        .collect();
     let res = migrate_pages(&mm, &mut list, &mut alloc, None, mode, reason).unwrap();
     w.hooks.armed.store(false, Ordering::SeqCst);
     *w.hooks.unregister.lock().unwrap() = None;
 
     // The return convention and the counters.
     let ev = mm.vm_events();
-    prop_assert_eq!((ev.pgmigrate_success - events0.pgmigrate_success) as usize, res.nr_succeeded);
+    prop_assert_eq!(
+        (ev.pgmigrate_success - events0.pgmigrate_success) as usize,
+        res.nr_succeeded
+    );
     let no_enomem = f.alloc_budget.is_none() && res.stats.nr_split == 0;
     if no_enomem {
         prop_assert_eq!(res.rc, Ok(list.len()), "rc counts the folios handed back");
         let pages_in: usize = sizes.values().sum();
         // Exactly the folios with a fault that stops them failed.
         let mut expect_fail = BTreeSet::new();
-        for fo in [pinned, locked, wb, poisoned.map(|p| p.0)].into_iter().flatten() {
+        for fo in [pinned, locked, wb, poisoned.map(|p| p.0)]
+            .into_iter()
+            .flatten()
+        {
             if before.contains_key(&fo) {
                 expect_fail.insert(fo);
             }
@@ -393,11 +458,19 @@ fn run_migrate(w: &mut World, subset: &[bool], mode: Mode, reason: Reason, engin
     let failed: BTreeSet<Folio> = list.iter().copied().collect();
     for (fo, (node, va)) in &before {
         if failed.contains(fo) {
-            prop_assert_eq!(w.sp.folio_at(VirtAddr(*va)), Some(*fo), "failed folio still mapped");
+            prop_assert_eq!(
+                w.sp.folio_at(VirtAddr(*va)),
+                Some(*fo),
+                "failed folio still mapped"
+            );
             prop_assert_eq!(mm.folio(*fo).node(), *node);
         } else if no_enomem {
             let now = w.sp.folio_at(VirtAddr(*va)).unwrap();
-            prop_assert_eq!(mm.folio(now).node(), NodeId(1 - node.0), "moved to the other node");
+            prop_assert_eq!(
+                mm.folio(now).node(),
+                NodeId(1 - node.0),
+                "moved to the other node"
+            );
         }
     }
     mm.putback_movable_pages(&mut list);

@@ -50,5 +50,9 @@ fn registering_and_switching_drivers_thousands_of_times_leaks_nothing() {
         assert_eq!(dev.nr_channels_in_use(), 0);
     }
     assert!(!mm.offload().is_enabled());
-    assert_eq!(threads_and_fds(), before, "threads and fds are back where they were");
+    assert_eq!(
+        threads_and_fds(),
+        before,
+        "threads and fds are back where they were"
+    );
 }

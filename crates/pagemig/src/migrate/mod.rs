@@ -409,7 +409,9 @@ pub fn migrate_folios_to_node(
 ) -> Result<MigratePagesResult, MigrateError> {
     mm.node(node).map_err(|_| MigrateError::NoSuchNode(node))?;
     for &f in from.iter() {
-        let fr = mm.folio_checked(f).map_err(|_| MigrateError::NotAFolio(f.0 .0))?;
+        let fr = mm
+            .folio_checked(f)
+            .map_err(|_| MigrateError::NotAFolio(f.0 .0))?;
         if fr.node() == node {
             return Err(MigrateError::SameNode { pfn: f.0 .0, node });
         }

@@ -75,7 +75,11 @@ impl Accessor {
 
     /// Takes the wait durations recorded so far (ns), leaving recording on.
     pub fn take_wait_samples(&self) -> Vec<u64> {
-        self.wait_samples.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default()
+        self.wait_samples
+            .borrow_mut()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Begins an access: publishes `busy`, then acknowledges any newer shootdown.
