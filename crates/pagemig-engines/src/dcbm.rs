@@ -194,22 +194,7 @@ impl Dcbm {
             .ok_or_else(|| ParamError::Start("memory is gone".into()))?;
         if on {
             let p = lock(&self.inner.params).clone();
-            let mut chans = Vec::new();
-            for _ in 0..p.nr_dma_chan {
-                match self.inner.device.request_channel() {
-                    Ok(ch) => chans.push(Claimable {
-                        ch,
-                        busy: Mutex::new(()),
-                    }),
-                    Err(_) => break,
-                }
-            }
-            if chans.is_empty() {
-                return Err(ParamError::Start(format!(
-                    "no DMA channel on {}",
-                    self.inner.device.name()
-                )));
-            }
+            let chans = self.request_channels(p.nr_dma_chan)?;
             if let Err(e) = mm.offload().register(self.as_migrator(), p.reason_mask) {
                 for c in chans {
                     self.inner.device.release_channel(c.ch);

@@ -192,13 +192,6 @@ impl Arena {
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.add(off), buf.len()) };
     }
 
-    /// Fills `n` bytes at `off` with `byte`.
-    pub fn fill(&self, off: usize, n: usize, byte: u8) {
-        self.check(off, n);
-        // SAFETY: bounds checked against the invariant.
-        unsafe { std::ptr::write_bytes(self.base.add(off), byte, n) };
-    }
-
     /// Copies `n` bytes from `src` at `src_off` into `self` at `dst_off` with the best copy
     /// primitive. The two ranges must not overlap when `src` is `self`.
     pub fn copy_from(&self, dst_off: usize, src: &Arena, src_off: usize, n: usize) {
@@ -213,29 +206,6 @@ impl Arena {
         // SAFETY: both ranges are in bounds of live arenas (invariant) and disjoint (checked
         // above for the same arena; distinct arenas are distinct mappings).
         unsafe { crate::copy::copy_bytes(self.base.add(dst_off), src.base.add(src_off), n) };
-    }
-
-    /// [`Arena::copy_from`] with an explicit primitive (for measurements).
-    pub fn copy_from_with(
-        &self,
-        kind: crate::copy::CopyKind,
-        dst_off: usize,
-        src: &Arena,
-        src_off: usize,
-        n: usize,
-    ) {
-        self.check(dst_off, n);
-        src.check(src_off, n);
-        if std::ptr::eq(self, src) {
-            assert!(
-                dst_off + n <= src_off || src_off + n <= dst_off,
-                "overlapping copy inside one arena"
-            );
-        }
-        // SAFETY: as in `copy_from`.
-        unsafe {
-            crate::copy::copy_bytes_with(kind, self.base.add(dst_off), src.base.add(src_off), n)
-        };
     }
 
     /// FNV-1a-style 64-bit checksum of `n` bytes at `off`, read 8 bytes at a time.
