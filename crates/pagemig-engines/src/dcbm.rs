@@ -70,6 +70,8 @@ struct Inner {
     folios_declined: AtomicU64,
     /// The channels are held for another driver that dispatches here (not registered).
     attached: AtomicBool,
+    /// Serialises switching offloading on and off.
+    ctl: Mutex<()>,
 }
 
 /// The dcbm driver over one DMA device. Cheap to clone (a handle).
@@ -109,6 +111,7 @@ impl Dcbm {
                 batches_declined: AtomicU64::new(0),
                 folios_declined: AtomicU64::new(0),
                 attached: AtomicBool::new(false),
+                ctl: Mutex::new(()),
             }),
         }
     }
@@ -165,26 +168,24 @@ impl Dcbm {
 
     /// Releases channels acquired by [`Dcbm::attach`].
     pub fn detach(&self) {
+        let _ctl = lock(&self.inner.ctl);
         if self.inner.attached.swap(false, Ordering::SeqCst) {
-            if let Some(chans) = lock(&self.inner.pool).take() {
-                if let Ok(chans) = Arc::try_unwrap(chans) {
-                    for c in chans {
-                        self.inner.device.release_channel(c.ch);
-                    }
-                }
-            }
+            self.release_pool();
         }
     }
 
     fn set_offloading(&self, on: bool) -> Result<(), ParamError> {
-        let mut pool = lock(&self.inner.pool);
+        // Serialises switching. The pool lock, which batch copies take, is never held
+        // across register/unregister (that would deadlock with a batch in flight inside
+        // the registry's read section).
+        let _ctl = lock(&self.inner.ctl);
         if self.inner.attached.load(Ordering::SeqCst) {
             return Err(ParamError::Busy {
                 name: "offloading".into(),
                 why: "attached to another driver".into(),
             });
         }
-        if on == pool.is_some() {
+        if on == lock(&self.inner.pool).is_some() {
             return Ok(());
         }
         let mm = self
@@ -195,27 +196,30 @@ impl Dcbm {
         if on {
             let p = lock(&self.inner.params).clone();
             let chans = self.request_channels(p.nr_dma_chan)?;
+            *lock(&self.inner.pool) = Some(Arc::new(chans));
             if let Err(e) = mm.offload().register(self.as_migrator(), p.reason_mask) {
-                for c in chans {
-                    self.inner.device.release_channel(c.ch);
-                }
+                self.release_pool();
                 return Err(ParamError::Offload(e));
             }
-            *pool = Some(Arc::new(chans));
         } else {
             // Unregister first: it waits for in-flight batches; nothing is in flight after.
             mm.offload()
                 .unregister(&self.as_migrator())
                 .map_err(ParamError::Offload)?;
-            if let Some(chans) = pool.take() {
-                let chans = Arc::try_unwrap(chans)
-                    .unwrap_or_else(|_| unreachable!("no batch holds the pool after unregister"));
-                for c in chans {
-                    self.inner.device.release_channel(c.ch);
-                }
-            }
+            self.release_pool();
         }
         Ok(())
+    }
+
+    fn release_pool(&self) {
+        let pool = lock(&self.inner.pool).take();
+        if let Some(chans) = pool {
+            let chans = Arc::try_unwrap(chans)
+                .unwrap_or_else(|_| unreachable!("no batch holds the pool after unregister"));
+            for c in chans {
+                self.inner.device.release_channel(c.ch);
+            }
+        }
     }
 
     /// Channels held while offloading.

@@ -202,6 +202,8 @@ struct Inner {
     batches_inline: AtomicU64,
     /// The pool runs for another driver that dispatches here (not registered itself).
     attached: AtomicBool,
+    /// Serialises switching offloading on and off.
+    ctl: Mutex<()>,
 }
 
 /// The mtcopy driver. Cheap to clone (a handle).
@@ -238,6 +240,7 @@ impl MtCopy {
                 folios_failures: AtomicU64::new(0),
                 batches_inline: AtomicU64::new(0),
                 attached: AtomicBool::new(false),
+                ctl: Mutex::new(()),
             }),
         }
     }
@@ -286,14 +289,18 @@ impl MtCopy {
     }
 
     fn set_offloading(&self, on: bool) -> Result<(), ParamError> {
-        let mut pool = lock(&self.inner.pool);
+        // Serialises switching. A batch copy never takes this lock, and the pool lock
+        // (which batch copies do take) is never held across register/unregister: holding
+        // it there would deadlock with a batch in flight inside the registry's read
+        // section.
+        let _ctl = lock(&self.inner.ctl);
         if self.inner.attached.load(Ordering::SeqCst) {
             return Err(ParamError::Busy {
                 name: "offloading".into(),
                 why: "attached to another driver".into(),
             });
         }
-        if on == pool.is_some() {
+        if on == lock(&self.inner.pool).is_some() {
             return Ok(());
         }
         let mm = self
@@ -304,18 +311,23 @@ impl MtCopy {
         if on {
             let p = lock(&self.inner.params).clone();
             let new = Pool::start(p.threads - 1, p.cpuselect, Duration::from_micros(p.spin_us))?;
+            *lock(&self.inner.pool) = Some(new);
             if let Err(e) = mm.offload().register(self.as_migrator(), p.reason_mask) {
-                new.stop();
+                let pool = lock(&self.inner.pool).take();
+                if let Some(pool) = pool {
+                    pool.stop();
+                }
                 return Err(ParamError::Offload(e));
             }
-            *pool = Some(new);
         } else {
-            // Unregister first: in-flight batches finish before the pool goes away.
+            // Unregister first: it returns once in-flight batches are done, and none
+            // reaches this driver after; only then does the pool go away.
             mm.offload()
                 .unregister(&self.as_migrator())
                 .map_err(ParamError::Offload)?;
-            if let Some(p) = pool.take() {
-                p.stop();
+            let pool = lock(&self.inner.pool).take();
+            if let Some(pool) = pool {
+                pool.stop();
             }
         }
         Ok(())

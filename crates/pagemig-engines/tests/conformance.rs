@@ -574,3 +574,54 @@ fn knobs_read_back_what_is_in_force_and_bad_values_change_nothing() {
     assert_eq!(m.nr_pool_threads(), 0);
     assert!(!mm.offload().is_enabled());
 }
+
+/// Switching a driver off and on while batches run through it never deadlocks (the
+/// stress test once found a driver holding its own lock across unregister, which waits
+/// for a batch that wanted that lock), and every migration stays correct.
+#[test]
+fn switching_offloading_while_batches_run_never_deadlocks() {
+    for kind in [Kind::MtCopy(2), Kind::Dcbm(2)] {
+        let rig = Rig::simple(kind);
+        let mm = rig.mm.clone();
+        let (sp, sums) = mapped(&mm, 256, 0);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let migrator = {
+            let (mm, sp, stop) = (mm.clone(), sp.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut node = 1;
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let (res, mut list) = migrate_all(&mm, &sp, 256, 0, node, Mode::Async);
+                    assert_eq!(res.rc, Ok(0));
+                    mm.putback_movable_pages(&mut list);
+                    node = 1 - node;
+                    n += 1;
+                }
+                n
+            })
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let toggler = {
+            let d: Box<dyn ModuleParams + Send> = match kind {
+                Kind::MtCopy(_) => Box::new(rig.mt.clone().unwrap()),
+                _ => Box::new(rig.dcbm.clone().unwrap()),
+            };
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    d.set_param("offloading", "0").unwrap();
+                    d.set_param("offloading", "1").unwrap();
+                }
+                done_tx.send(()).unwrap();
+            })
+        };
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "{kind:?}: switching offloading deadlocked with a batch in flight"
+        );
+        toggler.join().unwrap();
+        stop.store(true, Ordering::SeqCst);
+        assert!(migrator.join().unwrap() > 0);
+        check(&mm, &sp, &sums, 0);
+        rig.finish(vec![sp]);
+    }
+}
