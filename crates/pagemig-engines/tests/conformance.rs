@@ -449,7 +449,13 @@ fn all_channels_busy_refuses_the_batch_to_the_cpu() {
         let (mm, sp_a) = (mm.clone(), sp_a.clone());
         std::thread::spawn(move || migrate_all(&mm, &sp_a, 8, 0, 1, Mode::Async).0)
     };
-    std::thread::sleep(Duration::from_millis(5));
+    // Wait until the first migration's batch is on the engine (its first descriptor ran;
+    // the pair's other one completes 20 ms later, and three more pairs follow).
+    let t0 = Instant::now();
+    while f.nr_done.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the first batch never reached the engine");
+        std::thread::yield_now();
+    }
     let (rb, _) = migrate_all(&mm, &sp_b, 8, 0, 1, Mode::Async);
     let ra = t.join().unwrap();
     assert_eq!((ra.rc, rb.rc), (Ok(0), Ok(0)));
