@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 let node = NodeId(u32::from(a & 1));
-                let mut alloc = alloc_on_node(&mm, node);
+                let mut alloc = alloc_on_node(node);
                 let _ = migrate_pages(&mm, &mut list, &mut alloc, None, mode, Reason::Demotion).unwrap();
                 mm.putback_movable_pages(&mut list);
             }

@@ -358,7 +358,7 @@ fn migrate_once(
         mm.isolate_folio(f)?;
         list.push(f);
     }
-    let mut alloc = alloc_on_node(mm, target);
+    let mut alloc = alloc_on_node(target);
     let t = Instant::now();
     let res = migrate_pages(mm, &mut list, &mut alloc, None, mode, Reason::Syscall)
         .expect("bench input lists are valid");

@@ -174,7 +174,7 @@ fn migrate_all(
     for &f in &list {
         mm.isolate_folio(f).unwrap();
     }
-    let mut alloc = alloc_on_node(mm, NodeId(node));
+    let mut alloc = alloc_on_node(NodeId(node));
     let res = migrate_pages(mm, &mut list, &mut alloc, None, mode, Reason::Demotion).unwrap();
     (res, list)
 }
@@ -453,7 +453,10 @@ fn all_channels_busy_refuses_the_batch_to_the_cpu() {
     // the pair's other one completes 20 ms later, and three more pairs follow).
     let t0 = Instant::now();
     while f.nr_done.load(Ordering::SeqCst) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the first batch never reached the engine");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the first batch never reached the engine"
+        );
         std::thread::yield_now();
     }
     let (rb, _) = migrate_all(&mm, &sp_b, 8, 0, 1, Mode::Async);

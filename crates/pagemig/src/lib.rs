@@ -25,7 +25,7 @@
 //!
 //! mm.isolate_folio(folio).unwrap();
 //! let mut list = vec![folio];
-//! let res = migrate_pages(&mm, &mut list, &mut alloc_on_node(&mm, NodeId(1)), None,
+//! let res = migrate_pages(&mm, &mut list, &mut alloc_on_node(NodeId(1)), None,
 //!                         Mode::Sync, Reason::Syscall).unwrap();
 //! assert_eq!(res.rc, Ok(0));
 //! assert!(list.is_empty());

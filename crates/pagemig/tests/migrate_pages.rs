@@ -54,7 +54,7 @@ fn invalid_lists_are_rejected_without_side_effects() {
     let free_before = mm.nr_free_pages_total();
     // Not isolated.
     let mut list = folios.clone();
-    let mut alloc = alloc_on_node(&mm, NodeId(1));
+    let mut alloc = alloc_on_node(NodeId(1));
     assert_eq!(
         migrate_pages(
             &mm,
@@ -70,7 +70,7 @@ fn invalid_lists_are_rejected_without_side_effects() {
     // Twice on the list.
     mm.isolate_folio(folios[0]).unwrap();
     let mut list = vec![folios[0], folios[0]];
-    let mut alloc = alloc_on_node(&mm, NodeId(1));
+    let mut alloc = alloc_on_node(NodeId(1));
     assert_eq!(
         migrate_pages(
             &mm,
@@ -85,7 +85,7 @@ fn invalid_lists_are_rejected_without_side_effects() {
     );
     // Not a folio (a tail page / a free frame).
     let mut list = vec![Folio(Pfn(folios[1].pfn().0 + 100))];
-    let mut alloc = alloc_on_node(&mm, NodeId(1));
+    let mut alloc = alloc_on_node(NodeId(1));
     assert!(matches!(
         migrate_pages(
             &mm,

@@ -237,8 +237,7 @@ pub type PutNewFolioFn<'a> = dyn FnMut(&Memory, Folio) + 'a;
 
 /// `alloc_migration_target()` for one node: a folio of the source's order (hugetlb stays
 /// hugetlb), or `None` (`ENOMEM`).
-pub fn alloc_on_node(mm: &Memory, node: NodeId) -> impl FnMut(&Memory, Folio) -> Option<Folio> {
-    let _ = mm;
+pub fn alloc_on_node(node: NodeId) -> impl FnMut(&Memory, Folio) -> Option<Folio> {
     move |mm: &Memory, src: Folio| {
         let f = mm.folio(src);
         let flags = if f.test(pg::HUGETLB) { pg::HUGETLB } else { 0 };
@@ -416,7 +415,7 @@ pub fn migrate_folios_to_node(
             return Err(MigrateError::SameNode { pfn: f.0 .0, node });
         }
     }
-    let mut alloc = alloc_on_node(mm, node);
+    let mut alloc = alloc_on_node(node);
     migrate_pages(mm, from, &mut alloc, None, mode, reason)
 }
 

@@ -92,7 +92,7 @@ pub fn migrate_to(
     mode: Mode,
     reason: Reason,
 ) -> MigratePagesResult {
-    let mut alloc = alloc_on_node(mm, NodeId(node));
+    let mut alloc = alloc_on_node(NodeId(node));
     migrate_pages(mm, list, &mut alloc, None, mode, reason).unwrap()
 }
 
