@@ -700,25 +700,39 @@ impl Memory {
         {
             return Err(Errno::Inval);
         }
+        let (sn, s_byte) = self.node_byte(src.0);
+        let (dn, d_byte) = self.node_byte(dst.0);
+        Self::mc_copy(dn, d_byte + off, sn, s_byte + off, len, s.has_hwpoison())
+    }
+
+    fn node_byte(&self, pfn: Pfn) -> (&Node, usize) {
+        let (n, i) = self.node_idx(pfn);
+        (n, i * PAGE_SIZE)
+    }
+
+    /// The machine-check-safe copy of `len` bytes between two in-bounds node ranges: if a
+    /// source page is poisoned, the bytes before it are copied and `EHWPOISON` returned.
+    /// `may_be_poisoned = false` (no `PG_has_hwpoisoned`) skips the scan.
+    fn mc_copy(
+        dn: &Node,
+        d_byte: usize,
+        sn: &Node,
+        s_byte: usize,
+        len: usize,
+        may_be_poisoned: bool,
+    ) -> Result<(), Errno> {
         let mut copy_len = len;
-        let mut poisoned = false;
-        if s.has_hwpoison() {
-            let first = off / PAGE_SIZE;
-            let last = (off + len).div_ceil(PAGE_SIZE);
-            for p in first..last {
-                if self.page_is_hwpoison(Pfn(src.0 .0 + p as u64)) {
-                    copy_len = (p * PAGE_SIZE).saturating_sub(off);
-                    poisoned = true;
-                    break;
-                }
+        if may_be_poisoned {
+            let poisoned = (s_byte / PAGE_SIZE..(s_byte + len).div_ceil(PAGE_SIZE))
+                .find(|&p| sn.hwpoison[p / 64].load(Ordering::Acquire) & (1 << (p % 64)) != 0);
+            if let Some(p) = poisoned {
+                copy_len = (p * PAGE_SIZE).saturating_sub(s_byte);
             }
         }
         if copy_len > 0 {
-            let (sa, so) = self.arena_off(src.0);
-            let (da, d_o) = self.arena_off(dst.0);
-            da.copy_from(d_o + off, sa, so + off, copy_len);
+            dn.arena.copy_from(d_byte, &sn.arena, s_byte, copy_len);
         }
-        if poisoned {
+        if copy_len < len {
             Err(Errno::HwPoison)
         } else {
             Ok(())
@@ -751,25 +765,7 @@ impl Memory {
         if s_byte + len > sn.arena.len_bytes() || d_byte + len > dn.arena.len_bytes() {
             return Err(Errno::Fault);
         }
-        let first = s_byte / PAGE_SIZE;
-        let last = (s_byte + len).div_ceil(PAGE_SIZE);
-        let mut copy_len = len;
-        let mut poisoned = false;
-        for p in first..last {
-            if sn.hwpoison[p / 64].load(Ordering::Acquire) & (1 << (p % 64)) != 0 {
-                copy_len = (p * PAGE_SIZE).saturating_sub(s_byte);
-                poisoned = true;
-                break;
-            }
-        }
-        if copy_len > 0 {
-            dn.arena.copy_from(d_byte, &sn.arena, s_byte, copy_len);
-        }
-        if poisoned {
-            Err(Errno::HwPoison)
-        } else {
-            Ok(())
-        }
+        Self::mc_copy(dn, d_byte, sn, s_byte, len, true)
     }
 
     /// A checksum of a folio's bytes (ignores poison).
