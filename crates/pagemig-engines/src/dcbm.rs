@@ -41,14 +41,21 @@ use crate::sync::{lock, Pending};
 /// `MAX_DMA_CHANNELS`.
 pub const MAX_DMA_CHANNELS: usize = 16;
 
-#[derive(Debug, Clone)]
-struct Params {
-    nr_dma_chan: usize,
-    reason_mask: ReasonMask,
-    min_batch_bytes: usize,
-    timeout_ms: u64,
-    max_desc_bytes: usize,
-    spin_us: u64,
+/// dcbm's knobs as one typed value ([`Dcbm::config`], [`Dcbm::configure`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DcbmConfig {
+    /// Channels per batch (1..=16); changes only while offloading is off.
+    pub nr_dma_chan: usize,
+    /// Reasons this driver copies for.
+    pub reason_mask: ReasonMask,
+    /// Batches smaller than this are declined (copied by the default copier).
+    pub min_batch_bytes: usize,
+    /// Completion timeout (ms, 1..=600000).
+    pub timeout_ms: u64,
+    /// Largest scatter-gather descriptor (bytes, 4096..=1 GiB).
+    pub max_desc_bytes: usize,
+    /// How long the submitter spins before sleeping on the completion (µs, 0..=100000).
+    pub spin_us: u64,
 }
 
 struct Claimable {
@@ -59,7 +66,7 @@ struct Claimable {
 struct Inner {
     mm: Weak<Memory>,
     device: Arc<dyn DmaDevice>,
-    params: Mutex<Params>,
+    params: Mutex<DcbmConfig>,
     /// The channel pool; `Some` while offloading is on.
     pool: Mutex<Option<Arc<Vec<Claimable>>>>,
     rotor: AtomicUsize,
@@ -95,7 +102,7 @@ impl Dcbm {
             inner: Arc::new(Inner {
                 mm: Arc::downgrade(mm),
                 device,
-                params: Mutex::new(Params {
+                params: Mutex::new(DcbmConfig {
                     nr_dma_chan: 1,
                     reason_mask: ReasonMask::ALL,
                     min_batch_bytes: 0,
@@ -220,6 +227,49 @@ impl Dcbm {
                 self.inner.device.release_channel(c.ch);
             }
         }
+    }
+
+    /// The knobs in force.
+    pub fn config(&self) -> DcbmConfig {
+        lock(&self.inner.params).clone()
+    }
+
+    /// Sets every knob at once; all are validated first, so an invalid value changes
+    /// nothing.
+    pub fn configure(&self, c: &DcbmConfig) -> Result<(), ParamError> {
+        let bad = |name: &str, v: String, why: &str| Err(ParamError::invalid(name, &v, why));
+        if !(1..=MAX_DMA_CHANNELS).contains(&c.nr_dma_chan) {
+            return bad("nr_dma_chan", c.nr_dma_chan.to_string(), "must be 1..=16");
+        }
+        if !(1..=600_000).contains(&c.timeout_ms) {
+            return bad("timeout_ms", c.timeout_ms.to_string(), "must be 1..=600000");
+        }
+        if !(PAGE_SIZE..=1 << 30).contains(&c.max_desc_bytes) {
+            return bad(
+                "max_desc_bytes",
+                c.max_desc_bytes.to_string(),
+                "must be 4096..=1073741824",
+            );
+        }
+        if c.spin_us > 100_000 {
+            return bad("spin_us", c.spin_us.to_string(), "must be 0..=100000");
+        }
+        let old = self.config();
+        if self.is_offloading() && old.nr_dma_chan != c.nr_dma_chan {
+            return Err(ParamError::Busy {
+                name: "nr_dma_chan".into(),
+                why: "offloading is on (channels are held)".into(),
+            });
+        }
+        *lock(&self.inner.params) = c.clone();
+        if self.is_offloading() && old.reason_mask != c.reason_mask {
+            if let Some(mm) = self.inner.mm.upgrade() {
+                mm.offload()
+                    .set_reason_mask(&self.as_migrator(), c.reason_mask)
+                    .map_err(ParamError::Offload)?;
+            }
+        }
+        Ok(())
     }
 
     /// Channels held while offloading.

@@ -66,14 +66,21 @@ impl CpuSelect {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Params {
-    threads: usize,
-    cpuselect: CpuSelect,
-    min_batch_bytes: usize,
-    reason_mask: ReasonMask,
-    spin_us: u64,
-    inject_fail_every: u64,
+/// mtcopy's knobs as one typed value ([`MtCopy::config`], [`MtCopy::configure`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MtCopyConfig {
+    /// Copy threads, the caller included (1..=64).
+    pub threads: usize,
+    /// Where pool threads are pinned.
+    pub cpuselect: CpuSelect,
+    /// Batches smaller than this are copied on the calling thread alone.
+    pub min_batch_bytes: usize,
+    /// Reasons this driver copies for.
+    pub reason_mask: ReasonMask,
+    /// How long idle pool threads spin before sleeping (µs, 0..=100000).
+    pub spin_us: u64,
+    /// Fault injection: every n-th copy fails (0 = never).
+    pub inject_fail_every: u64,
 }
 
 /// One copy: a byte range of one (dst, src) pair.
@@ -192,7 +199,7 @@ fn worker(slot: Arc<WorkerSlot>, cpu: Option<usize>, spin: Duration) {
 
 struct Inner {
     mm: Weak<Memory>,
-    params: Mutex<Params>,
+    params: Mutex<MtCopyConfig>,
     /// The pool and the registration, changed together under this lock.
     pool: Mutex<Option<Pool>>,
     /// Serialises batches on this engine (the pool has one slot per worker).
@@ -226,7 +233,7 @@ impl MtCopy {
         MtCopy {
             inner: Arc::new(Inner {
                 mm: Arc::downgrade(mm),
-                params: Mutex::new(Params {
+                params: Mutex::new(MtCopyConfig {
                     threads: default_threads(),
                     cpuselect: CpuSelect::None,
                     min_batch_bytes: 0,
@@ -329,6 +336,50 @@ impl MtCopy {
             if let Some(pool) = pool {
                 pool.stop();
             }
+        }
+        Ok(())
+    }
+
+    /// The knobs in force.
+    pub fn config(&self) -> MtCopyConfig {
+        lock(&self.inner.params).clone()
+    }
+
+    /// Sets every knob at once; all are validated first, so an invalid value changes
+    /// nothing. A running pool is restarted if its size or placement changes.
+    pub fn configure(&self, c: &MtCopyConfig) -> Result<(), ParamError> {
+        if !(1..=MAX_THREADS).contains(&c.threads) {
+            return Err(ParamError::invalid(
+                "threads",
+                &c.threads.to_string(),
+                format!("must be 1..={MAX_THREADS}"),
+            ));
+        }
+        if c.spin_us > 100_000 {
+            return Err(ParamError::invalid(
+                "spin_us",
+                &c.spin_us.to_string(),
+                "must be 0..=100000",
+            ));
+        }
+        let old = self.config();
+        let restart = self.is_offloading()
+            && (old.threads != c.threads
+                || old.cpuselect != c.cpuselect
+                || old.spin_us != c.spin_us);
+        if restart {
+            self.set_offloading(false)?;
+        }
+        *lock(&self.inner.params) = c.clone();
+        if self.is_offloading() && old.reason_mask != c.reason_mask {
+            if let Some(mm) = self.inner.mm.upgrade() {
+                mm.offload()
+                    .set_reason_mask(&self.as_migrator(), c.reason_mask)
+                    .map_err(ParamError::Offload)?;
+            }
+        }
+        if restart {
+            self.set_offloading(true)?;
         }
         Ok(())
     }

@@ -634,3 +634,48 @@ fn switching_offloading_while_batches_run_never_deadlocks() {
         rig.finish(vec![sp]);
     }
 }
+
+#[test]
+fn the_typed_configuration_matches_the_named_knobs() {
+    let mm = Memory::new(MemoryConfig::with_nodes(2, 4 * MB)).unwrap();
+    let m = MtCopy::new(&mm);
+    let mut c = m.config();
+    c.threads = 3;
+    c.cpuselect = pagemig_engines::mtcopy::CpuSelect::Fill;
+    c.reason_mask = "demotion".parse().unwrap();
+    m.configure(&c).unwrap();
+    assert_eq!(m.param("threads").unwrap(), "3");
+    assert_eq!(m.param("cpuselect").unwrap(), "fill");
+    assert_eq!(m.param("reason_mask").unwrap(), "demotion");
+    let mut bad = c.clone();
+    bad.threads = 65;
+    bad.reason_mask = ReasonMask::NONE;
+    assert!(m.configure(&bad).is_err());
+    assert_eq!(m.config(), c, "an invalid configuration changes nothing");
+    m.set_param("offloading", "1").unwrap();
+    c.threads = 2;
+    m.configure(&c).unwrap();
+    assert_eq!(m.nr_pool_threads(), 1, "resized while on");
+    m.set_param("offloading", "0").unwrap();
+
+    let dev = EmulatedDmaDevice::new(&mm, EmulatedConfig::default());
+    let d = Dcbm::new(&mm, dev);
+    let mut c = d.config();
+    c.nr_dma_chan = 4;
+    c.timeout_ms = 100;
+    d.configure(&c).unwrap();
+    assert_eq!(d.param("nr_dma_chan").unwrap(), "4");
+    assert_eq!(d.param("timeout_ms").unwrap(), "100");
+    let mut bad = c.clone();
+    bad.max_desc_bytes = 1;
+    assert!(d.configure(&bad).is_err());
+    assert_eq!(d.config(), c);
+    d.set_param("offloading", "1").unwrap();
+    let mut more = c.clone();
+    more.nr_dma_chan = 8;
+    assert!(
+        d.configure(&more).is_err(),
+        "channels change only while off"
+    );
+    d.set_param("offloading", "0").unwrap();
+}
