@@ -528,8 +528,14 @@ fn chaos_loop(
                     let nr = fr.nr_pages().min(1 << order);
                     let pfn = Pfn(f.pfn().0 + rng.below(nr) as u64);
                     let _ = mm.inject_hwpoison(pfn);
-                    std::thread::sleep(Duration::from_millis(1));
+                    // Drop the reference while the page is poisoned, so migrations reach
+                    // the copy (and fail with EHWPOISON) instead of stopping at EAGAIN.
+                    // The frame stays this folio's: a poisoned source cannot be copied.
+                    fr.put();
+                    std::thread::sleep(Duration::from_millis(2));
                     let _ = mm.clear_hwpoison(pfn);
+                    t.inject(k);
+                    continue;
                 }
                 _ => {}
             }
