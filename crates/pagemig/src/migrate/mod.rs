@@ -180,7 +180,7 @@ pub struct MigratePagesStats {
     /// Folios that failed for good, by the error they failed with (indexed like
     /// [`Errno::ALL`]; retries that ran out count as `EAGAIN`). The async attempt of a
     /// sync migration is retried, so its failures are not counted here.
-    pub nr_failed_by_errno: [usize; 11],
+    pub nr_failed_by_errno: [usize; Errno::ALL.len()],
     /// Phase times.
     pub phases: PhaseTimes,
 }
