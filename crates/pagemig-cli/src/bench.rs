@@ -13,7 +13,7 @@ use pagemig::migrate::{alloc_on_node, migrate_pages, Mode, PhaseTimes, Reason};
 use pagemig::mm::{
     AddressSpace, Folio, Memory, MemoryConfig, NodeId, Order, VirtAddr, HPAGE_PMD_ORDER,
 };
-use pagemig_engines::Engine;
+use pagemig_engines::{Engine, EngineCache};
 use serde::Serialize;
 
 use crate::spec::{format_size, EngineSpec};
@@ -564,7 +564,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         probe.sample_threads(&mm, nr_cpus);
     }
     let mut results = Vec::new();
-    let mut explain = None;
+    // Engines that stay loaded across runs (auto keeps what it learned).
+    let mut cache = EngineCache::default();
     for &size in &opts.sizes {
         pb.set_message(format!(
             "mapping {} of {} folios",
@@ -584,7 +585,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             (0..combos.len()).map(|_| Default::default()).collect();
         // Warm-up: one untimed migration with the first engine.
         mm.set_batch_pages(opts.batch_pages[0])?;
-        let eng = Engine::start(opts.engines[0], &mm, &knobs_for(opts, opts.engines[0]))?;
+        let eng = Engine::start_cached(
+            opts.engines[0],
+            &mm,
+            &knobs_for(opts, opts.engines[0]),
+            Some(&mut cache),
+        )?;
         migrate_once(&mm, &mut w, opts.mode, &opts.engines[0].to_string())?;
         eng.stop()?;
         for _ in 0..opts.runs {
@@ -593,10 +599,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             for (k, &(bp, e)) in combos.iter().enumerate() {
                 pb.set_message(format!("{} {} batch {}", e, format_size(size), bp));
                 mm.set_batch_pages(bp)?;
-                let eng = Engine::start(e, &mm, &knobs_for(opts, e))?;
-                if opts.explain && explain.is_none() {
-                    explain = eng.explain();
-                }
+                let eng = Engine::start_cached(e, &mm, &knobs_for(opts, e), Some(&mut cache))?;
                 let offered0 = mm.offload().stats().nr_folios_offered;
                 if let Some(r) = &readers {
                     r.tag.store(k, Ordering::SeqCst);
@@ -679,6 +682,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         drop(w);
     }
     pb.finish_and_clear();
+    let explain = if opts.explain { cache.explain() } else { None };
+    cache.shutdown();
     let limit = probe.limit();
     for r in &mut results {
         r.frac_of_limit = r.gbps_mean / limit;

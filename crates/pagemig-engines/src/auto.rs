@@ -47,11 +47,20 @@ struct Choice {
     full_ns_per_mib: Vec<u64>,
 }
 
+/// Batches a candidate copies before its learned time counts: the first warms it up (its
+/// threads may be asleep) and is not counted.
+const EXPLORE: u32 = 4;
+
+/// Single-folio batches smaller than this follow the start-up calibration.
+const SMALL_BATCH_BYTES: usize = 256 << 10;
+
 struct Inner {
     mm: Weak<Memory>,
     candidates: Vec<Candidate>,
     /// Indexed by folio order.
     table: Mutex<Vec<Choice>>,
+    /// Learned on real batches, by folio order and candidate: (mean ns per MiB, samples).
+    learned: Mutex<Vec<Vec<(f64, u32)>>>,
 }
 
 /// The auto engine. Cheap to clone.
@@ -115,11 +124,13 @@ impl Auto {
                 nr_chosen: AtomicU64::new(0),
             });
         }
+        let nr = candidates.len();
         let auto = Auto {
             inner: Arc::new(Inner {
                 mm: Arc::downgrade(mm),
                 candidates,
                 table: Mutex::new(Vec::new()),
+                learned: Mutex::new(vec![vec![(0.0, 0); nr]; 10]),
             }),
         };
         auto.calibrate(mm)?;
@@ -212,9 +223,21 @@ impl Auto {
 
     /// Unregisters and releases every candidate's threads and channels.
     pub fn stop(&self, mm: &Memory) -> Result<(), ParamError> {
+        self.unregister(mm)?;
+        self.shutdown();
+        Ok(())
+    }
+
+    /// Unregisters but keeps the candidates and what was learned, to register again.
+    pub fn unregister(&self, mm: &Memory) -> Result<(), ParamError> {
         mm.offload()
             .unregister(&self.migrator())
             .map_err(ParamError::Offload)?;
+        Ok(())
+    }
+
+    /// Releases every candidate's threads and channels (after [`Auto::unregister`]).
+    pub fn shutdown(&self) {
         for c in &self.inner.candidates {
             match &c.kind {
                 Kind::Mt(d) => d.detach(),
@@ -222,7 +245,6 @@ impl Auto {
                 _ => {}
             }
         }
-        Ok(())
     }
 
     /// Batches handed to each choice: (`chose_<name>`, count).
@@ -273,6 +295,28 @@ impl Auto {
             }
             s.push_str(&format!("   {} / {}\n", names[c.single], names[c.full]));
         }
+        let l = lock(&self.inner.learned);
+        s.push_str("\nlearned on the migrations' full batches: mean copy time per MiB (µs) and samples; * = in use\n");
+        for (order, row) in l.iter().enumerate() {
+            if row.iter().all(|(_, n)| *n == 0) {
+                continue;
+            }
+            let size = PAGE_SIZE << order;
+            let label = if size >= 1 << 20 {
+                format!("{}M", size >> 20)
+            } else {
+                format!("{}K", size >> 10)
+            };
+            let best = (0..row.len())
+                .filter(|&k| row[k].1 >= EXPLORE)
+                .min_by(|&a, &b| row[a].0.total_cmp(&row[b].0));
+            s.push_str(&format!("{label:<6}"));
+            for (k, (t, n)) in row.iter().enumerate() {
+                let mark = if Some(k) == best { "*" } else { " " };
+                s.push_str(&format!(" {:>9.0}{mark}({:<5})", t / 1e3, n));
+            }
+            s.push('\n');
+        }
         s
     }
 }
@@ -293,17 +337,45 @@ impl Migrator for Inner {
             bytes_by_order[(size / PAGE_SIZE).trailing_zeros().min(9) as usize] += size;
         }
         let order = (0..10).max_by_key(|o| bytes_by_order[*o]).unwrap_or(0);
+        if batch.len() == 1 && batch.total_bytes() < SMALL_BATCH_BYTES {
+            // A single small folio: the calibration decides, "no batch" included.
+            let pick = lock(&self.table).get(order).map_or(0, |c| c.single);
+            let c = &self.candidates[pick];
+            c.nr_chosen.fetch_add(1, Ordering::Relaxed);
+            return copy_with(&c.kind, batch);
+        }
+        // Full batches: the calibration copies a small, cache-hot batch, which is not what
+        // a migration of cold memory sees, so the choice is learned on the real batches:
+        // every candidate (but "none", whose cost shows only in the move phase) is tried
+        // EXPLORE times per folio order, then the fastest so far is used.
         let pick = {
-            let t = lock(&self.table);
-            match t.get(order) {
-                Some(c) if batch.len() == 1 => c.single,
-                Some(c) => c.full,
-                None => 0,
+            let l = lock(&self.learned);
+            let row = &l[order];
+            let eligible = (0..self.candidates.len())
+                .filter(|&k| !matches!(self.candidates[k].kind, Kind::Decline));
+            match eligible.clone().find(|&k| row[k].1 < EXPLORE) {
+                Some(k) => k,
+                None => eligible
+                    .min_by(|&a, &b| row[a].0.total_cmp(&row[b].0))
+                    .unwrap_or(0),
             }
         };
         let c = &self.candidates[pick];
         c.nr_chosen.fetch_add(1, Ordering::Relaxed);
+        let t = Instant::now();
+        let rc = copy_with(&c.kind, batch);
+        let ns_per_mib =
+            t.elapsed().as_nanos() as f64 * (1u64 << 20) as f64 / batch.total_bytes().max(1) as f64;
+        let mut l = lock(&self.learned);
+        let e = &mut l[order][pick];
+        e.0 = match e.1 {
+            0 => 0.0,                                                    // warm-up batch: not counted
+            1 => ns_per_mib,                                             // first counted sample
+            n if n < EXPLORE => e.0 + (ns_per_mib - e.0) / f64::from(n), // running mean
+            _ => e.0 + (ns_per_mib - e.0) / 8.0, // then a slow moving average
+        };
+        e.1 = e.1.saturating_add(1);
         let _ = &self.mm;
-        copy_with(&c.kind, batch)
+        rc
     }
 }

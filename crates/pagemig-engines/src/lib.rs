@@ -131,6 +131,27 @@ impl std::str::FromStr for EngineSpec {
     }
 }
 
+/// What survives between [`Engine::start_cached`] calls on one memory: the `auto`
+/// engine's candidates and what it learned. Release it with [`EngineCache::shutdown`].
+#[derive(Default)]
+pub struct EngineCache {
+    auto: Option<auto::Auto>,
+}
+
+impl EngineCache {
+    /// The cached auto engine's calibration and what it learned.
+    pub fn explain(&self) -> Option<String> {
+        self.auto.as_ref().map(|a| a.explain())
+    }
+
+    /// Releases the cached engines' threads and channels.
+    pub fn shutdown(&mut self) {
+        if let Some(a) = self.auto.take() {
+            a.shutdown();
+        }
+    }
+}
+
 /// A live engine: the driver behind a spec, switched on for one memory.
 pub enum Engine {
     /// No driver (offload off).
@@ -141,8 +162,8 @@ pub enum Engine {
     MtCopy(mtcopy::MtCopy),
     /// dcbm, offloading on.
     Dcbm(dcbm::Dcbm),
-    /// auto, registered.
-    Auto(auto::Auto, Arc<Memory>),
+    /// auto, registered (and whether an [`EngineCache`] keeps its candidates).
+    Auto(auto::Auto, Arc<Memory>, bool),
 }
 
 impl Engine {
@@ -152,6 +173,18 @@ impl Engine {
         spec: EngineSpec,
         mm: &Arc<Memory>,
         knobs: &[(String, String)],
+    ) -> Result<Engine, ParamError> {
+        Self::start_cached(spec, mm, knobs, None)
+    }
+
+    /// As [`Engine::start`], keeping the `auto` engine in `cache` across starts (a driver
+    /// that stays loaded keeps what it learned). Without a cache, stopping `auto` releases
+    /// its candidates.
+    pub fn start_cached(
+        spec: EngineSpec,
+        mm: &Arc<Memory>,
+        knobs: &[(String, String)],
+        cache: Option<&mut EngineCache>,
     ) -> Result<Engine, ParamError> {
         let e = match spec {
             EngineSpec::Vanilla => {
@@ -195,7 +228,18 @@ impl Engine {
                 Engine::MtCopy(d)
             }
             EngineSpec::Auto => {
-                let a = auto::Auto::new(mm)?;
+                let cached = cache.is_some();
+                let a = match cache {
+                    Some(c) => match &c.auto {
+                        Some(a) => a.clone(),
+                        None => {
+                            let a = auto::Auto::new(mm)?;
+                            c.auto = Some(a.clone());
+                            a
+                        }
+                    },
+                    None => auto::Auto::new(mm)?,
+                };
                 let mut mask = pagemig::offload::ReasonMask::ALL;
                 for (k, v) in knobs {
                     match k.as_str() {
@@ -211,7 +255,7 @@ impl Engine {
                     }
                 }
                 a.register(mm, mask)?;
-                Engine::Auto(a, mm.clone())
+                Engine::Auto(a, mm.clone(), cached)
             }
             EngineSpec::Dcbm(n) => {
                 let dev = emulated::EmulatedDmaDevice::new(mm, emulated::EmulatedConfig::default());
@@ -242,14 +286,20 @@ impl Engine {
                 .map_err(ParamError::Offload),
             Engine::MtCopy(d) => d.set_param("offloading", "0"),
             Engine::Dcbm(d) => d.set_param("offloading", "0"),
-            Engine::Auto(a, mm) => a.stop(&mm),
+            Engine::Auto(a, mm, cached) => {
+                a.unregister(&mm)?;
+                if !cached {
+                    a.shutdown();
+                }
+                Ok(())
+            }
         }
     }
 
     /// The auto engine's calibration and decisions, if this is `auto`.
     pub fn explain(&self) -> Option<String> {
         match self {
-            Engine::Auto(a, _) => Some(a.explain()),
+            Engine::Auto(a, _, _) => Some(a.explain()),
             _ => None,
         }
     }
@@ -264,7 +314,7 @@ impl Engine {
                 .map_err(ParamError::Offload),
             Engine::MtCopy(d) => d.set_param("reason_mask", &mask.to_string()),
             Engine::Dcbm(d) => d.set_param("reason_mask", &mask.to_string()),
-            Engine::Auto(a, mm) => mm
+            Engine::Auto(a, mm, _) => mm
                 .offload()
                 .set_reason_mask(&a.migrator(), mask)
                 .map_err(ParamError::Offload),
@@ -290,7 +340,7 @@ impl Engine {
                 d.set_param("offloading", "0")?;
                 d.set_param("offloading", "1")
             }
-            Engine::Auto(a, mm) => {
+            Engine::Auto(a, mm, _) => {
                 let mask = mm.offload().reason_mask();
                 mm.offload()
                     .unregister(&a.migrator())
@@ -314,7 +364,7 @@ impl Engine {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
-            Engine::Auto(a, _) => a.counters(),
+            Engine::Auto(a, _, _) => a.counters(),
         }
     }
 }
