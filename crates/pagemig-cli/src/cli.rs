@@ -207,7 +207,16 @@ fn bench(a: BenchArgs) -> Result<(), String> {
         crate::report::write_svgs(&rep, dir).map_err(|e| format!("cannot write plots: {e}"))?;
     }
     if let Some(p) = &a.report {
-        let md = crate::report::markdown(&rep, a.svg_dir.as_deref());
+        // Plots are linked relative to the report when they sit beside it.
+        let same_dir = a.svg_dir.as_deref().map(|d| {
+            let here = p.parent().filter(|x| !x.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            std::fs::canonicalize(d).ok() == std::fs::canonicalize(here).ok()
+        });
+        let link_dir = match (same_dir, a.svg_dir.as_deref()) {
+            (Some(true), _) => Some(std::path::Path::new(".")),
+            (_, d) => d,
+        };
+        let md = crate::report::markdown(&rep, link_dir);
         std::fs::write(p, md).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     }
     if let Some(p) = a.json {
