@@ -209,7 +209,10 @@ fn bench(a: BenchArgs) -> Result<(), String> {
     if let Some(p) = &a.report {
         // Plots are linked relative to the report when they sit beside it.
         let same_dir = a.svg_dir.as_deref().map(|d| {
-            let here = p.parent().filter(|x| !x.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let here = p
+                .parent()
+                .filter(|x| !x.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
             std::fs::canonicalize(d).ok() == std::fs::canonicalize(here).ok()
         });
         let link_dir = match (same_dir, a.svg_dir.as_deref()) {
