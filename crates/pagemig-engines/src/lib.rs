@@ -199,20 +199,7 @@ impl Engine {
             EngineSpec::Batch => {
                 let m: Arc<dyn pagemig::offload::Migrator> =
                     Arc::new(pagemig::offload::DefaultCopier);
-                let mut mask = pagemig::offload::ReasonMask::ALL;
-                for (k, v) in knobs {
-                    match k.as_str() {
-                        "reason_mask" => {
-                            mask = v.parse().map_err(|e| ParamError::invalid(k, v, e))?
-                        }
-                        _ => {
-                            return Err(ParamError::Unknown {
-                                name: k.clone(),
-                                known: "reason_mask".into(),
-                            })
-                        }
-                    }
-                }
+                let mask = reason_mask_knob(knobs)?;
                 mm.offload()
                     .register(m.clone(), mask)
                     .map_err(ParamError::Offload)?;
@@ -240,20 +227,7 @@ impl Engine {
                     },
                     None => auto::Auto::new(mm)?,
                 };
-                let mut mask = pagemig::offload::ReasonMask::ALL;
-                for (k, v) in knobs {
-                    match k.as_str() {
-                        "reason_mask" => {
-                            mask = v.parse().map_err(|e| ParamError::invalid(k, v, e))?
-                        }
-                        _ => {
-                            return Err(ParamError::Unknown {
-                                name: k.clone(),
-                                known: "reason_mask".into(),
-                            })
-                        }
-                    }
-                }
+                let mask = reason_mask_knob(knobs)?;
                 a.register(mm, mask)?;
                 Engine::Auto(a, mm.clone(), cached)
             }
@@ -367,6 +341,25 @@ impl Engine {
             Engine::Auto(a, _, _) => a.counters(),
         }
     }
+}
+
+/// The only knob of the engines without a driver of their own (`batch`, `auto`).
+fn reason_mask_knob(
+    knobs: &[(String, String)],
+) -> Result<pagemig::offload::ReasonMask, ParamError> {
+    let mut mask = pagemig::offload::ReasonMask::ALL;
+    for (k, v) in knobs {
+        match k.as_str() {
+            "reason_mask" => mask = v.parse().map_err(|e| ParamError::invalid(k, v, e))?,
+            _ => {
+                return Err(ParamError::Unknown {
+                    name: k.clone(),
+                    known: "reason_mask".into(),
+                })
+            }
+        }
+    }
+    Ok(mask)
 }
 
 /// Sets a fault of the emulated DMA provider by name (`fail_every`, `stall_every`,
