@@ -393,7 +393,6 @@ fn migrate_once(
     }
     w.node = if nr_failed == 0 { target } else { w.node };
     let moved = (w.nr_folios - nr_failed) * w.folio_size;
-    let _ = res.rc;
     Ok(RunOutcome {
         gbps: moved as f64 / secs / 1e9,
         nr_failed,

@@ -346,7 +346,7 @@ fn accessor_loop(
     let rng = Rng(AtomicU64::new(rng_seed));
     let mut seq = 1u64;
     let mut ops = 0u64;
-    let check = |p: usize, expect: u64, final_check: bool| -> (u64, u64, u64) {
+    let check = |p: usize, expect: u64| -> (u64, u64, u64) {
         let mut b = [0u8; 16];
         match acc.read(slot(p), &mut b) {
             Err(Errno::HwPoison) => (0, 0, 1),
@@ -356,14 +356,13 @@ fn accessor_loop(
                 let c = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
                 let torn = (c != !v ^ p as u64) as u64;
                 let lost = (v != expect) as u64;
-                let _ = final_check;
                 (lost, torn, 0)
             }
         }
     };
     while !stop.load(Ordering::Relaxed) {
         for (k, &p) in mine.iter().enumerate() {
-            let (lost, torn, pois) = check(p, last[k], false);
+            let (lost, torn, pois) = check(p, last[k]);
             t.lost.fetch_add(lost, Ordering::Relaxed);
             t.torn.fetch_add(torn, Ordering::Relaxed);
             t.poisoned_reads.fetch_add(pois, Ordering::Relaxed);
@@ -401,7 +400,7 @@ fn accessor_loop(
     // Final check: every slot holds the last value written (retry poisoned reads).
     for (k, &p) in mine.iter().enumerate() {
         loop {
-            let (lost, torn, pois) = check(p, last[k], true);
+            let (lost, torn, pois) = check(p, last[k]);
             if pois == 1 {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;

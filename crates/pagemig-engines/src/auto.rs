@@ -10,7 +10,7 @@
 //! (`chose_*` counters) and explained by [`Auto::explain`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pagemig::mm::{Folio, Memory, NodeId, Order, HPAGE_PMD_ORDER, PAGE_SIZE};
@@ -55,7 +55,6 @@ const EXPLORE: u32 = 4;
 const SMALL_BATCH_BYTES: usize = 256 << 10;
 
 struct Inner {
-    mm: Weak<Memory>,
     candidates: Vec<Candidate>,
     /// Indexed by folio order.
     table: Mutex<Vec<Choice>>,
@@ -127,7 +126,6 @@ impl Auto {
         let nr = candidates.len();
         let auto = Auto {
             inner: Arc::new(Inner {
-                mm: Arc::downgrade(mm),
                 candidates,
                 table: Mutex::new(Vec::new()),
                 learned: Mutex::new(vec![vec![(0.0, 0); nr]; 10]),
@@ -375,7 +373,6 @@ impl Migrator for Inner {
             _ => e.0 + (ns_per_mib - e.0) / 8.0, // then a slow moving average
         };
         e.1 = e.1.saturating_add(1);
-        let _ = &self.mm;
         rc
     }
 }

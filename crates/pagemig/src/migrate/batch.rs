@@ -240,7 +240,8 @@ pub(crate) fn migrate_pages_batch(
         (&mut unmap_single, &mut dst_single),
     ] {
         for (src, dst) in srcs.drain(..).zip(dsts.drain(..)) {
-            let (was_mapped, anon_vma) = super::move_folio::migrate_folio_extract(mm, dst);
+            let (old_states, anon_vma) = super::move_folio::migrate_folio_extract(mm, dst);
+            let was_mapped = old_states & crate::mm::migrate_info::WAS_MAPPED != 0;
             migrate_folio_undo_src(mm, src, was_mapped, anon_vma, true, Some(ret_folios));
             migrate_folio_undo_dst(ctx, dst, true);
         }

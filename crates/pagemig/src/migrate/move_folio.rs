@@ -12,15 +12,15 @@ use super::undo::{migrate_folio_done, migrate_folio_undo_dst, migrate_folio_undo
 use super::unmap::migrate_folio_record;
 use super::{Ctx, MigratePagesStats, Mode};
 
-/// `__migrate_folio_extract()`: recovers (was_mapped, anon_vma) from `dst` and leaves
-/// only the `CONTENT_COPIED` bit in the word, so the mark survives into
-/// `move_to_new_folio()`.
-pub(crate) fn migrate_folio_extract(mm: &Memory, dst: Folio) -> (bool, u64) {
+/// `__migrate_folio_extract()`: recovers the old states (`FOLIO_OLD_STATES`) and the
+/// anon_vma from `dst` and leaves only the `CONTENT_COPIED` bit in the word, so the mark
+/// survives into `move_to_new_folio()`.
+pub(crate) fn migrate_folio_extract(mm: &Memory, dst: Folio) -> (u64, u64) {
     let m = &mm.folio(dst).meta.migrate_info;
     let word = m.load(Ordering::Acquire);
     let (anon_vma, states) = migrate_info::unpack(word);
     m.store(states & migrate_info::CONTENT_COPIED, Ordering::Release);
-    (states & migrate_info::WAS_MAPPED != 0, anon_vma)
+    (states & migrate_info::OLD_STATES, anon_vma)
 }
 
 /// `migrate_folios_move()`: one pass over a (src, dst) list pair. Pairs that return
@@ -83,8 +83,8 @@ pub(crate) fn migrate_folio_move(
     let s = mm.folio(src);
     let d = mm.folio(dst);
     let is_lru = !s.test(pg::MOVABLE_OPS);
-    let was_mlocked = migrate_info::unpack(d.migrate_info()).1 & migrate_info::WAS_MLOCKED;
-    let (page_was_mapped, anon_vma) = migrate_folio_extract(mm, dst);
+    let (old_states, anon_vma) = migrate_folio_extract(mm, dst);
+    let page_was_mapped = old_states & migrate_info::WAS_MAPPED != 0;
     if let Some(h) = &mm.hooks {
         h.before_move(mm, src, pass);
     }
@@ -92,12 +92,7 @@ pub(crate) fn migrate_folio_move(
     if let Err(rc) = move_to_new_folio(mm, dst, src, mode, stats) {
         if rc == Errno::Again {
             // Stay on the list; re-record without the copied mark: a retry copies again.
-            let states = if page_was_mapped {
-                migrate_info::WAS_MAPPED
-            } else {
-                0
-            } | was_mlocked;
-            migrate_folio_record(mm, dst, states, anon_vma);
+            migrate_folio_record(mm, dst, old_states, anon_vma);
             return Err(rc);
         }
         migrate_folio_undo_src(mm, src, page_was_mapped, anon_vma, true, Some(ret));
