@@ -38,6 +38,7 @@
 
 pub mod copy;
 pub mod errno;
+pub mod live;
 pub mod migrate;
 pub mod mm;
 pub mod offload;

@@ -153,7 +153,7 @@ pub(crate) fn migrate_pages_batch(
     if !go_out {
         let hooks = mm.hooks.clone();
         let copy_early = hooks.as_ref().is_some_and(|h| h.copy_before_flush());
-        let batch_copy = |stats: &mut MigratePagesStats| {
+        let batch_copy = |stats: &mut MigratePagesStats, dst_batch: &[Folio], unmap_batch: &[Folio]| {
             if !unmap_batch.is_empty() {
                 if let Some(h) = &hooks {
                     h.before_batch_copy(mm);
@@ -163,21 +163,44 @@ pub(crate) fn migrate_pages_batch(
                 // rests on the per-folio CONTENT_COPIED marks.
                 let _ = mm
                     .offload
-                    .batch_copy(&CopyBatch::new(mm, &dst_batch, &unmap_batch));
+                    .batch_copy(&CopyBatch::new(mm, dst_batch, unmap_batch));
                 stats.phases.copy_ns += elapsed_ns(t);
             }
         };
         if copy_early {
             // Negative control: copying before the shootdown races with accessors that
             // still hold the old translation.
-            batch_copy(stats);
+            batch_copy(stats, &dst_batch, &unmap_batch);
         }
         // Flush TLBs for all unmapped folios (try_to_unmap_flush).
         let t = Instant::now();
         tlb.flush();
+        // A backend's deferred unmap can fail (the live backend: a page pinned or shared
+        // with a child): those folios are still mapped, so they are put back like a folio
+        // that try_to_migrate() could not unmap, and retried by the caller.
+        for src in tlb.take_unmap_failed() {
+            for (srcs, dsts) in [
+                (&mut unmap_batch, &mut dst_batch),
+                (&mut unmap_single, &mut dst_single),
+            ] {
+                if let Some(k) = srcs.iter().position(|&f| f == src) {
+                    let dst = dsts.remove(k);
+                    srcs.remove(k);
+                    let f = mm.folio(src);
+                    stats.record_failure(Errno::Again, 1);
+                    c.nr_failed += 1;
+                    stats.nr_thp_failed += f.is_thp() as usize;
+                    stats.nr_failed_pages += f.nr_pages();
+                    migrate_folio_undo_src(mm, src, false, 0, true, None);
+                    migrate_folio_undo_dst(ctx, dst, true);
+                    from.push(src);
+                    break;
+                }
+            }
+        }
         stats.phases.flush_ns += elapsed_ns(t);
         if !copy_early {
-            batch_copy(stats);
+            batch_copy(stats, &dst_batch, &unmap_batch);
         }
         if let Some(h) = &hooks {
             h.after_batch_copy(mm);
@@ -246,6 +269,9 @@ pub(crate) fn migrate_pages_batch(
             migrate_folio_undo_dst(ctx, dst, true);
         }
     }
+    // Remaps a backend queued during the move loop and the undo (one kernel call per run
+    // of contiguous pages in the live backend).
+    mm.flush_backend_remaps();
     stats.phases.move_ns += elapsed_ns(t_undo);
     rc
 }

@@ -92,6 +92,7 @@ fn unmap_and_move_huge_page(
             if page_was_mapped {
                 let to = if rc.is_ok() { dst } else { src };
                 mm.remove_migration_ptes(src, to, anon_vma);
+                mm.flush_backend_remaps();
             }
             d.unlock();
         }

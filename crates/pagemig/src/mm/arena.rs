@@ -160,6 +160,12 @@ impl Arena {
         })
     }
 
+    /// First address of the mapping (the live backend registers it with userfaultfd and
+    /// moves pages in and out of it).
+    pub fn base_addr(&self) -> usize {
+        self.base as usize
+    }
+
     /// Size in bytes.
     pub fn len_bytes(&self) -> usize {
         self.len_bytes

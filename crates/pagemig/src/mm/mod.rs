@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod arena;
+pub mod backend;
 pub mod buddy;
 pub mod folio;
 pub mod page_table;
@@ -24,6 +25,7 @@ use crate::Errno;
 
 pub use access::Accessor;
 pub use arena::{Arena, NumaBinding};
+pub use backend::{FailedUnmap, SpaceBackend};
 pub use buddy::{Buddy, BuddyError, MAX_PAGE_ORDER};
 pub use folio::{migrate_info, pg, Folio, FolioRef, PageMeta};
 pub use page_table::{AddressSpace, Pte};
@@ -298,6 +300,9 @@ pub struct Memory {
     pub(crate) hooks: Option<Arc<dyn FaultHooks>>,
     pub(crate) movable_ops: Option<Arc<dyn MovableOps>>,
     batch_pages: AtomicUsize,
+    /// Backends of spaces with real pages behind them (their queued remaps are flushed at
+    /// the end of every batch).
+    backends: Mutex<Vec<std::sync::Weak<dyn SpaceBackend>>>,
 }
 
 impl fmt::Debug for Memory {
@@ -358,6 +363,7 @@ impl Memory {
             hooks: config.hooks,
             movable_ops: config.movable_ops,
             batch_pages: AtomicUsize::new(NR_MAX_BATCHED_MIGRATION),
+            backends: Mutex::new(Vec::new()),
         }))
     }
 
@@ -397,6 +403,12 @@ impl Memory {
     fn arena_off(&self, pfn: Pfn) -> (&Arena, usize) {
         let n = &self.nodes[self.node_index_of(pfn).expect("pfn outside every node")];
         (&n.arena, (pfn.0 - n.base_pfn) as usize * PAGE_SIZE)
+    }
+
+    /// The address of frame `pfn` in its node's arena.
+    pub(crate) fn frame_addr(&self, pfn: Pfn) -> usize {
+        let (a, off) = self.arena_off(pfn);
+        a.base_addr() + off
     }
 
     fn node_idx(&self, pfn: Pfn) -> (&Node, usize) {
@@ -814,6 +826,16 @@ impl Memory {
         base: VirtAddr,
         len_bytes: usize,
     ) -> Result<Arc<AddressSpace>, MmError> {
+        self.new_space_with_backend(base, len_bytes, None)
+    }
+
+    /// Creates an address space whose pages are also real pages of `backend`.
+    pub(crate) fn new_space_with_backend(
+        self: &Arc<Self>,
+        base: VirtAddr,
+        len_bytes: usize,
+        backend: Option<std::sync::Arc<dyn SpaceBackend>>,
+    ) -> Result<Arc<AddressSpace>, MmError> {
         if len_bytes == 0 || len_bytes % PAGE_SIZE != 0 {
             return Err(MmError::InvalidConfig(format!(
                 "space length {len_bytes} is not a positive multiple of 4096"
@@ -836,7 +858,13 @@ impl Memory {
             ptl: Mutex::new(()),
             anon_vma: av,
             tlb: tlb::TlbDomain::new(),
+            backend: backend.clone(),
         });
+        if let Some(b) = backend {
+            let mut v = lock(&self.backends);
+            v.retain(|w| w.strong_count() > 0);
+            v.push(std::sync::Arc::downgrade(&b));
+        }
         self.anon_vma_link(av, &space);
         Ok(space)
     }
@@ -871,6 +899,20 @@ impl Memory {
     /// The copy-offload registry of this memory (the kernel has one per system).
     pub fn offload(&self) -> &crate::offload::Registry {
         &self.offload
+    }
+
+    /// Performs every backend's queued remaps (the end of a batch).
+    pub(crate) fn flush_backend_remaps(&self) {
+        let live: Vec<std::sync::Arc<dyn SpaceBackend>> = {
+            let v = lock(&self.backends);
+            if v.is_empty() {
+                return;
+            }
+            v.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        for b in live {
+            b.flush_remaps();
+        }
     }
 
     /// The fault hooks, if any.

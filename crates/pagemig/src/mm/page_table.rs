@@ -70,6 +70,8 @@ pub struct AddressSpace {
     pub(crate) anon_vma: u64,
     /// Flush generation and live accessors (the CPUs in `mm_cpumask`).
     pub(crate) tlb: TlbDomain,
+    /// Real pages behind this space (the live backend), if any.
+    pub(crate) backend: Option<std::sync::Arc<dyn super::SpaceBackend>>,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -114,6 +116,27 @@ impl AddressSpace {
 
     pub(crate) fn pte_at(&self, i: usize) -> Pte {
         Pte::decode(self.ptes[i].load(Ordering::Acquire))
+    }
+
+    /// Undoes `try_to_migrate` in this space for pages whose backend unmap failed: the
+    /// migration entries for `pfn..pfn+nr` at `vaddr` become present again, with the
+    /// mapping's reference and mapcount (the backend still maps them).
+    pub(crate) fn restore_migration_ptes(&self, vaddr: VirtAddr, pfn: Pfn, nr: usize) {
+        let Some(i) = self.slot(vaddr) else { return };
+        let _g = lock(&self.ptl);
+        let mut hit = false;
+        for k in 0..nr.min(self.ptes.len() - i) {
+            let p = Pfn(pfn.0 + k as u64);
+            if self.pte_at(i + k) == (Pte::Migration { pfn: p }) {
+                self.set_pte_at(i + k, Pte::Present { pfn: p });
+                hit = true;
+            }
+        }
+        if hit {
+            let f = self.mm.folio(Folio(self.mm.compound_head(pfn)));
+            f.meta.mapcount.fetch_add(1, Ordering::AcqRel);
+            f.meta.refcount.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     pub(crate) fn set_pte_at(&self, i: usize, pte: Pte) {
@@ -182,6 +205,20 @@ impl AddressSpace {
         order: Order,
         flags: u32,
     ) -> Result<Folio, MmError> {
+        self.map_new_with(vaddr, node, order, flags, |_| {})
+    }
+
+    /// `map_new`, calling `install(folio)` under the page-table lock once the folio is
+    /// allocated and before the PTEs appear (the live backend queues the real page's move
+    /// there).
+    pub(crate) fn map_new_with(
+        &self,
+        vaddr: VirtAddr,
+        node: NodeId,
+        order: Order,
+        flags: u32,
+        install: impl FnOnce(Folio),
+    ) -> Result<Folio, MmError> {
         let nr = 1usize << order.0;
         let i = self.check_range(vaddr, nr)?;
         let _g = lock(&self.ptl);
@@ -189,6 +226,7 @@ impl AddressSpace {
             return Err(MmError::AlreadyMapped { vaddr });
         }
         let folio = self.mm.alloc_folio(node, order, flags)?;
+        install(folio);
         let f = self.mm.folio(folio);
         f.meta.mapping.store(self.anon_vma, Ordering::Release);
         f.meta.index.store(vaddr.0 >> PAGE_SHIFT, Ordering::Release);

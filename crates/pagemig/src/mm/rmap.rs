@@ -106,6 +106,21 @@ impl Memory {
                     hit = true;
                 }
             }
+            if hit {
+                if let Some(be) = &space.backend {
+                    // The real pages leave the program too (deferred with the flush).
+                    let va = super::VirtAddr(vpn << PAGE_SHIFT);
+                    if be.unmap(va, head, nr, batch.is_some()).is_err() {
+                        for k in 0..nr.min(space.ptes.len() - i) {
+                            let p = Pfn(head.0 + k as u64);
+                            if space.pte_at(i + k) == (Pte::Migration { pfn: p }) {
+                                space.set_pte_at(i + k, Pte::Present { pfn: p });
+                            }
+                        }
+                        hit = false;
+                    }
+                }
+            }
             drop(g);
             if hit {
                 any = true;
@@ -152,6 +167,9 @@ impl Memory {
             if hit {
                 d.meta.mapcount.fetch_add(1, Ordering::AcqRel);
                 d.meta.refcount.fetch_add(1, Ordering::AcqRel);
+                if let Some(be) = &space.backend {
+                    be.remap(super::VirtAddr(vpn << PAGE_SHIFT), src.0, dst.0, nr);
+                }
             }
             drop(g);
         });

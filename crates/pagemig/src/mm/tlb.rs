@@ -133,6 +133,7 @@ pub fn flush_tlb_space(space: &AddressSpace) {
 #[derive(Default)]
 pub struct TlbBatch {
     pending: Vec<Arc<AddressSpace>>,
+    unmap_failed: Vec<super::Folio>,
 }
 
 impl TlbBatch {
@@ -156,12 +157,27 @@ impl TlbBatch {
         !self.pending.is_empty()
     }
 
-    /// Flushes every pending space once; returns the number of shootdowns done.
+    /// Flushes every pending space once; returns the number of shootdowns done. A space
+    /// with a backend first performs its queued unmaps; folios whose unmap failed there get
+    /// their PTEs back and are listed in [`take_unmap_failed`](Self::take_unmap_failed).
     pub fn flush(&mut self) -> usize {
         let n = self.pending.len();
         for s in self.pending.drain(..) {
+            if let Some(be) = &s.backend {
+                for f in be.flush_unmaps() {
+                    s.restore_migration_ptes(f.vaddr, f.pfn, f.nr);
+                    self.unmap_failed
+                        .push(super::Folio(s.mm.compound_head(f.pfn)));
+                }
+            }
             flush_tlb_space(&s);
         }
         n
+    }
+
+    /// The folios whose deferred unmap failed in a backend at the last flush: they are
+    /// mapped again, and the caller puts them back.
+    pub fn take_unmap_failed(&mut self) -> Vec<super::Folio> {
+        std::mem::take(&mut self.unmap_failed)
     }
 }

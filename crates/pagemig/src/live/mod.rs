@@ -1,0 +1,31 @@
+//! The live backend: a running program's own memory, migrated between nodes by the same
+//! `migrate_pages()` core and copy engines, through userfaultfd.
+//!
+//! A [`LiveRegion`] is an anonymous mapping registered with a userfaultfd and handed to
+//! the program as plain memory ([`LiveRegion::words`]). Every page of it is backed by a
+//! frame of one of the [`Memory`](crate::mm::Memory)'s nodes: the node arenas are the
+//! pools of pre-faulted frames, and a frame's arena slot is where its page sits whenever
+//! the program does not map it. The core keeps a shadow page table of the region (an
+//! [`AddressSpace`](crate::mm::AddressSpace) with a backend), and the backend makes each
+//! of the core's PTE changes real:
+//!
+//! | core step | live backend |
+//! |---|---|
+//! | first touch (anonymous fault) | the fault handler allocates a frame on the placement node and `UFFDIO_MOVE`s its page from the arena slot into the program |
+//! | `try_to_migrate` (migration entry) | `UFFDIO_MOVE` the page out of the program into its frame's arena slot; the program's next access faults and waits, like a kernel migration entry |
+//! | deferred flush (`TTU_BATCH_FLUSH`, `try_to_unmap_flush`) | the unmaps of a batch are queued and done at the flush, one `UFFDIO_MOVE` (one kernel TLB shootdown) per run of contiguous pages |
+//! | batch copy / CPU copy | unchanged: arena slot to arena slot, by the registered migrator |
+//! | `remove_migration_ptes(src, dst)` | `UFFDIO_MOVE` the destination's page from its slot into the program, which wakes the waiting threads; queued and done per contiguous run at the end of the batch |
+//! | undo (`remove_migration_ptes(src, src)`) | the source page moves back |
+//! | free of the old frame | its page stays in its arena slot: the frame is back in its node's pool |
+//!
+//! See DESIGN.md ("The live backend") for what differs from a kernel migration.
+
+pub mod sys;
+
+mod region;
+
+pub use region::{
+    Live, LiveConfig, LiveCounts, LiveError, LiveRegion, RegionConfig, MPOL_MF_MOVE,
+    MPOL_MF_MOVE_ALL,
+};

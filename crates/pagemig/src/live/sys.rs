@@ -1,0 +1,445 @@
+//! The userfaultfd ABI that the live backend needs, and the few raw calls around it (one of
+//! the few `unsafe` modules).
+//!
+//! The system headers on the reference machine are from Linux 6.1 and the Rust crates
+//! (`libc`, `nix`, `rustix`, `userfaultfd-sys`) stop before Linux 6.8, so none of them has
+//! `UFFDIO_MOVE` or `UFFD_FEATURE_MOVE`. The constants and structure layouts below are
+//! copied from `include/uapi/linux/userfaultfd.h` (Linux 6.8+, x86-64 ioctl encoding) and are
+//! checked against the kernel at run time: `UFFDIO_API` reports the features and
+//! `UFFDIO_REGISTER` reports the ioctls of each registered range.
+//!
+//! Contract of this module: every pointer handed to the kernel points at a live, correctly
+//! sized `#[repr(C)]` value on the caller's stack; the only memory the kernel writes is that
+//! value (and, for `UFFDIO_MOVE`, pages of mappings that the caller owns).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `UFFD_API`.
+pub const UFFD_API: u64 = 0xAA;
+/// `UFFD_USER_MODE_ONLY` (Linux 5.11): handle only faults from user mode; allowed without
+/// privilege even when `vm.unprivileged_userfaultfd = 0`.
+pub const UFFD_USER_MODE_ONLY: i32 = 1;
+
+/// `UFFD_FEATURE_THREAD_ID`.
+pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+/// `UFFD_FEATURE_MOVE` (Linux 6.8): `UFFDIO_MOVE` on anonymous private memory.
+pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
+
+/// `UFFDIO_REGISTER_MODE_MISSING`.
+pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+/// `UFFDIO_MOVE_MODE_DONTWAKE`.
+pub const UFFDIO_MOVE_MODE_DONTWAKE: u64 = 1;
+
+/// Bit numbers of the ioctls (`_UFFDIO_*`), as reported in `uffdio_register.ioctls`.
+pub const UFFDIO_NR_WAKE: u64 = 0x02;
+/// `_UFFDIO_MOVE`.
+pub const UFFDIO_NR_MOVE: u64 = 0x05;
+
+/// `UFFD_EVENT_PAGEFAULT`.
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
+}
+
+/// `struct uffdio_api`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioApi {
+    /// API version (`UFFD_API`).
+    pub api: u64,
+    /// In: features requested; out: features supported.
+    pub features: u64,
+    /// Out: ioctls supported on the fd.
+    pub ioctls: u64,
+}
+
+/// `struct uffdio_range`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioRange {
+    /// Start address.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// `struct uffdio_register`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioRegister {
+    /// The range.
+    pub range: UffdioRange,
+    /// `UFFDIO_REGISTER_MODE_*`.
+    pub mode: u64,
+    /// Out: ioctls available on the range (bit `_UFFDIO_*`).
+    pub ioctls: u64,
+}
+
+/// `struct uffdio_move`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioMove {
+    /// Destination address.
+    pub dst: u64,
+    /// Source address.
+    pub src: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// `UFFDIO_MOVE_MODE_*`.
+    pub mode: u64,
+    /// Out: bytes moved, or a negative errno.
+    pub moved: i64,
+}
+
+/// `struct uffd_msg` (32 bytes; only the page-fault member of the union is decoded).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdMsg {
+    /// `UFFD_EVENT_*`.
+    pub event: u8,
+    reserved1: u8,
+    reserved2: u16,
+    reserved3: u32,
+    /// `arg.pagefault.flags`.
+    pub pf_flags: u64,
+    /// `arg.pagefault.address`.
+    pub pf_address: u64,
+    /// `arg.pagefault.feat.ptid` (with `UFFD_FEATURE_THREAD_ID`).
+    pub pf_ptid: u32,
+    reserved4: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
+const _: () = assert!(std::mem::size_of::<UffdioMove>() == 40);
+const _: () = assert!(std::mem::size_of::<UffdioRegister>() == 32);
+
+/// `UFFDIO_API`.
+pub const UFFDIO_API: u64 = iowr(0x3F, std::mem::size_of::<UffdioApi>());
+/// `UFFDIO_REGISTER`.
+pub const UFFDIO_REGISTER: u64 = iowr(0x00, std::mem::size_of::<UffdioRegister>());
+/// `UFFDIO_UNREGISTER`.
+pub const UFFDIO_UNREGISTER: u64 = ior(0x01, std::mem::size_of::<UffdioRange>());
+/// `UFFDIO_WAKE`.
+pub const UFFDIO_WAKE: u64 = ior(0x02, std::mem::size_of::<UffdioRange>());
+/// `UFFDIO_MOVE`.
+pub const UFFDIO_MOVE: u64 = iowr(0x05, std::mem::size_of::<UffdioMove>());
+
+/// Creates a userfaultfd (`userfaultfd(2)`), close-on-exec and non-blocking.
+pub fn userfaultfd(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: the syscall takes one integer argument and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_userfaultfd,
+            libc::O_CLOEXEC | libc::O_NONBLOCK | flags,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Issues an ioctl whose argument is `*arg`.
+fn ioctl<T>(fd: &OwnedFd, req: u64, arg: &mut T) -> io::Result<()> {
+    // SAFETY: `arg` is a live, exclusively borrowed `#[repr(C)]` value of the size encoded
+    // in `req` (every caller passes the matching struct).
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `UFFDIO_API`: handshake, requesting `features`; returns what the kernel filled in.
+pub fn api(fd: &OwnedFd, features: u64) -> io::Result<UffdioApi> {
+    let mut a = UffdioApi {
+        api: UFFD_API,
+        features,
+        ioctls: 0,
+    };
+    ioctl(fd, UFFDIO_API, &mut a)?;
+    Ok(a)
+}
+
+/// `UFFDIO_REGISTER` in missing mode; returns the ioctl mask of the range.
+pub fn register_missing(fd: &OwnedFd, start: usize, len: usize) -> io::Result<u64> {
+    let mut r = UffdioRegister {
+        range: UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        },
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    ioctl(fd, UFFDIO_REGISTER, &mut r)?;
+    Ok(r.ioctls)
+}
+
+/// `UFFDIO_UNREGISTER`.
+pub fn unregister(fd: &OwnedFd, start: usize, len: usize) -> io::Result<()> {
+    let mut r = UffdioRange {
+        start: start as u64,
+        len: len as u64,
+    };
+    ioctl(fd, UFFDIO_UNREGISTER, &mut r)
+}
+
+/// `UFFDIO_WAKE`: wakes threads waiting on faults in the range.
+pub fn wake(fd: &OwnedFd, start: usize, len: usize) -> io::Result<()> {
+    let mut r = UffdioRange {
+        start: start as u64,
+        len: len as u64,
+    };
+    ioctl(fd, UFFDIO_WAKE, &mut r)
+}
+
+/// `UFFDIO_MOVE`: moves the pages of `[src, src+len)` to `[dst, dst+len)`. Returns the
+/// bytes moved; on an error, the error and the bytes moved before it.
+pub fn move_pages(
+    fd: &OwnedFd,
+    dst: usize,
+    src: usize,
+    len: usize,
+    mode: u64,
+) -> Result<usize, (io::Error, usize)> {
+    let mut m = UffdioMove {
+        dst: dst as u64,
+        src: src as u64,
+        len: len as u64,
+        mode,
+        moved: 0,
+    };
+    match ioctl(fd, UFFDIO_MOVE, &mut m) {
+        Ok(()) => Ok(m.moved.max(0) as usize),
+        Err(e) => Err((e, m.moved.max(0) as usize)),
+    }
+}
+
+/// Reads one message; `Ok(None)` when none is queued (the fd is non-blocking).
+pub fn read_msg(fd: &OwnedFd) -> io::Result<Option<UffdMsg>> {
+    let mut m = UffdMsg::default();
+    // SAFETY: reads at most 32 bytes into `m`, a live 32-byte `#[repr(C)]` value.
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            &mut m as *mut UffdMsg as *mut libc::c_void,
+            std::mem::size_of::<UffdMsg>(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    if n as usize != std::mem::size_of::<UffdMsg>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short read from userfaultfd",
+        ));
+    }
+    Ok(Some(m))
+}
+
+/// An eventfd used to stop the fault-handler thread.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes two integers and returns a new fd or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Signals an eventfd.
+pub fn eventfd_signal(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes the 8 bytes of `one`, a live u64.
+    unsafe {
+        libc::write(
+            fd.as_raw_fd(),
+            &one as *const u64 as *const libc::c_void,
+            8,
+        )
+    };
+}
+
+/// Waits until `a` or `b` is readable (or `timeout_ms` passes); returns (a ready, b ready).
+pub fn poll2(a: &OwnedFd, b: &OwnedFd, timeout_ms: i32) -> io::Result<(bool, bool)> {
+    let mut fds = [
+        libc::pollfd {
+            fd: a.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `fds` is a live array of two pollfds and the count says two.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok((false, false));
+        }
+        return Err(e);
+    }
+    Ok((fds[0].revents != 0, fds[1].revents != 0))
+}
+
+/// An anonymous private mapping owned by its value: the program's region.
+#[derive(Debug)]
+pub struct Mapping {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; moving the owner between threads
+// moves no thread-bound state.
+unsafe impl Send for Mapping {}
+// SAFETY: the value itself is never written through `&self` in this module; the memory is
+// accessed only through atomics (see `LiveRegion::words`) and by the kernel.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes (a multiple of `align`, a power of two), aligned to `align`,
+    /// unpopulated, advised `MADV_HUGEPAGE` when `thp`.
+    pub fn new(len: usize, align: usize, thp: bool) -> io::Result<Mapping> {
+        let map_len = len + align;
+        // SAFETY: an anonymous private mapping with no address hint has no preconditions.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let raw = raw as usize;
+        let base = raw.div_ceil(align) * align;
+        let head = base - raw;
+        let tail = map_len - head - len;
+        // SAFETY: both trimmed ranges lie inside the mapping just created and are unused.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw as *mut libc::c_void, head);
+            }
+            if tail > 0 {
+                libc::munmap((base + len) as *mut libc::c_void, tail);
+            }
+        }
+        let advice = if thp {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
+        // SAFETY: [base, base+len) is our mapping; madvise only changes advice.
+        unsafe { libc::madvise(base as *mut libc::c_void, len, advice) };
+        Ok(Mapping {
+            base: base as *mut u8,
+            len,
+        })
+    }
+
+    /// First address.
+    pub fn addr(&self) -> usize {
+        self.base as usize
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The mapping as 64-bit atomic words. Accessing a word whose page is not present
+    /// faults into the live backend's handler, which maps it (or waits for its migration).
+    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `base` is 2 MiB-aligned (so 8-aligned) and the mapping of `len` bytes lives
+        // as long as `self`; `AtomicU64` has the layout of u64 and allows shared mutation, so
+        // concurrent access from any thread (and page moves by the kernel) are sound.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base as *const std::sync::atomic::AtomicU64,
+                self.len / 8,
+            )
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this value owns; nothing borrows it any more (the
+        // slices from `words` borrow `self`).
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+/// The kernel release (`uname -r`), e.g. `6.18.44`.
+pub fn kernel_release() -> String {
+    // SAFETY: `utsname` is plain data; zeroed is a valid value for uname to fill.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a live utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `move_pages(2)` on the calling process: `nodes = None` queries. Returns the syscall's
+/// value (pages not migrated) or the error.
+pub fn sys_move_pages(
+    pages: &[usize],
+    nodes: Option<&[i32]>,
+    status: &mut [i32],
+    flags: i32,
+) -> io::Result<usize> {
+    assert_eq!(pages.len(), status.len());
+    if let Some(n) = nodes {
+        assert_eq!(n.len(), pages.len());
+    }
+    let nodes_ptr = nodes.map_or(std::ptr::null(), |n| n.as_ptr());
+    // SAFETY: the three arrays are live, of `pages.len()` entries each (asserted), and only
+    // `status` is written; pid 0 is the calling process.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            0,
+            pages.len(),
+            pages.as_ptr(),
+            nodes_ptr,
+            status.as_mut_ptr(),
+            flags,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
+}
