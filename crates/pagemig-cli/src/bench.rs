@@ -1,6 +1,7 @@
-//! `pagemig bench`: migrate folios between node 0 and node 1 of the built-in backend and
-//! report GB/s per folio size and engine, next to this machine's copy limit measured in
-//! the same run.
+//! `pagemig bench`: migrate folios between node 0 and node 1 and report GB/s per folio
+//! size and engine, next to this machine's copy limit measured in the same run. The folios
+//! are the built-in backend's, or (`--backend live`) this process's own memory, moved with
+//! userfaultfd while its threads may keep using it.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,6 +10,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use pagemig::live::{Live, LiveConfig, LiveCounts, LiveRegion, RegionConfig};
 use pagemig::migrate::{alloc_on_node, migrate_pages, Mode, PhaseTimes, Reason};
 use pagemig::mm::{
     AddressSpace, Folio, Memory, MemoryConfig, NodeId, Order, VirtAddr, HPAGE_PMD_ORDER,
@@ -41,6 +43,42 @@ pub struct BenchOptions {
     pub verbose: bool,
     /// Knobs: (engine family, name, value).
     pub knobs: Vec<(String, String, String)>,
+    /// Memory backend.
+    pub backend: Backend,
+    /// Live backend: batch the kernel calls (one `UFFDIO_MOVE` per contiguous run) or make
+    /// one per folio.
+    pub live_batch_moves: bool,
+}
+
+/// Which memory the benchmark migrates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The in-process memory model.
+    Builtin,
+    /// This process's own memory, through userfaultfd.
+    Live,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Builtin => "builtin",
+            Backend::Live => "live",
+        }
+    }
+}
+
+/// Kernel calls of the live backend per migration (means over runs).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LiveRunStats {
+    /// Kernel calls were batched per contiguous run.
+    pub batch_moves: bool,
+    /// `UFFDIO_MOVE` calls taking pages out of the program (each is one kernel TLB flush).
+    pub unmap_calls: f64,
+    /// `UFFDIO_MOVE` calls putting pages back.
+    pub remap_calls: f64,
+    /// Page faults the handler served.
+    pub faults: f64,
 }
 
 /// The machine section of the JSON.
@@ -123,6 +161,9 @@ pub struct BenchResult {
     pub stall_max_us: f64,
     /// Runs.
     pub runs: usize,
+    /// Live backend only: its kernel calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveRunStats>,
 }
 
 /// The JSON document.
@@ -142,6 +183,8 @@ pub struct BenchReport {
     pub explain: Option<String>,
     /// Mode name.
     pub mode: String,
+    /// `builtin` or `live`.
+    pub backend: String,
     /// Results.
     pub results: Vec<BenchResult>,
 }
@@ -163,6 +206,9 @@ pub enum BenchError {
         /// what disagreed
         detail: String,
     },
+    /// The live backend cannot run here.
+    #[error("live backend: {0}")]
+    Live(#[from] pagemig::live::LiveError),
     /// Content did not survive migration.
     #[error("checksum mismatch after migration: engine {engine}, folio size {size}, {nr_bad} folio(s) differ")]
     Mismatch {
@@ -300,10 +346,20 @@ impl CopyLimitProbe {
 
 struct Workload {
     space: Arc<AddressSpace>,
+    /// The live region, when the folios are this process's memory.
+    region: Option<Arc<LiveRegion>>,
+    base: u64,
     folio_size: usize,
     nr_folios: usize,
     sums: Vec<u64>,
     node: NodeId,
+}
+
+/// Checksum of a live folio, read through the program's own mapping.
+fn words_checksum(w: &[std::sync::atomic::AtomicU64]) -> u64 {
+    w.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ x.load(Ordering::Relaxed)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Workload {
@@ -320,6 +376,46 @@ impl Workload {
         }
         Ok(Workload {
             space,
+            region: None,
+            base: SPACE_BASE,
+            folio_size,
+            nr_folios,
+            sums,
+            node: NodeId(0),
+        })
+    }
+
+    /// A live region of `total` bytes, populated from node 0 and filled by this thread.
+    fn new_live(
+        live: &Live,
+        folio_size: usize,
+        total: usize,
+        batch_moves: bool,
+    ) -> Result<Workload, BenchError> {
+        let order = Order::from_bytes(folio_size).expect("validated folio size");
+        let mut cfg = RegionConfig::new(total, order.0);
+        cfg.batch_moves = batch_moves;
+        let region = Arc::new(live.region(cfg)?);
+        region.populate()?;
+        let nr_folios = total / folio_size;
+        let per = folio_size / 8;
+        let words = region.words();
+        let mut sums = Vec::with_capacity(nr_folios);
+        for i in 0..nr_folios {
+            let w = &words[i * per..(i + 1) * per];
+            let seed = 0x5eed ^ i as u64;
+            for (j, x) in w.iter().enumerate() {
+                x.store(
+                    seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    Ordering::Relaxed,
+                );
+            }
+            sums.push(words_checksum(w));
+        }
+        Ok(Workload {
+            space: region.space().clone(),
+            base: region.addr() as u64,
+            region: Some(region),
             folio_size,
             nr_folios,
             sums,
@@ -329,11 +425,22 @@ impl Workload {
 
     fn folio(&self, i: usize) -> Option<Folio> {
         self.space
-            .folio_at(VirtAddr(SPACE_BASE + (i * self.folio_size) as u64))
+            .folio_at(VirtAddr(self.base + (i * self.folio_size) as u64))
+    }
+
+    fn checksum(&self, mm: &Memory, i: usize) -> u64 {
+        match &self.region {
+            Some(r) => {
+                let per = self.folio_size / 8;
+                words_checksum(&r.words()[i * per..(i + 1) * per])
+            }
+            None => mm.folio_checksum(self.folio(i).expect("workload folio mapped")),
+        }
     }
 }
 
 struct RunOutcome {
+    live: Option<LiveCounts>,
     gbps: f64,
     nr_failed: usize,
     phases: PhaseTimes,
@@ -359,10 +466,30 @@ fn migrate_once(
         list.push(f);
     }
     let mut alloc = alloc_on_node(target);
+    let live0 = w.region.as_ref().map(|r| r.counts());
     let t = Instant::now();
     let res = migrate_pages(mm, &mut list, &mut alloc, None, mode, Reason::Syscall)
         .expect("bench input lists are valid");
     let secs = t.elapsed().as_secs_f64();
+    let live = w.region.as_ref().zip(live0).map(|(r, a)| {
+        let b = r.counts();
+        LiveCounts {
+            unmap_ioctls: b.unmap_ioctls - a.unmap_ioctls,
+            remap_ioctls: b.remap_ioctls - a.remap_ioctls,
+            faults: b.faults - a.faults,
+            stray_faults: b.stray_faults - a.stray_faults,
+            remap_errors: b.remap_errors - a.remap_errors,
+            ..b
+        }
+    });
+    if let Some(l) = &live {
+        if l.stray_faults + l.remap_errors > 0 {
+            return Err(BenchError::Counters {
+                engine: engine.into(),
+                detail: format!("live backend errors: {l:?}"),
+            });
+        }
+    }
     let nr_failed = list.len();
     mm.putback_movable_pages(&mut list);
     // Verify every folio: where it is, and what it holds.
@@ -370,7 +497,7 @@ fn migrate_once(
     let mut nr_misplaced = 0;
     for i in 0..w.nr_folios {
         let f = w.folio(i).expect("workload folio mapped");
-        if mm.folio_checksum(f) != w.sums[i] {
+        if w.checksum(mm, i) != w.sums[i] {
             nr_bad += 1;
         }
         if mm.folio(f).node() != target {
@@ -394,6 +521,7 @@ fn migrate_once(
     w.node = if nr_failed == 0 { target } else { w.node };
     let moved = (w.nr_folios - nr_failed) * w.folio_size;
     Ok(RunOutcome {
+        live,
         gbps: moved as f64 / secs / 1e9,
         nr_failed,
         phases: res.stats.phases,
@@ -472,6 +600,9 @@ struct Readers {
 
 const NO_TAG: usize = usize::MAX;
 
+/// A live-region access slower than this counts as a stall.
+pub const LIVE_STALL_NS: u64 = 2_000;
+
 impl Readers {
     fn start(space: &Arc<AddressSpace>, n: usize, total: usize) -> Readers {
         let stop = Arc::new(AtomicBool::new(false));
@@ -497,6 +628,54 @@ impl Readers {
                             let t = tag.load(Ordering::Relaxed);
                             if t != NO_TAG {
                                 local.extend(w.into_iter().map(|ns| (t, ns)));
+                            }
+                        }
+                    }
+                    samples
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(local);
+                })
+            })
+            .collect();
+        Readers {
+            stop,
+            tag,
+            samples,
+            handles,
+        }
+    }
+
+    /// Program threads of a live region: each access is a plain load and an atomic
+    /// read-modify-write that leaves the word unchanged (a write access), timed; accesses
+    /// slower than [`LIVE_STALL_NS`] are counted as stalls (a userfaultfd fault round trip
+    /// costs more than that here, a cache miss far less).
+    fn start_live(region: &Arc<LiveRegion>, n: usize) -> Readers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tag = Arc::new(AtomicUsize::new(NO_TAG));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let handles = (0..n)
+            .map(|i| {
+                let (region, stop, tag, samples) =
+                    (region.clone(), stop.clone(), tag.clone(), samples.clone());
+                std::thread::spawn(move || {
+                    let words = region.words();
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ i as u64;
+                    let mut local = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let w = &words[x as usize % words.len()];
+                        let t0 = Instant::now();
+                        let v = w.load(Ordering::Relaxed);
+                        w.fetch_or(0, Ordering::Relaxed);
+                        std::hint::black_box(v);
+                        let ns = t0.elapsed().as_nanos() as u64;
+                        if ns > LIVE_STALL_NS {
+                            let t = tag.load(Ordering::Relaxed);
+                            if t != NO_TAG {
+                                local.push((t, ns));
                             }
                         }
                     }
@@ -565,15 +744,24 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let mut results = Vec::new();
     // Engines that stay loaded across runs (auto keeps what it learned).
     let mut cache = EngineCache::default();
+    let live = match opts.backend {
+        Backend::Live => Some(Live::new(&mm, LiveConfig::default())?),
+        Backend::Builtin => None,
+    };
     for &size in &opts.sizes {
         pb.set_message(format!(
             "mapping {} of {} folios",
             format_size(opts.total_bytes),
             format_size(size)
         ));
-        let mut w = Workload::new(&mm, size, opts.total_bytes)?;
-        let readers = (opts.accessors > 0)
-            .then(|| Readers::start(&w.space, opts.accessors, opts.total_bytes));
+        let mut w = match &live {
+            Some(l) => Workload::new_live(l, size, opts.total_bytes, opts.live_batch_moves)?,
+            None => Workload::new(&mm, size, opts.total_bytes)?,
+        };
+        let readers = (opts.accessors > 0).then(|| match &w.region {
+            Some(r) => Readers::start_live(r, opts.accessors),
+            None => Readers::start(&w.space, opts.accessors, opts.total_bytes),
+        });
         let combos: Vec<(usize, EngineSpec)> = opts
             .batch_pages
             .iter()
@@ -640,8 +828,24 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 .map(|(_, ns)| *ns)
                 .collect();
             st.sort_unstable();
+            let live_stats = (opts.backend == Backend::Live).then(|| {
+                let f = |g: fn(&LiveCounts) -> u64| {
+                    o.iter()
+                        .filter_map(|o| o.live.as_ref())
+                        .map(|l| g(l) as f64)
+                        .sum::<f64>()
+                        / n as f64
+                };
+                LiveRunStats {
+                    batch_moves: opts.live_batch_moves,
+                    unmap_calls: f(|l| l.unmap_ioctls),
+                    remap_calls: f(|l| l.remap_ioctls),
+                    faults: f(|l| l.faults),
+                }
+            });
             results.push(BenchResult {
-                backend: "builtin".into(),
+                live: live_stats,
+                backend: opts.backend.name().into(),
                 engine: e.to_string(),
                 width: e.width(),
                 folio_size: size,
@@ -710,6 +914,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         batch_pages_list: opts.batch_pages.clone(),
         accessors: opts.accessors,
         mode: format!("{:?}", opts.mode),
+        backend: opts.backend.name().into(),
         explain,
         results,
     })

@@ -34,6 +34,16 @@ enum BackendArg {
     Builtin,
     /// Live process memory through userfaultfd.
     Live,
+    /// The kernel's own move_pages(2) on this process's memory (needs two NUMA nodes).
+    Kernel,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum LiveMovesArg {
+    /// One UFFDIO_MOVE per run of contiguous pages, at the TLB flush and at batch end.
+    Batched,
+    /// One UFFDIO_MOVE per folio, at once.
+    PerFolio,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,6 +129,13 @@ struct BenchArgs {
     /// Small totals and 2 runs, for smoke tests.
     #[arg(long)]
     quick: bool,
+    /// Memory backend: builtin (the memory model), live (this process's own pages, moved
+    /// with userfaultfd), or kernel (move_pages(2) on a host with two or more NUMA nodes).
+    #[arg(long, value_enum, default_value_t = BackendArg::Builtin)]
+    backend: BackendArg,
+    /// Live backend: batch the kernel calls per contiguous run, or one call per folio.
+    #[arg(long, value_enum, default_value_t = LiveMovesArg::Batched)]
+    live_moves: LiveMovesArg,
     /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
@@ -189,7 +206,21 @@ fn bench(a: BenchArgs) -> Result<(), String> {
         mode,
         verbose: !a.quiet,
         knobs,
+        backend: match a.backend {
+            BackendArg::Live => bench::Backend::Live,
+            _ => bench::Backend::Builtin,
+        },
+        live_batch_moves: a.live_moves == LiveMovesArg::Batched,
     };
+    if a.backend == BackendArg::Kernel {
+        let rep = crate::kernel::run(&opts).map_err(|e| e.to_string())?;
+        print!("{}", crate::kernel::render(&rep));
+        if let Some(p) = a.json {
+            let text = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
+            std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        }
+        return Ok(());
+    }
     let rep = bench::run(&opts).map_err(|e| e.to_string())?;
     print!("{}", bench::render_table(&rep, &sizes, &engines));
     if rep.batch_pages_list.len() > 1 || rep.accessors > 0 {

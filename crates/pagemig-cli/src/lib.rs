@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod kernel;
 pub mod report;
 pub mod spec;
 pub mod stress;

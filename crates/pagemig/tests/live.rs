@@ -67,3 +67,225 @@ fn data_survives_4k() {
 fn data_survives_2m() {
     round_trip(9, 8 << 20);
 }
+
+/// A record of 8 words inside one page: every word carries the writer's sequence number.
+fn rec_word(rec: usize, seq: u64, k: usize) -> u64 {
+    (seq << 20) ^ ((rec as u64) << 4) ^ k as u64
+}
+
+#[test]
+fn writers_lose_nothing_during_thousands_of_migrations() {
+    const PAGES: usize = 256;
+    const RECS_PER_PAGE: usize = 4;
+    let mm = memory(16);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let r = Arc::new(live.region(RegionConfig::new(PAGES * 4096, 0)).unwrap());
+    r.populate().unwrap();
+    let nrec = PAGES * RECS_PER_PAGE;
+    let rec_base = |rec: usize| (rec / RECS_PER_PAGE) * 512 + (rec % RECS_PER_PAGE) * 8;
+    for rec in 0..nrec {
+        for k in 0..8 {
+            r.words()[rec_base(rec) + k].store(rec_word(rec, 0, k), Ordering::Relaxed);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (r, stop) = (r.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mine: Vec<usize> = (0..nrec).filter(|x| x % 2 == w).collect();
+                let mut seq = vec![0u64; nrec];
+                let (mut bad, mut writes) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    for &rec in &mine {
+                        let b = rec_base(rec);
+                        for k in 0..8 {
+                            if r.words()[b + k].load(Ordering::Relaxed) != rec_word(rec, seq[rec], k) {
+                                bad += 1;
+                            }
+                        }
+                        seq[rec] += 1;
+                        for k in 0..8 {
+                            r.words()[b + k].store(rec_word(rec, seq[rec], k), Ordering::Relaxed);
+                        }
+                        writes += 1;
+                    }
+                }
+                (bad, writes, seq)
+            })
+        })
+        .collect();
+    let p = pages(&r, 4096);
+    let mut migrated = 0usize;
+    let mut st = vec![0; p.len()];
+    for round in 0..24 {
+        let node = (1 - round % 2) as i32;
+        let left = r.move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE).unwrap();
+        migrated += p.len() - left;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seqs = vec![0u64; nrec];
+    let mut total_writes = 0;
+    for (w, h) in writers.into_iter().enumerate() {
+        let (bad, writes, seq) = h.join().unwrap();
+        assert_eq!(bad, 0, "writer {w} saw lost or torn records");
+        total_writes += writes;
+        for rec in (0..nrec).filter(|x| x % 2 == w) {
+            seqs[rec] = seq[rec];
+        }
+    }
+    // Every record holds its writer's last write, whole.
+    for rec in 0..nrec {
+        for k in 0..8 {
+            assert_eq!(r.words()[rec_base(rec) + k].load(Ordering::Relaxed), rec_word(rec, seqs[rec], k));
+        }
+    }
+    let c = live.counts();
+    eprintln!("{migrated} page migrations, {total_writes} record writes, {c:?}");
+    assert!(migrated >= 3000, "only {migrated} migrations");
+    assert!(c.faults_on_migration + c.faults_woken > 0, "writers never met a page under migration: {c:?}");
+    assert_eq!(c.stray_faults + c.remap_errors, 0, "{c:?}");
+}
+
+#[test]
+fn poisoned_copy_leaves_the_page_on_its_node_with_its_data() {
+    let mm = memory(8);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let r = live.region(RegionConfig::new(64 * 4096, 0)).unwrap();
+    r.populate().unwrap();
+    fill(&r, 3);
+    let victim = r.addr() + 5 * 4096;
+    let f = r.folio_at(victim).unwrap();
+    mm.inject_hwpoison(f.0).unwrap();
+    let p = pages(&r, 4096);
+    let mut st = vec![-7; p.len()];
+    let left = r.move_pages(&p, Some(&vec![1; p.len()]), &mut st, MPOL_MF_MOVE).unwrap();
+    assert_eq!(left, 1);
+    let nodes = nodes_of(&r, 4096);
+    assert_eq!(nodes[5], 0);
+    assert!(nodes.iter().enumerate().all(|(i, &n)| i == 5 || n == 1), "{nodes:?}");
+    assert_eq!(r.folio_at(victim), Some(f));
+    mm.clear_hwpoison(f.0).unwrap();
+    assert_eq!(check(&r, 3), 0);
+}
+
+#[derive(Default)]
+struct FailAllocs(AtomicU64);
+impl pagemig::mm::FaultHooks for FailAllocs {
+    fn alloc_should_fail(&self, node: NodeId, _: pagemig::mm::Order) -> bool {
+        node == NodeId(1) && self.0.fetch_add(1, Ordering::Relaxed) % 3 == 0
+    }
+}
+
+#[test]
+fn failed_allocations_leave_pages_where_they_were() {
+    let hooks = Arc::new(FailAllocs::default());
+    let mut cfg = MemoryConfig::with_nodes(2, 8 << 20);
+    cfg.hooks = Some(hooks);
+    let mm = Memory::new(cfg).unwrap();
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let r = live.region(RegionConfig::new(128 * 4096, 0)).unwrap();
+    r.populate().unwrap();
+    fill(&r, 11);
+    let p = pages(&r, 4096);
+    let mut st = vec![0; p.len()];
+    let _ = r.move_pages(&p, Some(&vec![1; p.len()]), &mut st, MPOL_MF_MOVE);
+    let nodes = nodes_of(&r, 4096);
+    assert!(nodes.contains(&0) || nodes.iter().all(|&n| n == 1));
+    assert_eq!(check(&r, 11), 0);
+    assert_eq!(live.counts().remap_errors, 0);
+}
+
+#[test]
+fn move_pages_statuses_follow_the_man_page() {
+    let mm = memory(16);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let r = live.region(RegionConfig::new(4 << 20, 9)).unwrap();
+    // Touch only the first THP.
+    r.words()[0].store(1, Ordering::Relaxed);
+    let outside = r.addr() + r.len() + 4096;
+    let untouched = r.addr() + (2 << 20);
+    let q = [r.addr() + 8, untouched, outside, 0];
+    let mut st = [0; 4];
+    assert_eq!(r.move_pages(&q, None, &mut st, 0), Ok(0));
+    assert_eq!(st, [0, -libc::ENOENT, -libc::EFAULT, -libc::EFAULT]);
+
+    // Moving: already on the node, not present, outside, and a second address of a folio
+    // already queued (isolated: -EBUSY).
+    let a = [r.addr(), r.addr() + 4096, untouched, outside];
+    let mut st = [9; 4];
+    assert_eq!(r.move_pages(&a, Some(&[1, 1, 1, 1]), &mut st, MPOL_MF_MOVE), Ok(0));
+    assert_eq!(st, [1, -libc::EBUSY, -libc::ENOENT, -libc::EFAULT]);
+    let mut st = [9; 1];
+    assert_eq!(r.move_pages(&a[..1], Some(&[1]), &mut st, MPOL_MF_MOVE), Ok(0));
+    assert_eq!(st, [1], "already on the target node");
+    assert_eq!(r.words()[0].load(Ordering::Relaxed), 1);
+
+    // Whole-call errors.
+    let mut st = [0; 1];
+    assert_eq!(r.move_pages(&a[..1], Some(&[2]), &mut st, MPOL_MF_MOVE), Err(pagemig::Errno::NoDev));
+    assert_eq!(r.move_pages(&a[..1], Some(&[-1]), &mut st, MPOL_MF_MOVE), Err(pagemig::Errno::NoDev));
+    assert_eq!(r.move_pages(&a[..1], Some(&[0]), &mut st, 1 << 5), Err(pagemig::Errno::Inval));
+    assert_eq!(r.move_pages(&a, Some(&[0]), &mut [0; 4], MPOL_MF_MOVE), Err(pagemig::Errno::Inval));
+    assert_eq!(r.move_pages(&a, None, &mut st, 0), Err(pagemig::Errno::Inval));
+}
+
+#[test]
+fn first_touch_is_served_from_the_placement_node_and_threads_may_exit() {
+    let mm = memory(8);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let mut cfg = RegionConfig::new(64 * 4096, 0);
+    cfg.placement = NodeId(1);
+    let r = Arc::new(live.region(cfg).unwrap());
+    assert!(nodes_of(&r, 4096).iter().all(|&n| n == -libc::ENOENT));
+    let hs: Vec<_> = (0..4)
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                for i in (t..64).step_by(4) {
+                    r.words()[i * 512].store(i as u64 + 1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert!(nodes_of(&r, 4096).iter().all(|&n| n == 1));
+    assert_eq!(live.counts().faults_populated, 64);
+    // The threads are gone; the pages still migrate and keep their data.
+    let p = pages(&r, 4096);
+    let mut st = vec![0; 64];
+    assert_eq!(r.move_pages(&p, Some(&[0; 64]), &mut st, MPOL_MF_MOVE), Ok(0));
+    for i in 0..64 {
+        assert_eq!(r.words()[i * 512].load(Ordering::Relaxed), i as u64 + 1);
+    }
+}
+
+#[test]
+fn missing_kernel_support_is_a_clear_error() {
+    let mm = memory(4);
+    let cfg = LiveConfig {
+        pretend_missing_features: pagemig::live::sys::UFFD_FEATURE_MOVE,
+        ..Default::default()
+    };
+    let e = Live::new(&mm, cfg).unwrap_err();
+    assert!(matches!(e, LiveError::MissingFeature { feature: "UFFD_FEATURE_MOVE", .. }));
+    assert!(e.to_string().contains("UFFD_FEATURE_MOVE"), "{e}");
+    let cfg = LiveConfig {
+        pretend_kernel_release: Some("6.6.30-generic".into()),
+        ..Default::default()
+    };
+    let e = Live::new(&mm, cfg).unwrap_err();
+    assert!(e.to_string().contains("6.6.30") && e.to_string().contains("6.8"), "{e}");
+    // One live backend per memory.
+    let _a = Live::new(&mm, LiveConfig::default()).unwrap();
+    let e = Live::new(&mm, LiveConfig::default()).unwrap_err();
+    assert!(e.to_string().contains("another live backend"), "{e}");
+    // Bad regions.
+    assert!(_a.region(RegionConfig::new(4096 + 1, 0)).is_err());
+    assert!(_a.region(RegionConfig::new(4 << 20, 10)).is_err());
+    let mut c = RegionConfig::new(4096, 0);
+    c.placement = NodeId(5);
+    assert!(_a.region(c).is_err());
+}

@@ -1,0 +1,145 @@
+//! `pagemig bench --backend kernel`: the same migrations done by the kernel itself with
+//! `move_pages(2)` on this process's memory, so that on a host with two or more NUMA
+//! nodes the kernel and pagemig are compared side by side. The kernel copies folio by folio
+//! on the calling CPU (no batch copy), so there is one row per folio size and no engines.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use pagemig::live::sys::{sys_move_pages, Mapping};
+use pagemig::live::MPOL_MF_MOVE;
+use serde::Serialize;
+
+use crate::bench::BenchOptions;
+use crate::spec::format_size;
+
+/// One folio size.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelResult {
+    /// Folio size asked for.
+    pub folio_size: usize,
+    /// Page size the kernel actually used (4 KiB, or a 2 MiB THP).
+    pub kernel_page_size: usize,
+    /// Mean GB/s.
+    pub gbps_mean: f64,
+    /// Standard deviation.
+    pub gbps_sd: f64,
+    /// Pages move_pages(2) reported as not migrated, over all runs.
+    pub pages_not_migrated: usize,
+    /// Runs.
+    pub runs: usize,
+}
+
+/// The JSON document.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelReport {
+    /// `kernel`.
+    pub backend: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// The two host nodes the pages moved between.
+    pub nodes: (u32, u32),
+    /// Bytes per migration.
+    pub total_bytes: usize,
+    /// Results.
+    pub results: Vec<KernelResult>,
+}
+
+fn checksum(w: &[std::sync::atomic::AtomicU64]) -> u64 {
+    w.iter().fold(0u64, |h, x| {
+        h.rotate_left(5) ^ x.load(Ordering::Relaxed)
+    })
+}
+
+/// Runs the comparison, or explains why it cannot run here.
+pub fn run(opts: &BenchOptions) -> Result<KernelReport, String> {
+    let nodes = pagemig::mm::arena::host_numa_nodes();
+    if nodes.len() < 2 {
+        return Err(format!(
+            "--backend kernel measures the kernel's move_pages(2) between two NUMA nodes, and this \
+             host has {} node(s) ({:?}); move_pages(2) to another node fails with ENODEV here. \
+             Run it on a host with two or more nodes, or use --backend builtin or live",
+            nodes.len(),
+            nodes
+        ));
+    }
+    let (a, b) = (nodes[0], nodes[1]);
+    let mut results = Vec::new();
+    for &size in &opts.sizes {
+        let thp = size == 2 << 20;
+        let page = if thp { size } else { 4096 };
+        let map = Mapping::new(opts.total_bytes, 2 << 20, thp).map_err(|e| e.to_string())?;
+        for (i, w) in map.words().iter().enumerate() {
+            w.store(i as u64 ^ 0x5eed, Ordering::Relaxed);
+        }
+        let sum = checksum(map.words());
+        let addrs: Vec<usize> = (0..map.len()).step_by(page).map(|o| map.addr() + o).collect();
+        let mut status = vec![0i32; addrs.len()];
+        let mut move_to = |node: u32| -> Result<(f64, usize), String> {
+            let t = Instant::now();
+            let left = sys_move_pages(
+                &addrs,
+                Some(&vec![node as i32; addrs.len()]),
+                &mut status,
+                MPOL_MF_MOVE,
+            )
+            .map_err(|e| format!("move_pages(2) to node {node}: {e}"))?;
+            Ok((t.elapsed().as_secs_f64(), left))
+        };
+        move_to(a)?;
+        let mut g = Vec::new();
+        let mut not_migrated = 0;
+        for run in 0..opts.runs {
+            let node = if run % 2 == 0 { b } else { a };
+            let (secs, left) = move_to(node)?;
+            not_migrated += left;
+            g.push((addrs.len() - left) as f64 * page as f64 / secs / 1e9);
+        }
+        if checksum(map.words()) != sum {
+            return Err(format!(
+                "content changed across the kernel's migrations of {}",
+                format_size(size)
+            ));
+        }
+        let n = g.len() as f64;
+        let mean = g.iter().sum::<f64>() / n;
+        let sd = (g.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        results.push(KernelResult {
+            folio_size: size,
+            kernel_page_size: page,
+            gbps_mean: mean,
+            gbps_sd: sd,
+            pages_not_migrated: not_migrated,
+            runs: opts.runs,
+        });
+    }
+    Ok(KernelReport {
+        backend: "kernel".into(),
+        kernel: pagemig::live::sys::kernel_release(),
+        nodes: (a, b),
+        total_bytes: opts.total_bytes,
+        results,
+    })
+}
+
+/// The table.
+pub fn render(rep: &KernelReport) -> String {
+    let mut s = format!(
+        "kernel move_pages(2), node {} <-> node {}, {} per migration, kernel {}\n\n| folio | kernel page | GB/s | sd | not migrated |\n|---|---|---|---|---|\n",
+        rep.nodes.0,
+        rep.nodes.1,
+        format_size(rep.total_bytes),
+        rep.kernel
+    );
+    for r in &rep.results {
+        s += &format!(
+            "| {} | {} | {:.2} | {:.2} | {} |\n",
+            format_size(r.folio_size),
+            format_size(r.kernel_page_size),
+            r.gbps_mean,
+            r.gbps_sd,
+            r.pages_not_migrated
+        );
+    }
+    s
+}
