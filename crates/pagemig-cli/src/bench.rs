@@ -937,7 +937,8 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
         limits.join(", ")
     ));
     s.push_str(&format!(
-        "moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the single-thread copy limit)\n",
+        "backend {}, moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the single-thread copy limit)\n",
+        rep.backend,
         format_size(rep.total_bytes),
         rep.batch_pages,
         rep.mode
@@ -982,6 +983,40 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
             }
             s.push('\n');
         }
+    }
+    s.push_str(&live_calls_text(rep));
+    s
+}
+
+/// The live backend's kernel calls per migration (empty for the built-in backend).
+pub fn live_calls_text(rep: &BenchReport) -> String {
+    let rows: Vec<&BenchResult> = rep
+        .results
+        .iter()
+        .filter(|r| r.live.is_some() && r.batch_pages == rep.batch_pages)
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\nlive backend: UFFDIO_MOVE calls per migration (each is one kernel TLB flush), unmap-phase time\n",
+    );
+    s.push_str(&format!(
+        "{:<12} {:>6} {:>10} {:>12} {:>12} {:>10} {:>12}\n",
+        "engine", "folio", "moves", "unmap calls", "remap calls", "faults", "unmap+flush"
+    ));
+    for r in rows {
+        let l = r.live.expect("filtered");
+        s.push_str(&format!(
+            "{:<12} {:>6} {:>10} {:>12.1} {:>12.1} {:>10.1} {:>10.0}us\n",
+            r.engine,
+            format_size(r.folio_size),
+            if l.batch_moves { "batched" } else { "per-folio" },
+            l.unmap_calls,
+            l.remap_calls,
+            l.faults,
+            (r.phases_ns.unmap + r.phases_ns.flush) as f64 / 1e3
+        ));
     }
     s
 }

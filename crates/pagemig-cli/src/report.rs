@@ -169,7 +169,8 @@ pub fn markdown(rep: &BenchReport, svg_dir: Option<&Path>) -> String {
     let _ = writeln!(s, "# pagemig benchmark report\n");
     let _ = writeln!(
         s,
-        "Built-in backend; {} moved per migration, mode {}, batch sizes {:?} pages, {} CPUs, kernel {}, {} host NUMA node(s), copy primitive `{}`.\n",
+        "Backend `{}`; {} moved per migration, mode {}, batch sizes {:?} pages, {} CPUs, kernel {}, {} host NUMA node(s), copy primitive `{}`.\n",
+        rep.backend,
         format_size(rep.total_bytes),
         rep.mode,
         rep.batch_pages_list,

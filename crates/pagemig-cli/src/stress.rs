@@ -481,10 +481,10 @@ fn chaos_loop(
     stop: Arc<AtomicBool>,
     t: Arc<Totals>,
     inject: Vec<(FaultKind, f64)>,
+    starts: Vec<(u64, u8)>,
     seed: u64,
 ) {
     let rng = Rng(AtomicU64::new(seed));
-    let starts = folio_starts();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_micros(200));
         for &(k, rate) in &inject {
@@ -647,7 +647,7 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stri
             o.inject.clone(),
         );
         handles.push(std::thread::spawn(move || {
-            chaos_loop(mm, sp, stop, t, inj, 5)
+            chaos_loop(mm, sp, stop, t, inj, folio_starts(), 5)
         }));
     }
     // The control loop: progress, and the faults that act on the engine itself.
@@ -766,6 +766,317 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stri
         calls_failed_by_errno: calls_failed,
         faults_injected: injected,
         poisoned_reads: totals.poisoned_reads.load(Ordering::Relaxed),
+        lost_writes: totals.lost.load(Ordering::Relaxed),
+        torn_reads: totals.torn.load(Ordering::Relaxed),
+        content_mismatches: totals.mismatches.load(Ordering::Relaxed),
+        leaked_frames: leaked,
+        resources_start: res_start,
+        resources_end: resources(),
+        engine_counters,
+    })
+}
+
+/// Regions of the live stress: (folio order, bytes).
+const LIVE_LAYOUT: &[(u8, usize)] = &[(0, 4 << 20), (2, 2 << 20), (9, 4 << 20)];
+/// Records (8 words) per page of a live region; writer `i` of `n` owns records `i mod n`.
+const LIVE_RECS: usize = 8;
+
+fn live_word(rec: usize, seq: u64, k: usize) -> u64 {
+    (seq << 24) ^ ((rec as u64) << 4) ^ k as u64 ^ 0x5A5A_0000_0000_0000
+}
+
+/// Writer threads of the live stress: sequence-numbered records of 8 words, each checked
+/// whole before the next write (a lost write or a torn record shows as a mismatch).
+fn live_writer(
+    regions: Arc<Vec<pagemig::live::LiveRegion>>,
+    me: usize,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    t: Arc<Totals>,
+    seed: u64,
+) -> Vec<Vec<u64>> {
+    let rng = Rng(AtomicU64::new(seed));
+    let mut seqs: Vec<Vec<u64>> = regions
+        .iter()
+        .map(|r| vec![0; r.len() / PAGE_SIZE * LIVE_RECS])
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        let ri = rng.below(regions.len());
+        let words = regions[ri].words();
+        let nrec = seqs[ri].len();
+        let rec = (rng.below(nrec / n) * n + me).min(nrec - 1);
+        if rec % n != me {
+            continue;
+        }
+        let base = rec * 8;
+        let seq = seqs[ri][rec];
+        let mut torn = false;
+        let mut lost = false;
+        for k in 0..8 {
+            let v = words[base + k].load(Ordering::Relaxed);
+            if v != live_word(rec, seq, k) {
+                if k > 0 && !lost {
+                    torn = true;
+                } else {
+                    lost = true;
+                }
+            }
+        }
+        if lost {
+            t.lost.fetch_add(1, Ordering::Relaxed);
+        } else if torn {
+            t.torn.fetch_add(1, Ordering::Relaxed);
+        }
+        for k in 0..8 {
+            words[base + k].store(live_word(rec, seq + 1, k), Ordering::Relaxed);
+        }
+        seqs[ri][rec] = seq + 1;
+        t.ops.fetch_add(1, Ordering::Relaxed);
+    }
+    seqs
+}
+
+/// Migrating threads of the live stress: `move_pages(2)` of random runs of pages to a
+/// random node.
+fn live_migrator(regions: Arc<Vec<pagemig::live::LiveRegion>>, stop: Arc<AtomicBool>, t: Arc<Totals>, seed: u64) {
+    let rng = Rng(AtomicU64::new(seed));
+    while !stop.load(Ordering::Relaxed) {
+        let r = &regions[rng.below(regions.len())];
+        let fb = r.folio_bytes();
+        let nf = r.len() / fb;
+        let first = rng.below(nf);
+        let count = 1 + rng.below((nf - first).min(512 * PAGE_SIZE / fb).max(1));
+        let addrs: Vec<usize> = (first..first + count).map(|i| r.addr() + i * fb).collect();
+        let node = rng.below(2) as i32;
+        let mut status = vec![0; addrs.len()];
+        t.migrate_calls.fetch_add(1, Ordering::Relaxed);
+        match r.move_pages(&addrs, Some(&vec![node; addrs.len()]), &mut status, pagemig::live::MPOL_MF_MOVE) {
+            Ok(0) => {
+                let moved = status.iter().filter(|&&s| s == node).count();
+                t.migrated.fetch_add((moved * fb / PAGE_SIZE) as u64, Ordering::Relaxed);
+                let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
+                for &s in status.iter().filter(|&&s| s < 0) {
+                    *f.entry(format!("status {}", crate::stress::errno_name(-s))).or_default() += 1;
+                }
+            }
+            Ok(left) => {
+                *t.failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry("not migrated (call aborted)".into())
+                    .or_default() += left as u64;
+            }
+            Err(e) => {
+                *t.calls_failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(e.name().into())
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
+/// `errno` name of a positive error number, for status codes.
+pub(crate) fn errno_name(e: i32) -> &'static str {
+    pagemig::Errno::ALL
+        .iter()
+        .find(|x| x.errno() == e)
+        .map_or("other", |x| x.name())
+}
+
+/// Runs the live-backend stress for one engine: writer threads on this process's own
+/// memory while migrating threads move its pages between nodes, with faults injected.
+pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, String> {
+    let res_start = resources();
+    let hooks = Arc::new(Hooks {
+        enomem_rate: rate(&o.inject, FaultKind::Enomem),
+        rng: Rng(AtomicU64::new(0x4321)),
+        injected: AtomicU64::new(0),
+        armed: AtomicBool::new(false),
+    });
+    let total: usize = LIVE_LAYOUT.iter().map(|(_, b)| b).sum();
+    let mut cfg = MemoryConfig::with_nodes(2, 2 * total + (16 << 20));
+    cfg.hooks = Some(hooks.clone());
+    let mm = Memory::new(cfg).map_err(|e| e.to_string())?;
+    let live = pagemig::live::Live::new(&mm, pagemig::live::LiveConfig::default())
+        .map_err(|e| e.to_string())?;
+    let mut regions = Vec::new();
+    for &(order, bytes) in LIVE_LAYOUT {
+        let r = live
+            .region(pagemig::live::RegionConfig::new(bytes, order))
+            .map_err(|e| e.to_string())?;
+        r.populate().map_err(|e| e.to_string())?;
+        for rec in 0..r.len() / PAGE_SIZE * LIVE_RECS {
+            for k in 0..8 {
+                r.words()[rec * 8 + k].store(live_word(rec, 0, k), Ordering::Relaxed);
+            }
+        }
+        regions.push(r);
+    }
+    let regions = Arc::new(regions);
+    let engine =
+        Engine::start(spec, &mm, &engine_knobs(spec, &o.inject)).map_err(|e| e.to_string())?;
+    let totals = Arc::new(Totals::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    hooks.armed.store(true, Ordering::SeqCst);
+    let writers: Vec<_> = (0..o.accessors)
+        .map(|i| {
+            let (r, stop, t) = (regions.clone(), stop.clone(), totals.clone());
+            let n = o.accessors;
+            std::thread::spawn(move || live_writer(r, i, n, stop, t, 77 + i as u64))
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for i in 0..o.migrators {
+        let (r, stop, t) = (regions.clone(), stop.clone(), totals.clone());
+        handles.push(std::thread::spawn(move || live_migrator(r, stop, t, 1000 + i as u64)));
+    }
+    if !o.inject.is_empty() {
+        for (k, r) in regions.iter().enumerate() {
+            let starts: Vec<(u64, u8)> = (0..r.len() / r.folio_bytes())
+                .map(|i| {
+                    (
+                        (r.addr() + i * r.folio_bytes()) as u64,
+                        r.folio_bytes().trailing_zeros() as u8 - 12,
+                    )
+                })
+                .collect();
+            let (mm, sp, stop, t, inj) = (
+                mm.clone(),
+                r.space().clone(),
+                stop.clone(),
+                totals.clone(),
+                o.inject.clone(),
+            );
+            handles.push(std::thread::spawn(move || {
+                chaos_loop(mm, sp, stop, t, inj, starts, 5 + k as u64)
+            }));
+        }
+    }
+    let t0 = Instant::now();
+    let rng = Rng(AtomicU64::new(98));
+    let mut next_report = Duration::from_secs(1);
+    let mut reason_all = true;
+    let mut control_error = None;
+    while t0.elapsed().as_secs_f64() < o.seconds {
+        std::thread::sleep(Duration::from_millis(10));
+        if rng.chance(rate(&o.inject, FaultKind::Unregister)) {
+            if let Err(e) = engine.restart() {
+                control_error = Some(format!("restart: {e}"));
+                break;
+            }
+            totals.inject(FaultKind::Unregister);
+        }
+        if rng.chance(rate(&o.inject, FaultKind::Reason)) {
+            reason_all = !reason_all;
+            let mask = if reason_all {
+                ReasonMask::ALL
+            } else {
+                "compaction,demotion".parse().expect("valid mask")
+            };
+            if let Err(e) = engine.set_reason_mask(mask) {
+                control_error = Some(format!("reason mask: {e}"));
+                break;
+            }
+            totals.inject(FaultKind::Reason);
+        }
+        if o.verbose && t0.elapsed() >= next_report {
+            next_report += Duration::from_secs(1);
+            eprintln!(
+                "[live {spec} {:>5.0}s] ops {} pages migrated {} lost {} torn {} {:?}",
+                t0.elapsed().as_secs_f64(),
+                totals.ops.load(Ordering::Relaxed),
+                totals.migrated.load(Ordering::Relaxed),
+                totals.lost.load(Ordering::Relaxed),
+                totals.torn.load(Ordering::Relaxed),
+                live.counts(),
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for h in handles {
+        h.join()
+            .map_err(|_| "a stress thread panicked".to_string())?;
+    }
+    let mut seqs = Vec::new();
+    for h in writers {
+        seqs.push(h.join().map_err(|_| "a writer thread panicked".to_string())?);
+    }
+    hooks.armed.store(false, Ordering::SeqCst);
+    let seconds = t0.elapsed().as_secs_f64();
+    if let Some(e) = control_error {
+        return Err(e);
+    }
+    // Every record holds its writer's last write, whole.
+    let n = o.accessors;
+    for (ri, r) in regions.iter().enumerate() {
+        for rec in 0..r.len() / PAGE_SIZE * LIVE_RECS {
+            let seq = seqs[rec % n][ri][rec];
+            if (0..8).any(|k| r.words()[rec * 8 + k].load(Ordering::Relaxed) != live_word(rec, seq, k)) {
+                totals.mismatches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let lc = live.counts();
+    let mut engine_counters: BTreeMap<String, u64> = engine
+        .counters()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    for (k, v) in [
+        ("live.faults", lc.faults),
+        ("live.faults_on_migration", lc.faults_on_migration),
+        ("live.unmap_ioctls", lc.unmap_ioctls),
+        ("live.remap_ioctls", lc.remap_ioctls),
+        ("live.unmap_failures", lc.unmap_failures),
+        ("live.stray_faults", lc.stray_faults),
+        ("live.remap_errors", lc.remap_errors),
+    ] {
+        engine_counters.insert(k.into(), v);
+    }
+    // A stray fault or a failed move into the program is a backend bug: count it as loss.
+    totals
+        .mismatches
+        .fetch_add(lc.stray_faults + lc.remap_errors, Ordering::Relaxed);
+    engine.stop().map_err(|e| e.to_string())?;
+    drop(regions);
+    drop(live);
+    let leaked = (mm.nr_pages_total() - mm.nr_free_pages_total()) as u64;
+    let mut injected = totals
+        .injected
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let ne = hooks.injected.load(Ordering::Relaxed);
+    if ne > 0 {
+        injected.insert("enomem".into(), ne);
+    }
+    if (rate(&o.inject, FaultKind::Engine) > 0.0 || rate(&o.inject, FaultKind::Timeout) > 0.0)
+        && matches!(spec, EngineSpec::MtCopy(_) | EngineSpec::Dcbm(_))
+    {
+        injected.insert(
+            "engine_folio_failures".into(),
+            engine_counters.get("folios_failures").copied().unwrap_or(0),
+        );
+    }
+    drop(mm);
+    let failed = totals.failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let calls_failed = totals
+        .calls_failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(StressReport {
+        engine: format!("live {spec}"),
+        seconds,
+        operations: totals.ops.load(Ordering::Relaxed),
+        migrate_calls: totals.migrate_calls.load(Ordering::Relaxed),
+        pages_migrated: totals.migrated.load(Ordering::Relaxed),
+        folios_failed_by_errno: failed,
+        calls_failed_by_errno: calls_failed,
+        faults_injected: injected,
+        poisoned_reads: 0,
         lost_writes: totals.lost.load(Ordering::Relaxed),
         torn_reads: totals.torn.load(Ordering::Relaxed),
         content_mismatches: totals.mismatches.load(Ordering::Relaxed),
