@@ -237,8 +237,8 @@ fn stress_rejects_bad_input() {
         (vec!["stress", "--inject", "lock=2"], "(0, 1]"),
         (vec!["stress", "--seconds", "0"], "--seconds"),
         (
-            vec!["stress", "--backend", "live", "--seconds", "1"],
-            "live",
+            vec!["stress", "--backend", "kernel", "--seconds", "1"],
+            "builtin or live",
         ),
         (vec!["stress", "--engines", "dcbm:99"], "1..=16"),
     ] {
@@ -365,4 +365,91 @@ fn report_and_plots_hold_the_measured_series() {
         }
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn live_bench_moves_this_process_pages_and_reports_kernel_calls() {
+    let dir = std::env::temp_dir().join(format!("pagemig-cli-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("live.json");
+    let out = pagemig(&[
+        "bench",
+        "--backend",
+        "live",
+        "--quick",
+        "--quiet",
+        "--sizes",
+        "4K,2M",
+        "--engines",
+        "vanilla,batch,mtcopy:2",
+        "--accessors",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("backend live"), "{text}");
+    assert!(text.contains("UFFDIO_MOVE calls per migration"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["backend"], "live");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    for r in results {
+        assert_eq!(r["backend"], "live");
+        assert_eq!(r["nr_failed"], 0);
+        let l = &r["live"];
+        assert_eq!(l["batch_moves"], true);
+        // 32M per run: at least one kernel call out and one back per migration.
+        assert!(l["unmap_calls"].as_f64().unwrap() >= 1.0);
+        assert!(l["remap_calls"].as_f64().unwrap() >= 1.0);
+    }
+    // Batched: a 4K migration of 32M (8192 pages) takes far fewer calls than pages.
+    let four_k = results
+        .iter()
+        .find(|r| r["folio_size"] == 4096 && r["engine"] == "batch")
+        .unwrap();
+    assert!(four_k["live"]["unmap_calls"].as_f64().unwrap() < 1024.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn live_stress_finds_no_loss() {
+    let out = pagemig(&[
+        "stress",
+        "--backend",
+        "live",
+        "--seconds",
+        "2",
+        "--engines",
+        "batch,dcbm:2",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("live batch") && text.contains("live dcbm:2"), "{text}");
+    assert!(text.contains("lost_writes 0 torn_reads 0 content_mismatches 0 leaked_frames 0"));
+}
+
+#[test]
+fn kernel_backend_runs_only_with_two_numa_nodes_and_says_so() {
+    let out = pagemig(&["bench", "--backend", "kernel", "--quick", "--quiet", "--sizes", "4K"]);
+    let nodes = pagemig::mm::arena::host_numa_nodes().len();
+    if nodes >= 2 {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("kernel move_pages(2)"));
+    } else {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("two NUMA nodes") && err.contains("ENODEV"), "{err}");
+    }
 }
