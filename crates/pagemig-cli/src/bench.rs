@@ -1011,7 +1011,11 @@ pub fn live_calls_text(rep: &BenchReport) -> String {
             "{:<12} {:>6} {:>10} {:>12.1} {:>12.1} {:>10.1} {:>10.0}us\n",
             r.engine,
             format_size(r.folio_size),
-            if l.batch_moves { "batched" } else { "per-folio" },
+            if l.batch_moves {
+                "batched"
+            } else {
+                "per-folio"
+            },
             l.unmap_calls,
             l.remap_calls,
             l.faults,

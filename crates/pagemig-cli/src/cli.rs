@@ -266,7 +266,9 @@ fn bench(a: BenchArgs) -> Result<(), String> {
 
 fn stress(a: StressArgs) -> Result<(), String> {
     if a.backend == BackendArg::Kernel {
-        return Err("stress runs on the builtin or live backend; the kernel backend is for bench".into());
+        return Err(
+            "stress runs on the builtin or live backend; the kernel backend is for bench".into(),
+        );
     }
     let engines = parse_list(&a.engines, "engine", parse_engine).map_err(|e| e.to_string())?;
     let inject = stress::parse_inject(&a.inject).map_err(|e| e.to_string())?;

@@ -46,9 +46,8 @@ pub struct KernelReport {
 }
 
 fn checksum(w: &[std::sync::atomic::AtomicU64]) -> u64 {
-    w.iter().fold(0u64, |h, x| {
-        h.rotate_left(5) ^ x.load(Ordering::Relaxed)
-    })
+    w.iter()
+        .fold(0u64, |h, x| h.rotate_left(5) ^ x.load(Ordering::Relaxed))
 }
 
 /// Runs the comparison, or explains why it cannot run here.
@@ -73,7 +72,10 @@ pub fn run(opts: &BenchOptions) -> Result<KernelReport, String> {
             w.store(i as u64 ^ 0x5eed, Ordering::Relaxed);
         }
         let sum = checksum(map.words());
-        let addrs: Vec<usize> = (0..map.len()).step_by(page).map(|o| map.addr() + o).collect();
+        let addrs: Vec<usize> = (0..map.len())
+            .step_by(page)
+            .map(|o| map.addr() + o)
+            .collect();
         let mut status = vec![0i32; addrs.len()];
         let mut move_to = |node: u32| -> Result<(f64, usize), String> {
             let t = Instant::now();

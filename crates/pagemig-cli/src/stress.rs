@@ -838,7 +838,12 @@ fn live_writer(
 
 /// Migrating threads of the live stress: `move_pages(2)` of random runs of pages to a
 /// random node.
-fn live_migrator(regions: Arc<Vec<pagemig::live::LiveRegion>>, stop: Arc<AtomicBool>, t: Arc<Totals>, seed: u64) {
+fn live_migrator(
+    regions: Arc<Vec<pagemig::live::LiveRegion>>,
+    stop: Arc<AtomicBool>,
+    t: Arc<Totals>,
+    seed: u64,
+) {
     let rng = Rng(AtomicU64::new(seed));
     while !stop.load(Ordering::Relaxed) {
         let r = &regions[rng.below(regions.len())];
@@ -850,13 +855,20 @@ fn live_migrator(regions: Arc<Vec<pagemig::live::LiveRegion>>, stop: Arc<AtomicB
         let node = rng.below(2) as i32;
         let mut status = vec![0; addrs.len()];
         t.migrate_calls.fetch_add(1, Ordering::Relaxed);
-        match r.move_pages(&addrs, Some(&vec![node; addrs.len()]), &mut status, pagemig::live::MPOL_MF_MOVE) {
+        match r.move_pages(
+            &addrs,
+            Some(&vec![node; addrs.len()]),
+            &mut status,
+            pagemig::live::MPOL_MF_MOVE,
+        ) {
             Ok(0) => {
                 let moved = status.iter().filter(|&&s| s == node).count();
-                t.migrated.fetch_add((moved * fb / PAGE_SIZE) as u64, Ordering::Relaxed);
+                t.migrated
+                    .fetch_add((moved * fb / PAGE_SIZE) as u64, Ordering::Relaxed);
                 let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
                 for &s in status.iter().filter(|&&s| s < 0) {
-                    *f.entry(format!("status {}", crate::stress::errno_name(-s))).or_default() += 1;
+                    *f.entry(format!("status {}", crate::stress::errno_name(-s)))
+                        .or_default() += 1;
                 }
             }
             Ok(left) => {
@@ -930,7 +942,9 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
     let mut handles = Vec::new();
     for i in 0..o.migrators {
         let (r, stop, t) = (regions.clone(), stop.clone(), totals.clone());
-        handles.push(std::thread::spawn(move || live_migrator(r, stop, t, 1000 + i as u64)));
+        handles.push(std::thread::spawn(move || {
+            live_migrator(r, stop, t, 1000 + i as u64)
+        }));
     }
     if !o.inject.is_empty() {
         for (k, r) in regions.iter().enumerate() {
@@ -1001,7 +1015,10 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
     }
     let mut seqs = Vec::new();
     for h in writers {
-        seqs.push(h.join().map_err(|_| "a writer thread panicked".to_string())?);
+        seqs.push(
+            h.join()
+                .map_err(|_| "a writer thread panicked".to_string())?,
+        );
     }
     hooks.armed.store(false, Ordering::SeqCst);
     let seconds = t0.elapsed().as_secs_f64();
@@ -1013,7 +1030,9 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
     for (ri, r) in regions.iter().enumerate() {
         for rec in 0..r.len() / PAGE_SIZE * LIVE_RECS {
             let seq = seqs[rec % n][ri][rec];
-            if (0..8).any(|k| r.words()[rec * 8 + k].load(Ordering::Relaxed) != live_word(rec, seq, k)) {
+            if (0..8)
+                .any(|k| r.words()[rec * 8 + k].load(Ordering::Relaxed) != live_word(rec, seq, k))
+            {
                 totals.mismatches.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -1061,7 +1080,11 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
         );
     }
     drop(mm);
-    let failed = totals.failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let failed = totals
+        .failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let calls_failed = totals
         .calls_failed
         .lock()

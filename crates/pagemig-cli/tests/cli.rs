@@ -436,20 +436,38 @@ fn live_stress_finds_no_loss() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("live batch") && text.contains("live dcbm:2"), "{text}");
+    assert!(
+        text.contains("live batch") && text.contains("live dcbm:2"),
+        "{text}"
+    );
     assert!(text.contains("lost_writes 0 torn_reads 0 content_mismatches 0 leaked_frames 0"));
 }
 
 #[test]
 fn kernel_backend_runs_only_with_two_numa_nodes_and_says_so() {
-    let out = pagemig(&["bench", "--backend", "kernel", "--quick", "--quiet", "--sizes", "4K"]);
+    let out = pagemig(&[
+        "bench",
+        "--backend",
+        "kernel",
+        "--quick",
+        "--quiet",
+        "--sizes",
+        "4K",
+    ]);
     let nodes = pagemig::mm::arena::host_numa_nodes().len();
     if nodes >= 2 {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("kernel move_pages(2)"));
     } else {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("two NUMA nodes") && err.contains("ENODEV"), "{err}");
+        assert!(
+            err.contains("two NUMA nodes") && err.contains("ENODEV"),
+            "{err}"
+        );
     }
 }

@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 
 use crate::migrate::{alloc_on_node, migrate_pages, Mode, Reason};
 use crate::mm::{
-    pg, AddressSpace, FailedUnmap, Folio, Memory, MmError, NodeId, Order, Pfn, Pte,
-    SpaceBackend, VirtAddr, HPAGE_PMD_ORDER, PAGE_SIZE,
+    pg, AddressSpace, FailedUnmap, Folio, Memory, MmError, NodeId, Order, Pfn, Pte, SpaceBackend,
+    VirtAddr, HPAGE_PMD_ORDER, PAGE_SIZE,
 };
 use crate::sync::lock;
 use crate::Errno;
@@ -221,7 +221,10 @@ pub struct Live {
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live")
-            .field("features", &format_args!("{:#x}", self.inner.shared.features))
+            .field(
+                "features",
+                &format_args!("{:#x}", self.inner.shared.features),
+            )
             .finish()
     }
 }
@@ -380,11 +383,9 @@ impl Live {
             space: OnceLock::new(),
         });
         let dynb: Arc<dyn SpaceBackend> = backend.clone();
-        let space = sh.mm.new_space_with_backend(
-            VirtAddr(map.addr() as u64),
-            cfg.len_bytes,
-            Some(dynb),
-        )?;
+        let space =
+            sh.mm
+                .new_space_with_backend(VirtAddr(map.addr() as u64), cfg.len_bytes, Some(dynb))?;
         let _ = backend.space.set(Arc::downgrade(&space));
         {
             let mut r = sh.regions.write().unwrap_or_else(|p| p.into_inner());
@@ -557,7 +558,8 @@ impl RegionBackend {
             let slot0 = self.slot(list[i].pfn);
             while i + 1 < list.len()
                 && list[i + 1].va == list[start].va + len
-                && self.shared.mm.node_of(list[i + 1].pfn) == self.shared.mm.node_of(list[start].pfn)
+                && self.shared.mm.node_of(list[i + 1].pfn)
+                    == self.shared.mm.node_of(list[start].pfn)
                 && self.slot(list[i + 1].pfn) == slot0 + len
             {
                 len += list[i + 1].nr * PAGE_SIZE;
@@ -588,10 +590,7 @@ impl RegionBackend {
                                 Dir::Out => Dir::In,
                                 Dir::In => Dir::Out,
                             };
-                            if self
-                                .mv(back, m.va, self.slot(m.pfn), done - off)
-                                .is_err()
-                            {
+                            if self.mv(back, m.va, self.slot(m.pfn), done - off).is_err() {
                                 inc(&self.shared.counters.remap_errors, 1);
                             }
                         }
@@ -966,10 +965,10 @@ impl LiveRegion {
         let mut start = 0;
         // move_pages_and_store_status(): Ok(()) or the value to return now.
         let flush = |list: &mut Vec<Folio>,
-                         current: Option<NodeId>,
-                         status: &mut [i32],
-                         start: usize,
-                         i: usize|
+                     current: Option<NodeId>,
+                     status: &mut [i32],
+                     start: usize,
+                     i: usize|
          -> Result<(), Result<usize, Errno>> {
             let Some(node) = current else {
                 return Ok(());

@@ -263,13 +263,7 @@ pub fn eventfd() -> io::Result<OwnedFd> {
 pub fn eventfd_signal(fd: &OwnedFd) {
     let one: u64 = 1;
     // SAFETY: writes the 8 bytes of `one`, a live u64.
-    unsafe {
-        libc::write(
-            fd.as_raw_fd(),
-            &one as *const u64 as *const libc::c_void,
-            8,
-        )
-    };
+    unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
 }
 
 /// Waits until `a` or `b` is readable (or `timeout_ms` passes); returns (a ready, b ready).

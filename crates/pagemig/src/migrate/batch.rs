@@ -153,20 +153,21 @@ pub(crate) fn migrate_pages_batch(
     if !go_out {
         let hooks = mm.hooks.clone();
         let copy_early = hooks.as_ref().is_some_and(|h| h.copy_before_flush());
-        let batch_copy = |stats: &mut MigratePagesStats, dst_batch: &[Folio], unmap_batch: &[Folio]| {
-            if !unmap_batch.is_empty() {
-                if let Some(h) = &hooks {
-                    h.before_batch_copy(mm);
+        let batch_copy =
+            |stats: &mut MigratePagesStats, dst_batch: &[Folio], unmap_batch: &[Folio]| {
+                if !unmap_batch.is_empty() {
+                    if let Some(h) = &hooks {
+                        h.before_batch_copy(mm);
+                    }
+                    let t = Instant::now();
+                    // One call for the whole batch; the return value is ignored: correctness
+                    // rests on the per-folio CONTENT_COPIED marks.
+                    let _ = mm
+                        .offload
+                        .batch_copy(&CopyBatch::new(mm, dst_batch, unmap_batch));
+                    stats.phases.copy_ns += elapsed_ns(t);
                 }
-                let t = Instant::now();
-                // One call for the whole batch; the return value is ignored: correctness
-                // rests on the per-folio CONTENT_COPIED marks.
-                let _ = mm
-                    .offload
-                    .batch_copy(&CopyBatch::new(mm, dst_batch, unmap_batch));
-                stats.phases.copy_ns += elapsed_ns(t);
-            }
-        };
+            };
         if copy_early {
             // Negative control: copying before the shootdown races with accessors that
             // still hold the old translation.
