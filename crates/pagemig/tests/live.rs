@@ -356,3 +356,33 @@ fn missing_kernel_support_is_a_clear_error() {
     c.placement = NodeId(5);
     assert!(_a.region(c).is_err());
 }
+
+#[test]
+fn a_page_the_kernel_refuses_to_move_stays_mapped_with_its_data() {
+    let mm = memory(8);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let r = live.region(RegionConfig::new(16 * 4096, 0)).unwrap();
+    r.populate().unwrap();
+    fill(&r, 5);
+    // UFFDIO_MOVE refuses pages of an mlock()ed range (EINVAL): the deferred unmap fails at
+    // the flush, the core restores the PTEs and the sync retry fails again, page by page.
+    pagemig::live::sys::mlock_range(r.addr(), r.len(), true).unwrap();
+    let p = pages(&r, 4096);
+    let mut st = vec![0; p.len()];
+    let left = r
+        .move_pages(&p, Some(&vec![1; p.len()]), &mut st, MPOL_MF_MOVE)
+        .unwrap();
+    assert_eq!(left, p.len());
+    assert!(nodes_of(&r, 4096).iter().all(|&n| n == 0));
+    assert_eq!(check(&r, 5), 0);
+    assert!(live.counts().unmap_failures > 0);
+    pagemig::live::sys::mlock_range(r.addr(), r.len(), false).unwrap();
+    assert_eq!(
+        r.move_pages(&p, Some(&vec![1; p.len()]), &mut st, MPOL_MF_MOVE),
+        Ok(0)
+    );
+    assert!(nodes_of(&r, 4096).iter().all(|&n| n == 1));
+    assert_eq!(check(&r, 5), 0);
+    let c = live.counts();
+    assert_eq!(c.stray_faults + c.remap_errors, 0, "{c:?}");
+}

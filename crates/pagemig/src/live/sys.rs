@@ -437,3 +437,20 @@ pub fn sys_move_pages(
     }
     Ok(rc as usize)
 }
+
+/// `mlock(2)` (`on`) or `munlock(2)` of a range. Locking changes residency only, never
+/// contents, so any range is sound to pass; an unmapped one fails with `ENOMEM`.
+pub fn mlock_range(addr: usize, len: usize, on: bool) -> io::Result<()> {
+    // SAFETY: mlock/munlock read no memory through the pointer; the kernel validates it.
+    let rc = unsafe {
+        if on {
+            libc::mlock(addr as *const libc::c_void, len)
+        } else {
+            libc::munlock(addr as *const libc::c_void, len)
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
