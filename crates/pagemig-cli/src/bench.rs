@@ -780,10 +780,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         )?;
         migrate_once(&mm, &mut w, opts.mode, &opts.engines[0].to_string())?;
         eng.stop()?;
-        for _ in 0..opts.runs {
+        for run in 0..opts.runs {
             probe.sample(&mm);
             probe.sample_threads(&mm, nr_cpus);
-            for (k, &(bp, e)) in combos.iter().enumerate() {
+            // Each run starts one engine later, so that no engine always follows the same
+            // one (their threads and the machine's drift would otherwise bias the order).
+            for j in 0..combos.len() {
+                let k = (j + run) % combos.len();
+                let (bp, e) = combos[k];
                 pb.set_message(format!("{} {} batch {}", e, format_size(size), bp));
                 mm.set_batch_pages(bp)?;
                 let eng = Engine::start_cached(e, &mm, &knobs_for(opts, e), Some(&mut cache))?;

@@ -6,7 +6,10 @@
 //! Candidates: the default copier (`batch`), `none` (decline), `mtcopy:W` for W in
 //! 2..=CPUs, and `dcbm:C` for C in 1..=CPUs on the emulated provider. Calibration copies a
 //! full batch (512 base pages) of each folio size, and a single folio, with every
-//! candidate, three times, and keeps the best time. Decisions are counted by choice
+//! candidate, three times, and keeps the best time. Single small folios follow it; full
+//! batches are learned online on the migrations themselves (`Learned`: a first round that
+//! measures every candidate, then periodic challenges with confirmation). Decisions are
+//! counted by choice
 //! (`chose_*` counters) and explained by [`Auto::explain`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,9 +50,212 @@ struct Choice {
     full_ns_per_mib: Vec<u64>,
 }
 
-/// Batches a candidate copies before its learned time counts: the first warms it up (its
-/// threads may be asleep) and is not counted.
-const EXPLORE: u32 = 4;
+/// Consecutive batches a candidate copies when it is measured. A sample counts only when
+/// the previous batch went to the same candidate: an engine whose threads were asleep pays
+/// a wake-up (tens of µs on a VM) that an engine in use does not, and counting it would
+/// favour the copier that runs on the caller's own thread.
+const VISIT: u32 = 4;
+
+/// Recent samples kept for the engine in use; decisions use medians, which a preempted or
+/// otherwise disturbed batch does not move.
+const WINDOW: usize = 16;
+
+/// A challenger replaces the engine in use only if its median is lower by this fraction,
+/// twice: once against the engine's recent batches, then again in a confirmation where both
+/// are measured back to back. Copy times on a noisy machine cross by chance, and every
+/// needless switch sends batches to a slower engine.
+const HYSTERESIS: f64 = 0.08;
+
+/// After exploring, every REFRESH_EVERY-th batch starts a visit of one other candidate
+/// (round robin), so that the choice follows the machine's drift (memory bandwidth on a VM
+/// moves by ±15%); the cost is a few batches in a few hundred on a possibly slower engine.
+const REFRESH_EVERY: u64 = 160;
+
+/// Why a candidate is being measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// The first round: every candidate once, back to back.
+    Explore,
+    /// A refresh: does this candidate beat the engine in use?
+    Challenge,
+    /// Confirmation, first the engine in use ...
+    ConfirmOld,
+    /// ... then the challenger, right after it.
+    ConfirmNew,
+}
+
+/// What auto knows about one candidate for one folio order.
+#[derive(Debug, Clone, Default)]
+struct Stat {
+    /// Recent ns per MiB while in use.
+    recent: std::collections::VecDeque<f64>,
+    /// Median of its last visit.
+    visit_median: Option<f64>,
+    /// Batches handed to it, warm-ups and failed copies included.
+    n: u64,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let k = v.len();
+    Some(if k % 2 == 1 {
+        v[k / 2]
+    } else {
+        (v[k / 2 - 1] + v[k / 2]) / 2.0
+    })
+}
+
+impl Stat {
+    /// Median of the last `k` samples in use.
+    fn recent_median(&self, k: usize) -> Option<f64> {
+        let v: Vec<f64> = self.recent.iter().rev().take(k).copied().collect();
+        median(&v)
+    }
+}
+
+/// The online learner of one folio order: which candidate is in use, and the visits that
+/// measure the others.
+#[derive(Debug, Clone, Default)]
+struct Learned {
+    batches: u64,
+    stats: Vec<Stat>,
+    /// The candidate in use once the first round is over.
+    current: Option<usize>,
+    /// Visits to make, in order: (candidate, batches, purpose).
+    plan: std::collections::VecDeque<(usize, u32, Purpose)>,
+    /// The visit in progress, with the batches it has left.
+    active: Option<(usize, u32, Purpose)>,
+    /// Counted samples of the visit in progress.
+    visit_samples: Vec<f64>,
+    /// The candidate of the previous batch.
+    prev: Option<usize>,
+    /// Round-robin position among the challengers.
+    next_challenger: usize,
+    /// Switches made after the first round.
+    switches: u64,
+}
+
+impl Learned {
+    fn new(nr: usize) -> Learned {
+        Learned {
+            stats: vec![Stat::default(); nr],
+            ..Default::default()
+        }
+    }
+
+    /// The candidate for the next batch among `eligible` (not empty), and whether the
+    /// previous batch went to it too (its time then counts).
+    fn choose(&mut self, eligible: &[usize]) -> (usize, bool) {
+        self.batches += 1;
+        if self.active.is_none() {
+            if self.plan.is_empty() {
+                if self.current.is_none() {
+                    self.plan
+                        .extend(eligible.iter().map(|&k| (k, VISIT, Purpose::Explore)));
+                } else if self.batches % REFRESH_EVERY == 0 && eligible.len() > 1 {
+                    let cur = self.current.unwrap_or(eligible[0]);
+                    let others: Vec<usize> =
+                        eligible.iter().copied().filter(|&k| k != cur).collect();
+                    if !others.is_empty() {
+                        let k = others[self.next_challenger % others.len()];
+                        self.next_challenger += 1;
+                        self.plan.push_back((k, VISIT, Purpose::Challenge));
+                    }
+                }
+            }
+            self.active = self.plan.pop_front();
+            self.visit_samples.clear();
+        }
+        let pick = match self.active {
+            Some((k, _, _)) => k,
+            None => self.current.unwrap_or(eligible[0]),
+        };
+        let warm = self.prev == Some(pick);
+        self.prev = Some(pick);
+        (pick, warm)
+    }
+
+    /// Records the batch's copy time (`None`: the copy failed) and ends visits.
+    fn record(&mut self, pick: usize, ns_per_mib: Option<f64>, warm: bool, eligible: &[usize]) {
+        self.stats[pick].n += 1;
+        if let (true, Some(t)) = (warm, ns_per_mib) {
+            if self.active.is_some() {
+                self.visit_samples.push(t);
+            } else {
+                let r = &mut self.stats[pick].recent;
+                if r.len() == WINDOW {
+                    r.pop_front();
+                }
+                r.push_back(t);
+            }
+        }
+        let Some((k, left, purpose)) = self.active else {
+            return;
+        };
+        if left > 1 {
+            self.active = Some((k, left - 1, purpose));
+            return;
+        }
+        self.active = None;
+        let m = median(&self.visit_samples);
+        self.visit_samples.clear();
+        self.stats[k].visit_median = m;
+        let h = 1.0 - HYSTERESIS;
+        match purpose {
+            Purpose::Explore => {
+                if self.plan.iter().all(|v| v.2 != Purpose::Explore) {
+                    // The round is over: the fastest of it, or the default copier.
+                    self.current = eligible
+                        .iter()
+                        .copied()
+                        .filter_map(|c| self.stats[c].visit_median.map(|m| (c, m)))
+                        .min_by(|a, b| a.1.total_cmp(&b.1))
+                        .map(|(c, _)| c)
+                        .or(Some(eligible[0]));
+                }
+            }
+            Purpose::Challenge => {
+                let Some(cur) = self.current else { return };
+                let mc = self.stats[cur]
+                    .recent_median(VISIT as usize)
+                    .or(self.stats[cur].visit_median);
+                if let (Some(m), Some(mc)) = (m, mc) {
+                    if m < mc * h {
+                        self.plan.push_back((cur, VISIT, Purpose::ConfirmOld));
+                        self.plan.push_back((k, VISIT, Purpose::ConfirmNew));
+                    }
+                }
+            }
+            Purpose::ConfirmOld => {}
+            Purpose::ConfirmNew => {
+                let Some(cur) = self.current else { return };
+                if let (Some(m), Some(mc)) = (m, self.stats[cur].visit_median) {
+                    if m < mc * h {
+                        self.current = Some(k);
+                        self.stats[k].recent.clear();
+                        self.switches += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the learner would show for candidate `k`: its recent median in use, else the
+    /// median of its last visit.
+    fn shown(&self, k: usize) -> Option<f64> {
+        if self.current == Some(k) {
+            self.stats[k]
+                .recent_median(WINDOW)
+                .or(self.stats[k].visit_median)
+        } else {
+            self.stats[k].visit_median
+        }
+    }
+}
 
 /// Single-folio batches smaller than this follow the start-up calibration.
 const SMALL_BATCH_BYTES: usize = 256 << 10;
@@ -58,8 +264,8 @@ struct Inner {
     candidates: Vec<Candidate>,
     /// Indexed by folio order.
     table: Mutex<Vec<Choice>>,
-    /// Learned on real batches, by folio order and candidate: (mean ns per MiB, samples).
-    learned: Mutex<Vec<Vec<(f64, u32)>>>,
+    /// Learned on real batches, by folio order.
+    learned: Mutex<Vec<Learned>>,
 }
 
 /// The auto engine. Cheap to clone.
@@ -128,7 +334,7 @@ impl Auto {
             inner: Arc::new(Inner {
                 candidates,
                 table: Mutex::new(Vec::new()),
-                learned: Mutex::new(vec![vec![(0.0, 0); nr]; 10]),
+                learned: Mutex::new(vec![Learned::new(nr); 10]),
             }),
         };
         auto.calibrate(mm)?;
@@ -294,9 +500,9 @@ impl Auto {
             s.push_str(&format!("   {} / {}\n", names[c.single], names[c.full]));
         }
         let l = lock(&self.inner.learned);
-        s.push_str("\nlearned on the migrations' full batches: mean copy time per MiB (µs) and samples; * = in use\n");
-        for (order, row) in l.iter().enumerate() {
-            if row.iter().all(|(_, n)| *n == 0) {
+        s.push_str("\nlearned on the migrations' full batches: median copy time per MiB (µs) in use or at the last visit, and batches copied; * = in use\n");
+        for (order, lr) in l.iter().enumerate() {
+            if lr.stats.iter().all(|st| st.n == 0) {
                 continue;
             }
             let size = PAGE_SIZE << order;
@@ -305,15 +511,13 @@ impl Auto {
             } else {
                 format!("{}K", size >> 10)
             };
-            let best = (0..row.len())
-                .filter(|&k| row[k].1 >= EXPLORE)
-                .min_by(|&a, &b| row[a].0.total_cmp(&row[b].0));
             s.push_str(&format!("{label:<6}"));
-            for (k, (t, n)) in row.iter().enumerate() {
-                let mark = if Some(k) == best { "*" } else { " " };
-                s.push_str(&format!(" {:>9.0}{mark}({:<5})", t / 1e3, n));
+            for k in 0..lr.stats.len() {
+                let mark = if lr.current == Some(k) { "*" } else { " " };
+                let t = lr.shown(k).unwrap_or(0.0);
+                s.push_str(&format!(" {:>9.0}{mark}({:<5})", t / 1e3, lr.stats[k].n));
             }
-            s.push('\n');
+            s.push_str(&format!("   switches {}\n", lr.switches));
         }
         s
     }
@@ -343,36 +547,70 @@ impl Migrator for Inner {
             return copy_with(&c.kind, batch);
         }
         // Full batches: the calibration copies a small, cache-hot batch, which is not what
-        // a migration of cold memory sees, so the choice is learned on the real batches:
-        // every candidate (but "none", whose cost shows only in the move phase) is tried
-        // EXPLORE times per folio order, then the fastest so far is used.
-        let pick = {
-            let l = lock(&self.learned);
-            let row = &l[order];
-            let eligible = (0..self.candidates.len())
-                .filter(|&k| !matches!(self.candidates[k].kind, Kind::Decline));
-            match eligible.clone().find(|&k| row[k].1 < EXPLORE) {
-                Some(k) => k,
-                None => eligible
-                    .min_by(|&a, &b| row[a].0.total_cmp(&row[b].0))
-                    .unwrap_or(0),
-            }
-        };
+        // a migration of cold memory sees, so the choice is learned on the real batches
+        // (see `Learned`). "none" is not a candidate here: its cost shows only in the move
+        // phase.
+        let eligible: Vec<usize> = (0..self.candidates.len())
+            .filter(|&k| !matches!(self.candidates[k].kind, Kind::Decline))
+            .collect();
+        let (pick, warm) = lock(&self.learned)[order].choose(&eligible);
         let c = &self.candidates[pick];
         c.nr_chosen.fetch_add(1, Ordering::Relaxed);
         let t = Instant::now();
         let rc = copy_with(&c.kind, batch);
         let ns_per_mib =
             t.elapsed().as_nanos() as f64 * (1u64 << 20) as f64 / batch.total_bytes().max(1) as f64;
-        let mut l = lock(&self.learned);
-        let e = &mut l[order][pick];
-        e.0 = match e.1 {
-            0 => 0.0,                                                    // warm-up batch: not counted
-            1 => ns_per_mib,                                             // first counted sample
-            n if n < EXPLORE => e.0 + (ns_per_mib - e.0) / f64::from(n), // running mean
-            _ => e.0 + (ns_per_mib - e.0) / 8.0, // then a slow moving average
-        };
-        e.1 = e.1.saturating_add(1);
+        // A failed copy says nothing about speed: it counts as tried, without a sample.
+        lock(&self.learned)[order].record(pick, rc.is_ok().then_some(ns_per_mib), warm, &eligible);
         rc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives a learner with synthetic copy times; returns it.
+    fn drive(l: &mut Learned, batches: usize, time: impl Fn(usize, usize) -> f64) {
+        let eligible = [0, 2, 3];
+        for i in 0..batches {
+            let (k, warm) = l.choose(&eligible);
+            l.record(k, Some(time(k, i)), warm, &eligible);
+        }
+    }
+
+    #[test]
+    fn learner_finds_the_fastest_follows_drift_and_ignores_outliers() {
+        let mut l = Learned::new(4);
+        // 2 is fastest; 0 and 3 are slower. Every 17th batch is an outlier (preemption).
+        let base = |k: usize| [100.0, 0.0, 60.0, 80.0][k];
+        drive(&mut l, 2000, |k, i| if i % 17 == 0 { 5000.0 } else { base(k) });
+        assert_eq!(l.current, Some(2));
+        assert_eq!(l.switches, 0, "outliers must not cause switches");
+        let spent_elsewhere: u64 = [0, 3].iter().map(|&k| l.stats[k].n).sum();
+        assert!(spent_elsewhere < 2000 / 10, "{spent_elsewhere} batches on slower engines");
+        // The machine drifts: 2 becomes the slowest; the learner moves to 3.
+        drive(&mut l, 4000, |k, _| [100.0, 0.0, 150.0, 80.0][k]);
+        assert_eq!(l.current, Some(3));
+        // Candidates within the hysteresis do not flap.
+        let before = l.switches;
+        drive(&mut l, 4000, |k, i| [100.0, 0.0, 78.0 + (i % 5) as f64, 80.0][k]);
+        assert_eq!(l.switches, before);
+    }
+
+    #[test]
+    fn learner_does_not_pick_a_candidate_whose_copies_fail() {
+        let mut l = Learned::new(4);
+        let eligible = [0, 2, 3];
+        for _ in 0..1000 {
+            let (k, warm) = l.choose(&eligible);
+            let t = match k {
+                2 => None, // always fails
+                3 => Some(90.0),
+                _ => Some(100.0),
+            };
+            l.record(k, t, warm, &eligible);
+        }
+        assert_eq!(l.current, Some(3));
     }
 }
