@@ -50,11 +50,14 @@ struct Choice {
     full_ns_per_mib: Vec<u64>,
 }
 
-/// Consecutive batches a candidate copies when it is measured. A sample counts only when
-/// the previous batch went to the same candidate: an engine whose threads were asleep pays
-/// a wake-up (tens of µs on a VM) that an engine in use does not, and counting it would
-/// favour the copier that runs on the caller's own thread.
-const VISIT: u32 = 4;
+/// Consecutive batches a candidate copies when it is measured.
+const VISIT: u32 = 5;
+
+/// Batches after a switch of candidate whose time does not count: an engine whose threads
+/// were asleep pays a wake-up (tens of µs on a VM) that an engine in use does not, and the
+/// previous engine's threads still spin for a while (300 µs by default) on the same CPUs.
+/// Counting those would favour the copier that runs on the caller's own thread.
+const WARMUP: u32 = 2;
 
 /// Recent samples kept for the engine in use; decisions use medians, which a preempted or
 /// otherwise disturbed batch does not move.
@@ -62,14 +65,17 @@ const WINDOW: usize = 16;
 
 /// A challenger replaces the engine in use only if its median is lower by this fraction,
 /// twice: once against the engine's recent batches, then again in a confirmation where both
-/// are measured back to back. Copy times on a noisy machine cross by chance, and every
+/// are measured in alternation (old, new, old, new; `CONFIRM_VISIT` batches each). Copy times on a noisy machine cross by chance, and every
 /// needless switch sends batches to a slower engine.
 const HYSTERESIS: f64 = 0.08;
+
+/// Batches of each confirmation visit.
+const CONFIRM_VISIT: u32 = 8;
 
 /// After exploring, every REFRESH_EVERY-th batch starts a visit of one other candidate
 /// (round robin), so that the choice follows the machine's drift (memory bandwidth on a VM
 /// moves by ±15%); the cost is a few batches in a few hundred on a possibly slower engine.
-const REFRESH_EVERY: u64 = 160;
+const REFRESH_EVERY: u64 = 384;
 
 /// Why a candidate is being measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,8 +137,12 @@ struct Learned {
     active: Option<(usize, u32, Purpose)>,
     /// Counted samples of the visit in progress.
     visit_samples: Vec<f64>,
+    /// Counted samples of the confirmation in progress: (engine in use, challenger).
+    confirm: (Vec<f64>, Vec<f64>),
     /// The candidate of the previous batch.
     prev: Option<usize>,
+    /// Consecutive batches the previous candidate has copied.
+    run: u32,
     /// Round-robin position among the challengers.
     next_challenger: usize,
     /// Switches made after the first round.
@@ -147,8 +157,8 @@ impl Learned {
         }
     }
 
-    /// The candidate for the next batch among `eligible` (not empty), and whether the
-    /// previous batch went to it too (its time then counts).
+    /// The candidate for the next batch among `eligible` (not empty), and whether it is
+    /// warm (its time then counts: see [`WARMUP`]).
     fn choose(&mut self, eligible: &[usize]) -> (usize, bool) {
         self.batches += 1;
         if self.active.is_none() {
@@ -174,9 +184,13 @@ impl Learned {
             Some((k, _, _)) => k,
             None => self.current.unwrap_or(eligible[0]),
         };
-        let warm = self.prev == Some(pick);
+        self.run = if self.prev == Some(pick) {
+            self.run.saturating_add(1)
+        } else {
+            1
+        };
         self.prev = Some(pick);
-        (pick, warm)
+        (pick, self.run > WARMUP)
     }
 
     /// Records the batch's copy time (`None`: the copy failed) and ends visits.
@@ -201,8 +215,8 @@ impl Learned {
             return;
         }
         self.active = None;
-        let m = median(&self.visit_samples);
-        self.visit_samples.clear();
+        let samples = std::mem::take(&mut self.visit_samples);
+        let m = median(&samples);
         self.stats[k].visit_median = m;
         let h = 1.0 - HYSTERESIS;
         match purpose {
@@ -225,16 +239,24 @@ impl Learned {
                     .or(self.stats[cur].visit_median);
                 if let (Some(m), Some(mc)) = (m, mc) {
                     if m < mc * h {
-                        self.plan.push_back((cur, VISIT, Purpose::ConfirmOld));
-                        self.plan.push_back((k, VISIT, Purpose::ConfirmNew));
+                        self.confirm = (Vec::new(), Vec::new());
+                        for _ in 0..2 {
+                            self.plan
+                                .push_back((cur, CONFIRM_VISIT, Purpose::ConfirmOld));
+                            self.plan.push_back((k, CONFIRM_VISIT, Purpose::ConfirmNew));
+                        }
                     }
                 }
             }
-            Purpose::ConfirmOld => {}
+            Purpose::ConfirmOld => self.confirm.0.extend_from_slice(&samples),
             Purpose::ConfirmNew => {
-                let Some(cur) = self.current else { return };
-                if let (Some(m), Some(mc)) = (m, self.stats[cur].visit_median) {
-                    if m < mc * h {
+                self.confirm.1.extend_from_slice(&samples);
+                if self.plan.iter().any(|v| v.2 == Purpose::ConfirmNew) {
+                    return;
+                }
+                let (old, new) = std::mem::take(&mut self.confirm);
+                if let (Some(mo), Some(mn)) = (median(&old), median(&new)) {
+                    if mn < mo * h {
                         self.current = Some(k);
                         self.stats[k].recent.clear();
                         self.switches += 1;
@@ -584,17 +606,26 @@ mod tests {
         let mut l = Learned::new(4);
         // 2 is fastest; 0 and 3 are slower. Every 17th batch is an outlier (preemption).
         let base = |k: usize| [100.0, 0.0, 60.0, 80.0][k];
-        drive(&mut l, 2000, |k, i| if i % 17 == 0 { 5000.0 } else { base(k) });
+        drive(
+            &mut l,
+            2000,
+            |k, i| if i % 17 == 0 { 5000.0 } else { base(k) },
+        );
         assert_eq!(l.current, Some(2));
         assert_eq!(l.switches, 0, "outliers must not cause switches");
         let spent_elsewhere: u64 = [0, 3].iter().map(|&k| l.stats[k].n).sum();
-        assert!(spent_elsewhere < 2000 / 10, "{spent_elsewhere} batches on slower engines");
+        assert!(
+            spent_elsewhere < 2000 / 10,
+            "{spent_elsewhere} batches on slower engines"
+        );
         // The machine drifts: 2 becomes the slowest; the learner moves to 3.
         drive(&mut l, 4000, |k, _| [100.0, 0.0, 150.0, 80.0][k]);
         assert_eq!(l.current, Some(3));
         // Candidates within the hysteresis do not flap.
         let before = l.switches;
-        drive(&mut l, 4000, |k, i| [100.0, 0.0, 78.0 + (i % 5) as f64, 80.0][k]);
+        drive(&mut l, 4000, |k, i| {
+            [100.0, 0.0, 78.0 + (i % 5) as f64, 80.0][k]
+        });
         assert_eq!(l.switches, before);
     }
 
