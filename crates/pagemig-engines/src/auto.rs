@@ -72,10 +72,22 @@ const HYSTERESIS: f64 = 0.08;
 /// Batches of each confirmation visit.
 const CONFIRM_VISIT: u32 = 8;
 
-/// After exploring, every REFRESH_EVERY-th batch starts a visit of one other candidate
+/// After exploring, every REFRESH_EVERY-th batch (see [`refresh_every`]) starts a visit of one other candidate
 /// (round robin), so that the choice follows the machine's drift (memory bandwidth on a VM
 /// moves by ±15%); the cost is a few batches in a few hundred on a possibly slower engine.
 const REFRESH_EVERY: u64 = 384;
+
+/// Challenges come four times as often over the first `EARLY` batches of a folio order, so
+/// that a first choice made in a slow spell is corrected within the first migrations.
+const EARLY: u64 = 2048;
+
+fn refresh_every(batches: u64) -> u64 {
+    if batches < EARLY {
+        REFRESH_EVERY / 4
+    } else {
+        REFRESH_EVERY
+    }
+}
 
 /// Why a candidate is being measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +149,8 @@ struct Learned {
     active: Option<(usize, u32, Purpose)>,
     /// Counted samples of the visit in progress.
     visit_samples: Vec<f64>,
+    /// Counted samples of the first rounds, by candidate.
+    explore: Vec<Vec<f64>>,
     /// Counted samples of the confirmation in progress: (engine in use, challenger).
     confirm: (Vec<f64>, Vec<f64>),
     /// The candidate of the previous batch.
@@ -166,7 +180,12 @@ impl Learned {
                 if self.current.is_none() {
                     self.plan
                         .extend(eligible.iter().map(|&k| (k, VISIT, Purpose::Explore)));
-                } else if self.batches % REFRESH_EVERY == 0 && eligible.len() > 1 {
+                    // A second round in reverse order: a slow spell of the machine, or a
+                    // drift, then weighs on every candidate alike.
+                    self.plan
+                        .extend(eligible.iter().rev().map(|&k| (k, VISIT, Purpose::Explore)));
+                    self.explore = vec![Vec::new(); self.stats.len()];
+                } else if self.batches % refresh_every(self.batches) == 0 && eligible.len() > 1 {
                     let cur = self.current.unwrap_or(eligible[0]);
                     let others: Vec<usize> =
                         eligible.iter().copied().filter(|&k| k != cur).collect();
@@ -221,8 +240,17 @@ impl Learned {
         let h = 1.0 - HYSTERESIS;
         match purpose {
             Purpose::Explore => {
+                if let Some(e) = self.explore.get_mut(k) {
+                    e.extend_from_slice(&samples);
+                }
                 if self.plan.iter().all(|v| v.2 != Purpose::Explore) {
-                    // The round is over: the fastest of it, or the default copier.
+                    // The rounds are over: the fastest over both, or the default copier.
+                    for c in 0..self.stats.len() {
+                        if let Some(e) = self.explore.get(c).filter(|e| !e.is_empty()) {
+                            self.stats[c].visit_median = median(e);
+                        }
+                    }
+                    self.explore.clear();
                     self.current = eligible
                         .iter()
                         .copied()
