@@ -386,3 +386,41 @@ fn a_page_the_kernel_refuses_to_move_stays_mapped_with_its_data() {
     let c = live.counts();
     assert_eq!(c.stray_faults + c.remap_errors, 0, "{c:?}");
 }
+
+#[test]
+fn a_thp_region_takes_huge_frames_from_other_nodes_then_base_pages() {
+    // Each node holds exactly one 2 MiB block; the region wants two THPs, placed on node 0:
+    // the second comes from node 1.
+    let mm = Memory::new(MemoryConfig::with_nodes(2, 2 << 20)).unwrap();
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let r = live.region(RegionConfig::new(4 << 20, 9)).unwrap();
+    r.words()[0].store(1, Ordering::Relaxed);
+    r.words()[(2 << 20) / 8].store(2, Ordering::Relaxed);
+    assert_eq!(nodes_of(&r, 2 << 20), vec![0, 1]);
+    drop(r);
+    drop(live);
+
+    // One node whose only 2 MiB block is fragmented by one allocated base page: touches of
+    // a THP region fall back to base pages, each mapped alone (the second one finds part
+    // of the huge range mapped already).
+    let mm = Memory::new(MemoryConfig::with_nodes(1, 2 << 20)).unwrap();
+    let pin = mm.alloc_folio(NodeId(0), pagemig::mm::Order(0), 0).unwrap();
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let r = live.region(RegionConfig::new(2 << 20, 9)).unwrap();
+    r.words()[0].store(7, Ordering::Relaxed);
+    r.words()[4096 / 8 * 3].store(9, Ordering::Relaxed);
+    assert_eq!(r.words()[0].load(Ordering::Relaxed), 7);
+    assert_eq!(r.words()[4096 / 8 * 3].load(Ordering::Relaxed), 9);
+    for a in [r.addr(), r.addr() + 3 * 4096] {
+        let f = r.folio_at(a).unwrap();
+        assert_eq!(mm.folio(f).nr_pages(), 1, "fell back to a base page");
+    }
+    assert_eq!(live.counts().faults_populated, 2);
+    drop(r);
+    mm.folio_put(pin);
+    assert_eq!(
+        mm.nr_free_pages_total(),
+        mm.nr_pages_total(),
+        "frames back in the pool"
+    );
+}

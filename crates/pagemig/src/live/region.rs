@@ -652,10 +652,11 @@ impl RegionBackend {
                     Ok(()) => {}
                     Err(MmError::AlreadyMapped { .. }) => {}
                     Err(_) => {
-                        inc(&c.no_memory, 1);
-                        eprintln!(
-                            "pagemig live: no free frame on any node for {va:#x}; the faulting thread waits"
-                        );
+                        if c.no_memory.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!(
+                                "pagemig live: no free frame on any node for {va:#x}; the faulting thread waits for one"
+                            );
+                        }
                     }
                 }
                 self.do_flush_remaps();
@@ -682,7 +683,7 @@ impl RegionBackend {
             node: NodeId(first as u32),
             order: self.order,
         };
-        for &order in &orders {
+        'orders: for &order in &orders {
             for k in 0..n {
                 let node = NodeId(((first + k) % n) as u32);
                 let nr = 1usize << order;
@@ -703,6 +704,9 @@ impl RegionBackend {
                 match r {
                     Ok(_) => return Ok(()),
                     Err(e @ MmError::NoMemory { .. }) => last = e,
+                    // Part of the large folio's range is mapped already (an earlier
+                    // fallback to base pages): map the faulting base page alone.
+                    Err(MmError::AlreadyMapped { .. }) if order != 0 => continue 'orders,
                     Err(e) => return Err(e),
                 }
             }
