@@ -12,6 +12,8 @@
 //!   (one active migrator, reason mask, gate), the default copier
 //!   [`offload::migrate_folios_mc_copy`].
 //! * [`copy`] — the copy primitives (non-temporal stores, poison-aware copy).
+//! * [`live`] — the live backend: a running program's own pages, migrated by the same core
+//!   through userfaultfd (`UFFDIO_MOVE`), with a `move_pages(2)`-shaped API.
 //!
 //! ```
 //! use pagemig::mm::{Memory, MemoryConfig, NodeId, Order, VirtAddr};
