@@ -137,9 +137,17 @@ pub fn latency_text(rep: &BenchReport) -> String {
         }
     }
     if rep.accessors > 0 {
+        let what = if rep.backend == "live" {
+            format!(
+                "program-thread accesses slower than {} µs",
+                crate::bench::LIVE_STALL_NS / 1000
+            )
+        } else {
+            "accessor stalls on migration entries".to_string()
+        };
         let _ = writeln!(
             s,
-            "\naccessor stalls on migration entries (µs), batch {} pages: p50 / p99 / max (count)",
+            "\n{what} (µs), batch {} pages: p50 / p99 / max (count)",
             rep.batch_pages
         );
         for z in sizes(rep) {
