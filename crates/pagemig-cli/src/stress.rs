@@ -579,6 +579,85 @@ fn engine_knobs(spec: EngineSpec, inject: &[(FaultKind, f64)]) -> Vec<(String, S
     knobs
 }
 
+/// The control loop of a stress run, for `o.seconds`: progress on stderr once a second
+/// (`progress` formats it), and the faults that act on the engine itself (unregister and
+/// register again, reason-mask changes). Returns the error that stopped it early, if any.
+fn control_loop(
+    engine: &Engine,
+    o: &StressOptions,
+    totals: &Totals,
+    seed: u64,
+    progress: impl Fn() -> String,
+) -> Option<String> {
+    let t0 = Instant::now();
+    let rng = Rng(AtomicU64::new(seed));
+    let mut next_report = Duration::from_secs(1);
+    let mut reason_all = true;
+    while t0.elapsed().as_secs_f64() < o.seconds {
+        std::thread::sleep(Duration::from_millis(10));
+        if rng.chance(rate(&o.inject, FaultKind::Unregister)) {
+            if let Err(e) = engine.restart() {
+                return Some(format!("restart: {e}"));
+            }
+            totals.inject(FaultKind::Unregister);
+        }
+        if rng.chance(rate(&o.inject, FaultKind::Reason)) {
+            reason_all = !reason_all;
+            let mask = if reason_all {
+                ReasonMask::ALL
+            } else {
+                "compaction,demotion".parse().expect("valid mask")
+            };
+            if let Err(e) = engine.set_reason_mask(mask) {
+                return Some(format!("reason mask: {e}"));
+            }
+            totals.inject(FaultKind::Reason);
+        }
+        if o.verbose && t0.elapsed() >= next_report {
+            next_report += Duration::from_secs(1);
+            eprintln!("{}", progress());
+        }
+    }
+    None
+}
+
+/// The faults injected, by kind: the control loop's and the chaos threads', the allocation
+/// failures of the hooks, and (for drivers with engine faults) the folios the engine left
+/// to the CPU fallback.
+fn injected_faults(
+    totals: &Totals,
+    hooks: &Hooks,
+    o: &StressOptions,
+    spec: EngineSpec,
+    engine_counters: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    let mut injected = totals
+        .injected
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let n = hooks.injected.load(Ordering::Relaxed);
+    if n > 0 {
+        injected.insert("enomem".into(), n);
+    }
+    if (rate(&o.inject, FaultKind::Engine) > 0.0 || rate(&o.inject, FaultKind::Timeout) > 0.0)
+        && matches!(spec, EngineSpec::MtCopy(_) | EngineSpec::Dcbm(_))
+    {
+        injected.insert(
+            "engine_folio_failures".into(),
+            engine_counters.get("folios_failures").copied().unwrap_or(0),
+        );
+    }
+    injected
+}
+
+/// Folios failed by errno, and calls failed by errno.
+fn failures(totals: &Totals) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let get =
+        |m: &Mutex<BTreeMap<String, u64>>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    (get(&totals.failed), get(&totals.calls_failed))
+}
+
 /// Runs the stress for one engine.
 pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, String> {
     let res_start = resources();
@@ -650,48 +729,20 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stri
             chaos_loop(mm, sp, stop, t, inj, folio_starts(), 5)
         }));
     }
-    // The control loop: progress, and the faults that act on the engine itself.
     let t0 = Instant::now();
-    let rng = Rng(AtomicU64::new(99));
-    let mut next_report = Duration::from_secs(1);
-    let mut reason_all = true;
-    let mut control_error = None;
-    while t0.elapsed().as_secs_f64() < o.seconds {
-        std::thread::sleep(Duration::from_millis(10));
-        if rng.chance(rate(&o.inject, FaultKind::Unregister)) {
-            if let Err(e) = engine.restart() {
-                control_error = Some(format!("restart: {e}"));
-                break;
-            }
-            totals.inject(FaultKind::Unregister);
-        }
-        if rng.chance(rate(&o.inject, FaultKind::Reason)) {
-            reason_all = !reason_all;
-            let mask = if reason_all {
-                ReasonMask::ALL
-            } else {
-                "compaction,demotion".parse().expect("valid mask")
-            };
-            if let Err(e) = engine.set_reason_mask(mask) {
-                control_error = Some(format!("reason mask: {e}"));
-                break;
-            }
-            totals.inject(FaultKind::Reason);
-        }
-        if o.verbose && t0.elapsed() >= next_report {
-            next_report += Duration::from_secs(1);
-            eprintln!(
-                "[{spec} {:>5.0}s] ops {} pages migrated {} failed {:?} lost {} torn {} mismatches {}",
-                t0.elapsed().as_secs_f64(),
-                totals.ops.load(Ordering::Relaxed),
-                totals.migrated.load(Ordering::Relaxed),
-                totals.failed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                totals.lost.load(Ordering::Relaxed),
-                totals.torn.load(Ordering::Relaxed),
-                totals.mismatches.load(Ordering::Relaxed),
-            );
-        }
-    }
+    let control_error =
+        control_loop(&engine, o, &totals, 99, || {
+            format!(
+            "[{spec} {:>5.0}s] ops {} pages migrated {} failed {:?} lost {} torn {} mismatches {}",
+            t0.elapsed().as_secs_f64(),
+            totals.ops.load(Ordering::Relaxed),
+            totals.migrated.load(Ordering::Relaxed),
+            totals.failed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            totals.lost.load(Ordering::Relaxed),
+            totals.torn.load(Ordering::Relaxed),
+            totals.mismatches.load(Ordering::Relaxed),
+        )
+        });
     stop.store(true, Ordering::SeqCst);
     for h in handles {
         h.join()
@@ -726,36 +777,9 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stri
     engine.stop().map_err(|e| e.to_string())?;
     drop(sp);
     let leaked = (mm.nr_pages_total() - mm.nr_free_pages_total()) as u64;
-    let mut injected = totals
-        .injected
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let n = hooks.injected.load(Ordering::Relaxed);
-    if n > 0 {
-        injected.insert("enomem".into(), n);
-    }
-    // Engine faults (failed copies, stalled channels) show as folios the engine left to
-    // the CPU fallback.
-    if (rate(&o.inject, FaultKind::Engine) > 0.0 || rate(&o.inject, FaultKind::Timeout) > 0.0)
-        && matches!(spec, EngineSpec::MtCopy(_) | EngineSpec::Dcbm(_))
-    {
-        injected.insert(
-            "engine_folio_failures".into(),
-            engine_counters.get("folios_failures").copied().unwrap_or(0),
-        );
-    }
+    let injected = injected_faults(&totals, &hooks, o, spec, &engine_counters);
     drop(mm);
-    let failed = totals
-        .failed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let calls_failed = totals
-        .calls_failed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let (failed, calls_failed) = failures(&totals);
     Ok(StressReport {
         engine: spec.to_string(),
         seconds,
@@ -969,45 +993,17 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
         }
     }
     let t0 = Instant::now();
-    let rng = Rng(AtomicU64::new(98));
-    let mut next_report = Duration::from_secs(1);
-    let mut reason_all = true;
-    let mut control_error = None;
-    while t0.elapsed().as_secs_f64() < o.seconds {
-        std::thread::sleep(Duration::from_millis(10));
-        if rng.chance(rate(&o.inject, FaultKind::Unregister)) {
-            if let Err(e) = engine.restart() {
-                control_error = Some(format!("restart: {e}"));
-                break;
-            }
-            totals.inject(FaultKind::Unregister);
-        }
-        if rng.chance(rate(&o.inject, FaultKind::Reason)) {
-            reason_all = !reason_all;
-            let mask = if reason_all {
-                ReasonMask::ALL
-            } else {
-                "compaction,demotion".parse().expect("valid mask")
-            };
-            if let Err(e) = engine.set_reason_mask(mask) {
-                control_error = Some(format!("reason mask: {e}"));
-                break;
-            }
-            totals.inject(FaultKind::Reason);
-        }
-        if o.verbose && t0.elapsed() >= next_report {
-            next_report += Duration::from_secs(1);
-            eprintln!(
-                "[live {spec} {:>5.0}s] ops {} pages migrated {} lost {} torn {} {:?}",
-                t0.elapsed().as_secs_f64(),
-                totals.ops.load(Ordering::Relaxed),
-                totals.migrated.load(Ordering::Relaxed),
-                totals.lost.load(Ordering::Relaxed),
-                totals.torn.load(Ordering::Relaxed),
-                live.counts(),
-            );
-        }
-    }
+    let control_error = control_loop(&engine, o, &totals, 98, || {
+        format!(
+            "[live {spec} {:>5.0}s] ops {} pages migrated {} lost {} torn {} {:?}",
+            t0.elapsed().as_secs_f64(),
+            totals.ops.load(Ordering::Relaxed),
+            totals.migrated.load(Ordering::Relaxed),
+            totals.lost.load(Ordering::Relaxed),
+            totals.torn.load(Ordering::Relaxed),
+            live.counts(),
+        )
+    });
     stop.store(true, Ordering::SeqCst);
     for h in handles {
         h.join()
@@ -1062,34 +1058,9 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
     drop(regions);
     drop(live);
     let leaked = (mm.nr_pages_total() - mm.nr_free_pages_total()) as u64;
-    let mut injected = totals
-        .injected
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let ne = hooks.injected.load(Ordering::Relaxed);
-    if ne > 0 {
-        injected.insert("enomem".into(), ne);
-    }
-    if (rate(&o.inject, FaultKind::Engine) > 0.0 || rate(&o.inject, FaultKind::Timeout) > 0.0)
-        && matches!(spec, EngineSpec::MtCopy(_) | EngineSpec::Dcbm(_))
-    {
-        injected.insert(
-            "engine_folio_failures".into(),
-            engine_counters.get("folios_failures").copied().unwrap_or(0),
-        );
-    }
+    let injected = injected_faults(&totals, &hooks, o, spec, &engine_counters);
     drop(mm);
-    let failed = totals
-        .failed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let calls_failed = totals
-        .calls_failed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let (failed, calls_failed) = failures(&totals);
     Ok(StressReport {
         engine: format!("live {spec}"),
         seconds,

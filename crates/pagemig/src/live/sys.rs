@@ -310,34 +310,7 @@ impl Mapping {
     /// Maps `len` bytes (a multiple of `align`, a power of two), aligned to `align`,
     /// unpopulated, advised `MADV_HUGEPAGE` when `thp`.
     pub fn new(len: usize, align: usize, thp: bool) -> io::Result<Mapping> {
-        let map_len = len + align;
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let raw = raw as usize;
-        let base = raw.div_ceil(align) * align;
-        let head = base - raw;
-        let tail = map_len - head - len;
-        // SAFETY: both trimmed ranges lie inside the mapping just created and are unused.
-        unsafe {
-            if head > 0 {
-                libc::munmap(raw as *mut libc::c_void, head);
-            }
-            if tail > 0 {
-                libc::munmap((base + len) as *mut libc::c_void, tail);
-            }
-        }
+        let base = crate::sys::mmap_aligned(len, align)? as usize;
         let advice = if thp {
             libc::MADV_HUGEPAGE
         } else {

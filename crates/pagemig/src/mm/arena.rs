@@ -76,35 +76,7 @@ impl Arena {
                 "arena of zero bytes",
             ));
         }
-        let map_len = len_bytes + ARENA_ALIGN;
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let raw = raw as usize;
-        let base = raw.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
-        let head = base - raw;
-        let tail = map_len - head - len_bytes;
-        // SAFETY: both trimmed ranges lie inside the mapping just created and are not used.
-        unsafe {
-            if head > 0 {
-                libc::munmap(raw as *mut libc::c_void, head);
-            }
-            if tail > 0 {
-                libc::munmap((base + len_bytes) as *mut libc::c_void, tail);
-            }
-        }
-        let base = base as *mut u8;
+        let base = crate::sys::mmap_aligned(len_bytes, ARENA_ALIGN)?;
         // SAFETY: [base, base+len_bytes) is our mapping; madvise only changes advice.
         unsafe {
             libc::madvise(base as *mut libc::c_void, len_bytes, libc::MADV_HUGEPAGE);
