@@ -1047,6 +1047,7 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
         ("live.unmap_failures", lc.unmap_failures),
         ("live.stray_faults", lc.stray_faults),
         ("live.remap_errors", lc.remap_errors),
+        ("live.remap_retries", lc.remap_retries),
     ] {
         engine_counters.insert(k.into(), v);
     }

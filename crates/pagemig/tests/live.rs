@@ -424,3 +424,49 @@ fn a_thp_region_takes_huge_frames_from_other_nodes_then_base_pages() {
         "frames back in the pool"
     );
 }
+
+#[test]
+fn two_migrating_threads_with_refused_pages_lose_nothing() {
+    // Every fourth 16 KiB chunk is mlocked, so UFFDIO_MOVE refuses its pages: deferred
+    // unmaps of both threads' batches fail at their flushes, and each failure must reach
+    // the batch whose folio it is (a thread copying from a frame whose page never left the
+    // program would read a hole).
+    const PAGES: usize = 2048;
+    let mm = memory(32);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let r = Arc::new(live.region(RegionConfig::new(PAGES * 4096, 0)).unwrap());
+    r.populate().unwrap();
+    fill(&r, 21);
+    for chunk in (0..PAGES / 4).step_by(4) {
+        pagemig::live::sys::mlock_range(r.addr() + chunk * 4 * 4096, 4 * 4096, true).unwrap();
+    }
+    let migrators: Vec<_> = (0..2)
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let p = pages(&r, 4096);
+                let mut st = vec![0; p.len()];
+                for round in 0..40 {
+                    let node = ((round + t) % 2) as i32;
+                    let _ = r.move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE);
+                }
+            })
+        })
+        .collect();
+    for m in migrators {
+        m.join().unwrap();
+    }
+    assert_eq!(check(&r, 21), 0);
+    let nodes = nodes_of(&r, 4096);
+    for (i, n) in nodes.iter().enumerate() {
+        if (i / 4) % 4 == 0 {
+            assert_eq!(*n, 0, "page {i} is mlocked and cannot have moved");
+        }
+    }
+    let c = live.counts();
+    assert!(c.unmap_failures > 0, "{c:?}");
+    assert_eq!(c.stray_faults + c.remap_errors, 0, "{c:?}");
+    for chunk in (0..PAGES / 4).step_by(4) {
+        pagemig::live::sys::mlock_range(r.addr() + chunk * 4 * 4096, 4 * 4096, false).unwrap();
+    }
+}

@@ -113,6 +113,7 @@ struct Counters {
     remap_errors: AtomicU64,
     no_memory: AtomicU64,
     handler_errors: AtomicU64,
+    remap_retries: AtomicU64,
 }
 
 /// A snapshot of the live backend's counters.
@@ -138,12 +139,16 @@ pub struct LiveCounts {
     pub remap_ioctls: u64,
     /// Base pages put in.
     pub pages_remapped: u64,
-    /// Moves into the program that failed: a bug; always 0.
+    /// Moves into the program that still failed after many attempts (the page stays
+    /// queued, its threads wait): a bug; always 0.
     pub remap_errors: u64,
     /// First touches that found no free frame on any node.
     pub no_memory: u64,
     /// Errors reading the userfaultfd.
     pub handler_errors: u64,
+    /// Moves into the program that failed once and were queued again (they succeeded
+    /// later unless `remap_errors` says otherwise).
+    pub remap_retries: u64,
 }
 
 impl Counters {
@@ -163,6 +168,7 @@ impl Counters {
             remap_errors: g(&self.remap_errors),
             no_memory: g(&self.no_memory),
             handler_errors: g(&self.handler_errors),
+            remap_retries: g(&self.remap_retries),
         }
     }
 }
@@ -438,10 +444,22 @@ struct Mv {
     nr: usize,
 }
 
+/// An unmap queued by a TLB batch (its id).
+#[derive(Debug, Clone, Copy)]
+struct QueuedOut {
+    batch: u64,
+    mv: Mv,
+}
+
+/// Consecutive flushes with failed moves into the program before it counts as an error.
+const REMAP_GIVE_UP: u32 = 64;
+
 #[derive(Default)]
 struct Pending {
-    /// Unmaps queued until the TLB flush: program -> arena slot.
-    out: Vec<Mv>,
+    /// Consecutive flushes that left moves into the program queued.
+    failed_flushes: u32,
+    /// Unmaps queued until their batch's TLB flush: program -> arena slot.
+    out: Vec<QueuedOut>,
     /// Remaps queued until the end of the batch: arena slot -> program.
     inn: Vec<Mv>,
 }
@@ -514,6 +532,26 @@ impl RegionBackend {
         }
     }
 
+    /// Moves one folio's pages. Out of the program all or nothing (a partial move is moved
+    /// back). Into the program, a large folio that cannot move whole moves page by page;
+    /// the pages that still fail are returned, to be tried again.
+    fn mv_folio_in(&self, m: Mv) -> Vec<(Mv, Errno)> {
+        match self.mv_folio(Dir::In, m) {
+            Ok(()) => Vec::new(),
+            Err(e) if m.nr == 1 => vec![(m, e)],
+            Err(_) => (0..m.nr)
+                .filter_map(|i| {
+                    let one = Mv {
+                        va: m.va + i * PAGE_SIZE,
+                        pfn: Pfn(m.pfn.0 + i as u64),
+                        nr: 1,
+                    };
+                    self.mv_folio(Dir::In, one).err().map(|e| (one, e))
+                })
+                .collect(),
+        }
+    }
+
     /// Moves one folio's pages, all or nothing: a partial move is moved back.
     fn mv_folio(&self, dir: Dir, m: Mv) -> Result<(), Errno> {
         let (va, slot, len) = (m.va, self.slot(m.pfn), m.nr * PAGE_SIZE);
@@ -542,6 +580,19 @@ impl RegionBackend {
         Err(last)
     }
 
+    /// One folio's move in either direction; what failed.
+    fn mv_one(&self, dir: Dir, m: Mv) -> Vec<(Mv, Errno)> {
+        match dir {
+            Dir::In => self.mv_folio_in(m),
+            Dir::Out => self
+                .mv_folio(Dir::Out, m)
+                .err()
+                .map(|e| (m, e))
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// Performs a list of moves, one `UFFDIO_MOVE` per run contiguous both in the program
     /// and in the arena; a run that fails is redone folio by folio. Returns the folios that
     /// could not be moved.
@@ -568,9 +619,7 @@ impl RegionBackend {
             i += 1;
             let run = &list[start..i];
             if run.len() == 1 {
-                if let Err(e) = self.mv_folio(dir, run[0]) {
-                    failed.push((run[0], e));
-                }
+                failed.extend(self.mv_one(dir, run[0]));
                 continue;
             }
             match self.mv(dir, run[0].va, slot0, len) {
@@ -595,9 +644,7 @@ impl RegionBackend {
                             }
                         }
                         off += l;
-                        if let Err(e) = self.mv_folio(dir, m) {
-                            failed.push((m, e));
-                        }
+                        failed.extend(self.mv_one(dir, m));
                     }
                 }
             }
@@ -614,16 +661,30 @@ impl RegionBackend {
         }
         let list = std::mem::take(&mut p.inn);
         let failed = self.run_moves(Dir::In, list);
-        if !failed.is_empty() {
-            inc(&self.shared.counters.remap_errors, failed.len() as u64);
+        if failed.is_empty() {
+            p.failed_flushes = 0;
+            return;
+        }
+        // The shadow maps these pages already: they stay queued and are tried again at
+        // the next flush (every batch end and every fault on them flushes).
+        let c = &self.shared.counters;
+        inc(&c.remap_retries, failed.len() as u64);
+        p.failed_flushes += 1;
+        if p.failed_flushes == REMAP_GIVE_UP {
+            inc(&c.remap_errors, failed.len() as u64);
+            let (m, e) = failed[0];
             eprintln!(
-                "pagemig live: {} page moves into the program failed (first: {:#x}: {:?}); \
-                 the pages stay in their frames",
+                "pagemig live: {} page moves into the program keep failing (first: {:#x}, {} \
+                 pages from frame {:#x} at {:#x}: {:?}); still trying",
                 failed.len(),
-                failed[0].0.va,
-                failed[0].1
+                m.va,
+                m.nr,
+                m.pfn.0,
+                self.slot(m.pfn),
+                e
             );
         }
+        p.inn.extend(failed.into_iter().map(|(m, _)| m));
     }
 
     /// The fault handler's work for one fault at `addr` (inside this region).
@@ -716,7 +777,7 @@ impl RegionBackend {
 }
 
 impl SpaceBackend for RegionBackend {
-    fn unmap(&self, vaddr: VirtAddr, pfn: Pfn, nr: usize, defer: bool) -> Result<(), Errno> {
+    fn unmap(&self, vaddr: VirtAddr, pfn: Pfn, nr: usize, defer: Option<u64>) -> Result<(), Errno> {
         // Under the page-table lock. A queued move-in of this page must happen first.
         self.do_flush_remaps();
         let m = Mv {
@@ -724,8 +785,8 @@ impl SpaceBackend for RegionBackend {
             pfn,
             nr,
         };
-        if defer && self.batch_moves.load(Ordering::Relaxed) {
-            lock(&self.pending).out.push(m);
+        if let (Some(batch), true) = (defer, self.batch_moves.load(Ordering::Relaxed)) {
+            lock(&self.pending).out.push(QueuedOut { batch, mv: m });
             return Ok(());
         }
         self.mv_folio(Dir::Out, m).inspect_err(|_| {
@@ -733,8 +794,16 @@ impl SpaceBackend for RegionBackend {
         })
     }
 
-    fn flush_unmaps(&self) -> Vec<FailedUnmap> {
-        let list = std::mem::take(&mut lock(&self.pending).out);
+    fn flush_unmaps(&self, batch: u64) -> Vec<FailedUnmap> {
+        // Only this batch's: a failure must reach the batch whose folio it is.
+        let list: Vec<Mv> = {
+            let mut p = lock(&self.pending);
+            let (mine, others): (Vec<QueuedOut>, Vec<QueuedOut>) = std::mem::take(&mut p.out)
+                .into_iter()
+                .partition(|q| q.batch == batch);
+            p.out = others;
+            mine.into_iter().map(|q| q.mv).collect()
+        };
         let failed = self.run_moves(Dir::Out, list);
         inc(&self.shared.counters.unmap_failures, failed.len() as u64);
         failed
@@ -750,9 +819,9 @@ impl SpaceBackend for RegionBackend {
     fn remap(&self, vaddr: VirtAddr, old: Pfn, new: Pfn, nr: usize) {
         let va = vaddr.0 as usize;
         let mut p = lock(&self.pending);
-        if let Some(k) = p.out.iter().position(|m| m.va == va) {
+        if let Some(k) = p.out.iter().position(|q| q.mv.va == va) {
             // Its unmap is still queued: the page never left the program.
-            let m = p.out.swap_remove(k);
+            let m = p.out.swap_remove(k).mv;
             if new == old {
                 return;
             }

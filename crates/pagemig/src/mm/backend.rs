@@ -28,12 +28,14 @@ pub struct FailedUnmap {
 pub trait SpaceBackend: Send + Sync {
     /// `try_to_migrate`'s hardware part: the `nr` pages at `vaddr`, backed by the frames
     /// from `pfn`, now have migration entries; take them away from the program. Called under
-    /// the space's page-table lock. With `defer` the backend may queue the work until
-    /// [`flush_unmaps`](Self::flush_unmaps). An error means the pages are still mapped.
-    fn unmap(&self, vaddr: VirtAddr, pfn: Pfn, nr: usize, defer: bool) -> Result<(), Errno>;
-    /// Performs the queued unmaps; returns those that failed (the pages are still mapped and
-    /// the core restores their PTEs).
-    fn flush_unmaps(&self) -> Vec<FailedUnmap>;
+    /// the space's page-table lock. With `defer = Some(batch)` the backend may queue the
+    /// work until that batch's [`flush_unmaps`](Self::flush_unmaps). An error means the
+    /// pages are still mapped.
+    fn unmap(&self, vaddr: VirtAddr, pfn: Pfn, nr: usize, defer: Option<u64>) -> Result<(), Errno>;
+    /// Performs the unmaps queued by TLB batch `batch` (each migrating thread has its own,
+    /// like the kernel's per-task `tlbflush_unmap_batch`); returns those that failed (the
+    /// pages are still mapped and the core restores their PTEs).
+    fn flush_unmaps(&self, batch: u64) -> Vec<FailedUnmap>;
     /// `remove_migration_ptes`' hardware part: the pages at `vaddr` are mapped again, to the
     /// frames from `new` (`new == old` on undo). Called under the page-table lock; may be
     /// queued until [`flush_remaps`](Self::flush_remaps).

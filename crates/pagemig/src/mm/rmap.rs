@@ -110,7 +110,8 @@ impl Memory {
                 if let Some(be) = &space.backend {
                     // The real pages leave the program too (deferred with the flush).
                     let va = super::VirtAddr(vpn << PAGE_SHIFT);
-                    if be.unmap(va, head, nr, batch.is_some()).is_err() {
+                    let defer = batch.as_deref().map(TlbBatch::id);
+                    if be.unmap(va, head, nr, defer).is_err() {
                         for k in 0..nr.min(space.ptes.len() - i) {
                             let p = Pfn(head.0 + k as u64);
                             if space.pte_at(i + k) == (Pte::Migration { pfn: p }) {

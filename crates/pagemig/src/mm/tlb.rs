@@ -130,16 +130,33 @@ pub fn flush_tlb_space(space: &AddressSpace) {
 
 /// Spaces whose TLB flush was deferred (`struct tlbflush_unmap_batch`), flushed once by
 /// [`TlbBatch::flush`] (`try_to_unmap_flush`).
-#[derive(Default)]
 pub struct TlbBatch {
+    /// Unique per batch: a backend keeps each batch's deferred unmaps apart.
+    id: u64,
     pending: Vec<Arc<AddressSpace>>,
     unmap_failed: Vec<super::Folio>,
+}
+
+impl Default for TlbBatch {
+    fn default() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        TlbBatch {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            pending: Vec::new(),
+            unmap_failed: Vec::new(),
+        }
+    }
 }
 
 impl TlbBatch {
     /// A batch with nothing pending.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// This batch's id (what a backend files its deferred unmaps under).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Records that `space` needs a flush (`set_tlb_ubc_flush_pending`).
@@ -164,7 +181,7 @@ impl TlbBatch {
         let n = self.pending.len();
         for s in self.pending.drain(..) {
             if let Some(be) = &s.backend {
-                for f in be.flush_unmaps() {
+                for f in be.flush_unmaps(self.id) {
                     s.restore_migration_ptes(f.vaddr, f.pfn, f.nr);
                     self.unmap_failed
                         .push(super::Folio(s.mm.compound_head(f.pfn)));
