@@ -447,7 +447,7 @@ fn two_migrating_threads_with_refused_pages_lose_nothing() {
                 let p = pages(&r, 4096);
                 let mut st = vec![0; p.len()];
                 for round in 0..40 {
-                    let node = ((round + t) % 2) as i32;
+                    let node = (round + t) % 2;
                     let _ = r.move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE);
                 }
             })
