@@ -104,9 +104,12 @@ fn writers_lose_nothing_during_thousands_of_migrations() {
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Records written so far by both writers (migrations wait for progress, so that the
+    // writers really run while pages migrate, even when other tests load the CPUs).
+    let progress = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..2)
         .map(|w| {
-            let (r, stop) = (r.clone(), stop.clone());
+            let (r, stop, progress) = (r.clone(), stop.clone(), progress.clone());
             std::thread::spawn(move || {
                 let mine: Vec<usize> = (0..nrec).filter(|x| x % 2 == w).collect();
                 let mut seq = vec![0u64; nrec];
@@ -126,6 +129,7 @@ fn writers_lose_nothing_during_thousands_of_migrations() {
                             r.words()[b + k].store(rec_word(rec, seq[rec], k), Ordering::Relaxed);
                         }
                         writes += 1;
+                        progress.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 (bad, writes, seq)
@@ -135,12 +139,20 @@ fn writers_lose_nothing_during_thousands_of_migrations() {
     let p = pages(&r, 4096);
     let mut migrated = 0usize;
     let mut st = vec![0; p.len()];
-    for round in 0..24 {
+    // At least 24 rounds, and on until a writer has met a page under migration (a test
+    // that never exercised the path would prove nothing); at most 4000 rounds.
+    let mut round = 0;
+    while round < 24 || (live.counts().faults == 0 && round < 4000) {
+        let seen = progress.load(Ordering::Relaxed);
+        while progress.load(Ordering::Relaxed) < seen + 64 {
+            std::thread::yield_now();
+        }
         let node = 1 - round % 2;
         let left = r
             .move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE)
             .unwrap();
         migrated += p.len() - left;
+        round += 1;
     }
     stop.store(true, Ordering::Relaxed);
     let mut seqs = vec![0u64; nrec];
