@@ -604,26 +604,31 @@ const NO_TAG: usize = usize::MAX;
 pub const LIVE_STALL_NS: u64 = 2_000;
 
 impl Readers {
-    fn start(space: &Arc<AddressSpace>, n: usize, total: usize) -> Readers {
+    /// Starts `n` threads. Each builds its access function with `make` (on its own
+    /// thread), then calls it with random numbers until stopped; the stall times (ns) it
+    /// returns are attributed to whichever (engine, batch size) is running.
+    fn spawn<F, A>(n: usize, make: F) -> Readers
+    where
+        F: Fn(usize) -> A + Send + Sync + 'static,
+        A: FnMut(u64) -> Vec<u64>,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let tag = Arc::new(AtomicUsize::new(NO_TAG));
         let samples = Arc::new(Mutex::new(Vec::new()));
+        let make = Arc::new(make);
         let handles = (0..n)
             .map(|i| {
-                let (space, stop, tag, samples) =
-                    (space.clone(), stop.clone(), tag.clone(), samples.clone());
+                let (make, stop, tag, samples) =
+                    (make.clone(), stop.clone(), tag.clone(), samples.clone());
                 std::thread::spawn(move || {
-                    let acc = space.accessor();
-                    acc.record_waits();
+                    let mut access = make(i);
                     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ i as u64;
                     let mut local = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         x ^= x << 13;
                         x ^= x >> 7;
                         x ^= x << 17;
-                        let off = (x as usize % total) & !7;
-                        let _ = acc.read_u64(VirtAddr(SPACE_BASE + off as u64));
-                        let w = acc.take_wait_samples();
+                        let w = access(x);
                         if !w.is_empty() {
                             let t = tag.load(Ordering::Relaxed);
                             if t != NO_TAG {
@@ -646,52 +651,43 @@ impl Readers {
         }
     }
 
+    /// Accessors of the built-in backend: their waits on migration entries.
+    fn start(space: &Arc<AddressSpace>, n: usize, total: usize) -> Readers {
+        let space = space.clone();
+        Readers::spawn(n, move |_| {
+            let acc = space.accessor();
+            acc.record_waits();
+            move |x: u64| {
+                let off = (x as usize % total) & !7;
+                let _ = acc.read_u64(VirtAddr(SPACE_BASE + off as u64));
+                acc.take_wait_samples()
+            }
+        })
+    }
+
     /// Program threads of a live region: each access is a plain load and an atomic
     /// read-modify-write that leaves the word unchanged (a write access), timed; accesses
     /// slower than [`LIVE_STALL_NS`] are counted as stalls (a userfaultfd fault round trip
     /// costs more than that here, a cache miss far less).
     fn start_live(region: &Arc<LiveRegion>, n: usize) -> Readers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tag = Arc::new(AtomicUsize::new(NO_TAG));
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let handles = (0..n)
-            .map(|i| {
-                let (region, stop, tag, samples) =
-                    (region.clone(), stop.clone(), tag.clone(), samples.clone());
-                std::thread::spawn(move || {
-                    let words = region.words();
-                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ i as u64;
-                    let mut local = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        let w = &words[x as usize % words.len()];
-                        let t0 = Instant::now();
-                        let v = w.load(Ordering::Relaxed);
-                        w.fetch_or(0, Ordering::Relaxed);
-                        std::hint::black_box(v);
-                        let ns = t0.elapsed().as_nanos() as u64;
-                        if ns > LIVE_STALL_NS {
-                            let t = tag.load(Ordering::Relaxed);
-                            if t != NO_TAG {
-                                local.push((t, ns));
-                            }
-                        }
-                    }
-                    samples
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend(local);
-                })
-            })
-            .collect();
-        Readers {
-            stop,
-            tag,
-            samples,
-            handles,
-        }
+        let region = region.clone();
+        Readers::spawn(n, move |_| {
+            let region = region.clone();
+            move |x: u64| {
+                let words = region.words();
+                let w = &words[x as usize % words.len()];
+                let t0 = Instant::now();
+                let v = w.load(Ordering::Relaxed);
+                w.fetch_or(0, Ordering::Relaxed);
+                std::hint::black_box(v);
+                let ns = t0.elapsed().as_nanos() as u64;
+                if ns > LIVE_STALL_NS {
+                    vec![ns]
+                } else {
+                    Vec::new()
+                }
+            }
+        })
     }
 
     fn finish(self) -> Vec<(usize, u64)> {

@@ -312,6 +312,8 @@ const SMALL_BATCH_BYTES: usize = 256 << 10;
 
 struct Inner {
     candidates: Vec<Candidate>,
+    /// The candidates full batches may go to (all but "none").
+    eligible: Vec<usize>,
     /// Indexed by folio order.
     table: Mutex<Vec<Choice>>,
     /// Learned on real batches, by folio order.
@@ -382,6 +384,9 @@ impl Auto {
         let nr = candidates.len();
         let auto = Auto {
             inner: Arc::new(Inner {
+                eligible: (0..nr)
+                    .filter(|&k| !matches!(candidates[k].kind, Kind::Decline))
+                    .collect(),
                 candidates,
                 table: Mutex::new(Vec::new()),
                 learned: Mutex::new(vec![Learned::new(nr); 10]),
@@ -533,13 +538,7 @@ impl Auto {
         }
         s.push_str("   choice (one / full)\n");
         for (order, c) in t.iter().enumerate() {
-            let size = PAGE_SIZE << order;
-            let label = if size >= 1 << 20 {
-                format!("{}M", size >> 20)
-            } else {
-                format!("{}K", size >> 10)
-            };
-            s.push_str(&format!("{label:<6}"));
+            s.push_str(&format!("{:<6}", order_label(order)));
             for k in 0..names.len() {
                 s.push_str(&format!(
                     " {:>7.0}/{:<7.0}",
@@ -555,13 +554,7 @@ impl Auto {
             if lr.stats.iter().all(|st| st.n == 0) {
                 continue;
             }
-            let size = PAGE_SIZE << order;
-            let label = if size >= 1 << 20 {
-                format!("{}M", size >> 20)
-            } else {
-                format!("{}K", size >> 10)
-            };
-            s.push_str(&format!("{label:<6}"));
+            s.push_str(&format!("{:<6}", order_label(order)));
             for k in 0..lr.stats.len() {
                 let mark = if lr.current == Some(k) { "*" } else { " " };
                 let t = lr.shown(k).unwrap_or(0.0);
@@ -570,6 +563,16 @@ impl Auto {
             s.push_str(&format!("   switches {}\n", lr.switches));
         }
         s
+    }
+}
+
+/// `4K` ... `2M`: the folio size of `order`.
+fn order_label(order: usize) -> String {
+    let size = PAGE_SIZE << order;
+    if size >= 1 << 20 {
+        format!("{}M", size >> 20)
+    } else {
+        format!("{}K", size >> 10)
     }
 }
 
@@ -600,10 +603,8 @@ impl Migrator for Inner {
         // a migration of cold memory sees, so the choice is learned on the real batches
         // (see `Learned`). "none" is not a candidate here: its cost shows only in the move
         // phase.
-        let eligible: Vec<usize> = (0..self.candidates.len())
-            .filter(|&k| !matches!(self.candidates[k].kind, Kind::Decline))
-            .collect();
-        let (pick, warm) = lock(&self.learned)[order].choose(&eligible);
+        let eligible = &self.eligible;
+        let (pick, warm) = lock(&self.learned)[order].choose(eligible);
         let c = &self.candidates[pick];
         c.nr_chosen.fetch_add(1, Ordering::Relaxed);
         let t = Instant::now();
@@ -611,7 +612,7 @@ impl Migrator for Inner {
         let ns_per_mib =
             t.elapsed().as_nanos() as f64 * (1u64 << 20) as f64 / batch.total_bytes().max(1) as f64;
         // A failed copy says nothing about speed: it counts as tried, without a sample.
-        lock(&self.learned)[order].record(pick, rc.is_ok().then_some(ns_per_mib), warm, &eligible);
+        lock(&self.learned)[order].record(pick, rc.is_ok().then_some(ns_per_mib), warm, eligible);
         rc
     }
 }

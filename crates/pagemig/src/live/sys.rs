@@ -31,9 +31,7 @@ pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 /// `UFFDIO_MOVE_MODE_DONTWAKE`.
 pub const UFFDIO_MOVE_MODE_DONTWAKE: u64 = 1;
 
-/// Bit numbers of the ioctls (`_UFFDIO_*`), as reported in `uffdio_register.ioctls`.
-pub const UFFDIO_NR_WAKE: u64 = 0x02;
-/// `_UFFDIO_MOVE`.
+/// `_UFFDIO_MOVE`: its bit in the ioctl mask `UFFDIO_REGISTER` reports for a range.
 pub const UFFDIO_NR_MOVE: u64 = 0x05;
 
 /// `UFFD_EVENT_PAGEFAULT`.

@@ -124,6 +124,16 @@ impl AddressSpace {
     pub(crate) fn restore_migration_ptes(&self, vaddr: VirtAddr, pfn: Pfn, nr: usize) {
         let Some(i) = self.slot(vaddr) else { return };
         let _g = lock(&self.ptl);
+        if self.migration_to_present(i, pfn, nr) {
+            let f = self.mm.folio(Folio(self.mm.compound_head(pfn)));
+            f.meta.mapcount.fetch_add(1, Ordering::AcqRel);
+            f.meta.refcount.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Under the page-table lock: the migration entries for `pfn..pfn+nr` from slot `i`
+    /// become present PTEs again. Returns whether any did.
+    pub(crate) fn migration_to_present(&self, i: usize, pfn: Pfn, nr: usize) -> bool {
         let mut hit = false;
         for k in 0..nr.min(self.ptes.len() - i) {
             let p = Pfn(pfn.0 + k as u64);
@@ -132,11 +142,7 @@ impl AddressSpace {
                 hit = true;
             }
         }
-        if hit {
-            let f = self.mm.folio(Folio(self.mm.compound_head(pfn)));
-            f.meta.mapcount.fetch_add(1, Ordering::AcqRel);
-            f.meta.refcount.fetch_add(1, Ordering::AcqRel);
-        }
+        hit
     }
 
     pub(crate) fn set_pte_at(&self, i: usize, pte: Pte) {

@@ -112,12 +112,7 @@ impl Memory {
                     let va = super::VirtAddr(vpn << PAGE_SHIFT);
                     let defer = batch.as_deref().map(TlbBatch::id);
                     if be.unmap(va, head, nr, defer).is_err() {
-                        for k in 0..nr.min(space.ptes.len() - i) {
-                            let p = Pfn(head.0 + k as u64);
-                            if space.pte_at(i + k) == (Pte::Migration { pfn: p }) {
-                                space.set_pte_at(i + k, Pte::Present { pfn: p });
-                            }
-                        }
+                        space.migration_to_present(i, head, nr);
                         hit = false;
                     }
                 }
