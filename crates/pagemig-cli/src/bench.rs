@@ -130,6 +130,8 @@ pub struct BenchResult {
     pub gbps_mean: f64,
     /// Standard deviation.
     pub gbps_sd: f64,
+    /// Each run's throughput, in the order the runs were made.
+    pub gbps_runs: Vec<f64>,
     /// Mean as a fraction of the single-thread copy limit.
     pub frac_of_limit: f64,
     /// Mean as a fraction of the copy limit with as many threads as the engine's width
@@ -355,10 +357,23 @@ struct Workload {
     node: NodeId,
 }
 
-/// Checksum of a live folio, read through the program's own mapping.
+/// Checksum of a live folio, read through the program's own mapping (the arena checksum's
+/// four interleaved FNV-1a lanes, so that it runs at memory speed).
 fn words_checksum(w: &[std::sync::atomic::AtomicU64]) -> u64 {
-    w.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
-        (h ^ x.load(Ordering::Relaxed)).wrapping_mul(0x0100_0000_01b3)
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut lanes = [0xcbf2_9ce4_8422_2325u64; 4];
+    let chunks = w.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (h, x) in lanes.iter_mut().zip(c) {
+            *h = (*h ^ x.load(Ordering::Relaxed)).wrapping_mul(PRIME);
+        }
+    }
+    let h = lanes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, l| (h ^ l).wrapping_mul(PRIME));
+    tail.iter().fold(h, |h, x| {
+        (h ^ x.load(Ordering::Relaxed)).wrapping_mul(PRIME)
     })
 }
 
@@ -492,18 +507,34 @@ fn migrate_once(
     }
     let nr_failed = list.len();
     mm.putback_movable_pages(&mut list);
-    // Verify every folio: where it is, and what it holds.
-    let mut nr_bad = 0;
-    let mut nr_misplaced = 0;
-    for i in 0..w.nr_folios {
-        let f = w.folio(i).expect("workload folio mapped");
-        if w.checksum(mm, i) != w.sums[i] {
-            nr_bad += 1;
-        }
-        if mm.folio(f).node() != target {
-            nr_misplaced += 1;
-        }
-    }
+    // Verify every folio: where it is, and what it holds (on every CPU: reading 1 GiB back
+    // on one thread would take longer than the migration).
+    let nr_threads = pagemig::sys::nr_cpus().clamp(1, 8);
+    let per = w.nr_folios.div_ceil(nr_threads);
+    let wr: &Workload = w;
+    let (nr_bad, nr_misplaced) = std::thread::scope(|s| {
+        let parts: Vec<_> = (0..nr_threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let (mut bad, mut misplaced) = (0usize, 0usize);
+                    for i in t * per..((t + 1) * per).min(wr.nr_folios) {
+                        let f = wr.folio(i).expect("workload folio mapped");
+                        if wr.checksum(mm, i) != wr.sums[i] {
+                            bad += 1;
+                        }
+                        if mm.folio(f).node() != target {
+                            misplaced += 1;
+                        }
+                    }
+                    (bad, misplaced)
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .map(|p| p.join().expect("verifier thread"))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
     if nr_bad > 0 {
         return Err(BenchError::Mismatch {
             engine: engine.into(),
@@ -779,14 +810,24 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         for run in 0..opts.runs {
             probe.sample(&mm);
             probe.sample_threads(&mm, nr_cpus);
-            // Each run starts one engine later, so that no engine always follows the same
+            // Each run starts one engine later, and every other run goes through the list
+            // backwards, so that no engine always comes first or always follows the same
             // one (their threads and the machine's drift would otherwise bias the order).
             for j in 0..combos.len() {
-                let k = (j + run) % combos.len();
+                let n = combos.len();
+                let k = if run % 2 == 0 {
+                    (j + run) % n
+                } else {
+                    (n - 1 - j + run) % n
+                };
                 let (bp, e) = combos[k];
                 pb.set_message(format!("{} {} batch {}", e, format_size(size), bp));
                 mm.set_batch_pages(bp)?;
                 let eng = Engine::start_cached(e, &mm, &knobs_for(opts, e), Some(&mut cache))?;
+                // A cached engine (auto) counts from its creation: this run's share is the
+                // difference.
+                let c0: std::collections::BTreeMap<String, u64> =
+                    eng.counters().into_iter().collect();
                 let offered0 = mm.offload().stats().nr_folios_offered;
                 if let Some(r) = &readers {
                     r.tag.store(k, Ordering::SeqCst);
@@ -796,8 +837,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                     r.tag.store(NO_TAG, Ordering::SeqCst);
                 }
                 let offered = mm.offload().stats().nr_folios_offered - offered0;
-                let c: std::collections::BTreeMap<String, u64> =
-                    eng.counters().into_iter().collect();
+                let c: std::collections::BTreeMap<String, u64> = eng
+                    .counters()
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v0 = c0.get(&k).copied().unwrap_or(0);
+                        (k, v - v0)
+                    })
+                    .collect();
                 eng.stop()?;
                 let out = out?;
                 check_counters(e, &c, offered, out.nr_copied_by_batch as u64)?;
@@ -853,6 +900,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 nr_folios: w.nr_folios,
                 gbps_mean: mean,
                 gbps_sd: sd,
+                gbps_runs: g.clone(),
                 frac_of_limit: 0.0,
                 frac_of_width_limit: 0.0,
                 engine_counters: counters[k].clone(),

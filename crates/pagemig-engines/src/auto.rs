@@ -31,7 +31,19 @@ enum Kind {
     Batch,
     Decline,
     Mt(MtCopy),
-    Dma(Dcbm),
+    Dma(Dcbm, Arc<EmulatedDmaDevice>),
+}
+
+impl Kind {
+    /// Puts the candidate's idle threads to sleep now: auto is about to copy with another
+    /// one on the same CPUs, and their spinning would slow it (and its measurement).
+    fn quiesce(&self) {
+        match self {
+            Kind::Mt(d) => d.quiesce(),
+            Kind::Dma(_, dev) => dev.quiesce(),
+            Kind::Batch | Kind::Decline => {}
+        }
+    }
 }
 
 struct Candidate {
@@ -50,32 +62,67 @@ struct Choice {
     full_ns_per_mib: Vec<u64>,
 }
 
-/// Consecutive batches a candidate copies when it is measured.
-const VISIT: u32 = 5;
+/// Counted samples a visit collects when a candidate is measured.
+const VISIT: u32 = 3;
+
+/// A visit ends after this many batches beyond the samples it wanted, counted or not (a
+/// candidate whose copies fail gives no sample).
+const VISIT_SLACK: u32 = 24;
 
 /// Batches after a switch of candidate whose time does not count: an engine whose threads
-/// were asleep pays a wake-up (tens of µs on a VM) that an engine in use does not, and the
-/// previous engine's threads still spin for a while (300 µs by default) on the same CPUs.
-/// Counting those would favour the copier that runs on the caller's own thread.
+/// were asleep pays a wake-up (tens of µs on a VM) that an engine in use does not.
 const WARMUP: u32 = 2;
+
+/// Nor does a batch that starts sooner than this after another candidate's last batch:
+/// that candidate's idle threads still spin (300 µs by default) on the same CPUs. Counting
+/// those batches made every visit, and every alternating confirmation, measure a candidate
+/// while it shared the CPUs with the one before it, and the samples then favoured the
+/// copier that needs fewest CPUs. Batches take 0.1–0.3 ms here, so a visit skips a few.
+const SETTLE: std::time::Duration = std::time::Duration::from_micros(250);
+
+/// Recent samples of the engine in use that a challenger is compared with.
+const RECENT_K: usize = 5;
 
 /// Recent samples kept for the engine in use; decisions use medians, which a preempted or
 /// otherwise disturbed batch does not move.
 const WINDOW: usize = 16;
 
-/// A challenger replaces the engine in use only if its median is lower by this fraction,
-/// twice: once against the engine's recent batches, then again in a confirmation where both
-/// are measured in alternation (old, new, old, new; `CONFIRM_VISIT` batches each). Copy times on a noisy machine cross by chance, and every
-/// needless switch sends batches to a slower engine.
+/// A challenger replaces the engine in use only if its median is lower by this fraction
+/// against the engine's recent batches, and then wins a confirmation where both
+/// are measured in alternation (old, new, old, new; `CONFIRM_VISIT` samples each). Copy
+/// times on a noisy machine cross by chance, and every needless switch sends batches to a
+/// slower engine.
 const HYSTERESIS: f64 = 0.08;
 
-/// Batches of each confirmation visit.
-const CONFIRM_VISIT: u32 = 8;
+/// The margin a challenger must win its confirmation by. Smaller than [`HYSTERESIS`]: the
+/// confirmation's samples are paired in time (alternating visits), so a smaller margin
+/// already separates a real difference from the machine's drift, and a candidate that is
+/// really 5% faster is not kept out.
+const CONFIRM_MARGIN: f64 = 0.03;
 
-/// After exploring, every REFRESH_EVERY-th batch (see [`refresh_every`]) starts a visit of one other candidate
-/// (round robin), so that the choice follows the machine's drift (memory bandwidth on a VM
-/// moves by ±15%); the cost is a few batches in a few hundred on a possibly slower engine.
-const REFRESH_EVERY: u64 = 384;
+/// Counted samples of each confirmation visit.
+const CONFIRM_VISIT: u32 = 6;
+
+/// After the first rounds, a runner-up whose median is within this fraction of the
+/// fastest one's is settled against it in an alternating confirmation that needs no margin:
+/// two engines that close (on two CPUs, `mtcopy:2` and `dcbm:2`) are told apart by paired
+/// samples, not by the luck of when each visit fell.
+const SETTLE_WITHIN: f64 = 0.15;
+
+/// A switch is checked again: the engine it left challenges back this many batches after
+/// it, and again after the second figure. A switch made while the machine was slow for one
+/// kind of engine (a vCPU taken by another task hurts a two-thread copier, not the
+/// caller's own) is then undone within a migration instead of after a full challenge cycle.
+const RECHECK_AFTER: [u64; 2] = [64, 256];
+
+/// Decisions kept for `explain`.
+const EVENTS: usize = 24;
+
+/// After exploring, every REFRESH_EVERY-th batch (see [`refresh_every`]) starts a visit of
+/// one other candidate (mostly the runner-up), so that the choice follows the machine's
+/// drift (memory bandwidth on a VM moves by ±15%); the cost is a few batches in a few
+/// hundred on a possibly slower engine.
+const REFRESH_EVERY: u64 = 512;
 
 /// Challenges come four times as often over the first `EARLY` batches of a folio order, so
 /// that a first choice made in a slow spell is corrected within the first migrations.
@@ -143,10 +190,12 @@ struct Learned {
     stats: Vec<Stat>,
     /// The candidate in use once the first round is over.
     current: Option<usize>,
-    /// Visits to make, in order: (candidate, batches, purpose).
+    /// Visits to make, in order: (candidate, samples wanted, purpose).
     plan: std::collections::VecDeque<(usize, u32, Purpose)>,
-    /// The visit in progress, with the batches it has left.
+    /// The visit in progress, with the samples it wants.
     active: Option<(usize, u32, Purpose)>,
+    /// Batches of the visit in progress.
+    visit_batches: u32,
     /// Counted samples of the visit in progress.
     visit_samples: Vec<f64>,
     /// Counted samples of the first rounds, by candidate.
@@ -159,16 +208,33 @@ struct Learned {
     run: u32,
     /// Round-robin position among the challengers.
     next_challenger: usize,
+    /// Challenges started by the refresh (every other one goes to the runner-up).
+    nr_refreshes: u64,
+    /// The margin the confirmation in progress must win by (a factor on the old median).
+    confirm_factor: f64,
+    /// The confirmation in progress settles the first rounds' choice (not a switch).
+    settling: bool,
+    /// Challenges due: (at batch, candidate), after a switch.
+    rechecks: std::collections::VecDeque<(u64, usize)>,
     /// Switches made after the first round.
     switches: u64,
+    /// The latest decisions, for `explain`: (batch, text).
+    events: std::collections::VecDeque<(u64, String)>,
+    /// The candidates' names, for the events.
+    names: Vec<String>,
 }
 
 impl Learned {
-    fn new(nr: usize) -> Learned {
+    fn new(names: &[String]) -> Learned {
         Learned {
-            stats: vec![Stat::default(); nr],
+            stats: vec![Stat::default(); names.len()],
+            names: names.to_vec(),
             ..Default::default()
         }
+    }
+
+    fn name(&self, k: usize) -> &str {
+        self.names.get(k).map_or("?", |n| n.as_str())
     }
 
     /// The candidate for the next batch among `eligible` (not empty), and whether it is
@@ -180,24 +246,54 @@ impl Learned {
                 if self.current.is_none() {
                     self.plan
                         .extend(eligible.iter().map(|&k| (k, VISIT, Purpose::Explore)));
-                    // A second round in reverse order: a slow spell of the machine, or a
-                    // drift, then weighs on every candidate alike.
+                    // A second round in reverse order and a third in order: a drift then
+                    // weighs on every candidate alike, and a slow spell of the machine
+                    // during one visit does not move a candidate's median over three.
                     self.plan
                         .extend(eligible.iter().rev().map(|&k| (k, VISIT, Purpose::Explore)));
+                    self.plan
+                        .extend(eligible.iter().map(|&k| (k, VISIT, Purpose::Explore)));
                     self.explore = vec![Vec::new(); self.stats.len()];
+                } else if let Some(k) = self
+                    .rechecks
+                    .front()
+                    .filter(|r| r.0 <= self.batches)
+                    .map(|r| r.1)
+                {
+                    self.rechecks.pop_front();
+                    if self.current != Some(k) {
+                        self.plan.push_back((k, VISIT, Purpose::Challenge));
+                    }
                 } else if self.batches % refresh_every(self.batches) == 0 && eligible.len() > 1 {
                     let cur = self.current.unwrap_or(eligible[0]);
                     let others: Vec<usize> =
                         eligible.iter().copied().filter(|&k| k != cur).collect();
-                    if !others.is_empty() {
-                        let k = others[self.next_challenger % others.len()];
-                        self.next_challenger += 1;
+                    // Three challenges in four go to the runner-up (the fastest of the
+                    // others at their last visit), the fourth round robin: the close
+                    // competitor is checked often, a clearly slower one still now and then.
+                    let runner_up = others
+                        .iter()
+                        .copied()
+                        .filter_map(|k| self.stats[k].visit_median.map(|m| (k, m)))
+                        .min_by(|a, b| a.1.total_cmp(&b.1))
+                        .map(|(k, _)| k);
+                    self.nr_refreshes += 1;
+                    let k = match runner_up {
+                        Some(k) if self.nr_refreshes % 4 != 0 => Some(k),
+                        _ if !others.is_empty() => {
+                            self.next_challenger += 1;
+                            Some(others[(self.next_challenger - 1) % others.len()])
+                        }
+                        _ => None,
+                    };
+                    if let Some(k) = k {
                         self.plan.push_back((k, VISIT, Purpose::Challenge));
                     }
                 }
             }
             self.active = self.plan.pop_front();
             self.visit_samples.clear();
+            self.visit_batches = 0;
         }
         let pick = match self.active {
             Some((k, _, _)) => k,
@@ -226,11 +322,11 @@ impl Learned {
                 r.push_back(t);
             }
         }
-        let Some((k, left, purpose)) = self.active else {
+        let Some((k, wanted, purpose)) = self.active else {
             return;
         };
-        if left > 1 {
-            self.active = Some((k, left - 1, purpose));
+        self.visit_batches += 1;
+        if (self.visit_samples.len() as u32) < wanted && self.visit_batches < wanted + VISIT_SLACK {
             return;
         }
         self.active = None;
@@ -251,28 +347,41 @@ impl Learned {
                         }
                     }
                     self.explore.clear();
-                    self.current = eligible
+                    let mut ranked: Vec<(usize, f64)> = eligible
                         .iter()
                         .copied()
                         .filter_map(|c| self.stats[c].visit_median.map(|m| (c, m)))
-                        .min_by(|a, b| a.1.total_cmp(&b.1))
-                        .map(|(c, _)| c)
-                        .or(Some(eligible[0]));
+                        .collect();
+                    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+                    self.current = ranked.first().map(|r| r.0).or(Some(eligible[0]));
+                    let text = ranked
+                        .iter()
+                        .map(|&(c, m)| format!("{} {:.0}", self.name(c), m / 1e3))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    self.event(format!("explored (µs/MiB): {text}"));
+                    if let [(best, mb), (second, ms), ..] = ranked[..] {
+                        if ms < mb * (1.0 + SETTLE_WITHIN) {
+                            self.settle_or_confirm(best, second, 1.0, true);
+                        }
+                    }
                 }
             }
             Purpose::Challenge => {
                 let Some(cur) = self.current else { return };
                 let mc = self.stats[cur]
-                    .recent_median(VISIT as usize)
+                    .recent_median(RECENT_K)
                     .or(self.stats[cur].visit_median);
                 if let (Some(m), Some(mc)) = (m, mc) {
                     if m < mc * h {
-                        self.confirm = (Vec::new(), Vec::new());
-                        for _ in 0..2 {
-                            self.plan
-                                .push_back((cur, CONFIRM_VISIT, Purpose::ConfirmOld));
-                            self.plan.push_back((k, CONFIRM_VISIT, Purpose::ConfirmNew));
-                        }
+                        self.event(format!(
+                            "challenge: {} {:.0} < {} {:.0} µs/MiB, confirming",
+                            self.name(k),
+                            m / 1e3,
+                            self.name(cur),
+                            mc / 1e3
+                        ));
+                        self.settle_or_confirm(cur, k, 1.0 - CONFIRM_MARGIN, false);
                     }
                 }
             }
@@ -283,15 +392,57 @@ impl Learned {
                     return;
                 }
                 let (old, new) = std::mem::take(&mut self.confirm);
+                let Some(cur) = self.current else { return };
                 if let (Some(mo), Some(mn)) = (median(&old), median(&new)) {
-                    if mn < mo * h {
+                    let what = if self.settling { "settle" } else { "confirm" };
+                    let (kn, cn) = (self.name(k).to_string(), self.name(cur).to_string());
+                    if mn < mo * self.confirm_factor {
                         self.current = Some(k);
                         self.stats[k].recent.clear();
-                        self.switches += 1;
+                        self.event(format!(
+                            "{what}: {kn} {:.0} vs {cn} {:.0} µs/MiB, now {kn}",
+                            mn / 1e3,
+                            mo / 1e3
+                        ));
+                        if !self.settling {
+                            self.switches += 1;
+                            self.rechecks = RECHECK_AFTER
+                                .iter()
+                                .map(|d| (self.batches + d, cur))
+                                .collect();
+                        }
+                    } else {
+                        self.event(format!(
+                            "{what}: {kn} {:.0} vs {cn} {:.0} µs/MiB, keep {cn}",
+                            mn / 1e3,
+                            mo / 1e3
+                        ));
                     }
                 }
+                self.settling = false;
             }
         }
+    }
+
+    /// Plans an alternating confirmation of `new` against `old` (old, new, old, new); `new`
+    /// wins if its median is below `factor` times the old one's.
+    fn settle_or_confirm(&mut self, old: usize, new: usize, factor: f64, settling: bool) {
+        self.confirm = (Vec::new(), Vec::new());
+        self.confirm_factor = factor;
+        self.settling = settling;
+        for _ in 0..2 {
+            self.plan
+                .push_back((old, CONFIRM_VISIT, Purpose::ConfirmOld));
+            self.plan
+                .push_back((new, CONFIRM_VISIT, Purpose::ConfirmNew));
+        }
+    }
+
+    fn event(&mut self, text: String) {
+        if self.events.len() == EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back((self.batches, text));
     }
 
     /// What the learner would show for candidate `k`: its recent median in use, else the
@@ -318,6 +469,40 @@ struct Inner {
     table: Mutex<Vec<Choice>>,
     /// Learned on real batches, by folio order.
     learned: Mutex<Vec<Learned>>,
+    /// The last full batch copied: (candidate, when it ended), and when the last batch of
+    /// a candidate other than that one ended (see [`SETTLE`]).
+    last_copy: Mutex<LastCopy>,
+}
+
+#[derive(Default)]
+struct LastCopy {
+    last: Option<(usize, Instant)>,
+    other_end: Option<Instant>,
+    /// Each migrating thread's previous full batch, whose cycle ends when its next one
+    /// starts (see [`Cycle`]).
+    open: Vec<(std::thread::ThreadId, Cycle)>,
+}
+
+/// Threads with an open cycle kept at most (a thread that stopped migrating leaves one).
+const MAX_OPEN: usize = 64;
+
+/// A cycle that ends later than this after its copy ended is not a sample: the migration
+/// ended (or the thread did something else) in between.
+const MAX_TAIL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A full batch whose sample is not known yet. What a candidate costs is not only its copy:
+/// its threads share the CPUs with the caller's unmap and move phases (a two-channel DMA
+/// emulation spins two threads there, a two-thread copier one), so the sample is the whole
+/// cycle — from this batch's copy to the next batch's copy on the same thread, which spans
+/// this batch's move and the next one's unmap and TLB flush.
+struct Cycle {
+    order: usize,
+    pick: usize,
+    warm: bool,
+    ok: bool,
+    start: Instant,
+    copy_end: Instant,
+    bytes: usize,
 }
 
 /// The auto engine. Cheap to clone.
@@ -339,7 +524,7 @@ fn copy_with(kind: &Kind, batch: &CopyBatch<'_>) -> Result<(), Errno> {
         Kind::Batch => migrate_folios_mc_copy(batch),
         Kind::Decline => Err(Errno::NotSupported),
         Kind::Mt(d) => d.migrator().offload_copy(batch),
-        Kind::Dma(d) => d.migrator().offload_copy(batch),
+        Kind::Dma(d, _) => d.migrator().offload_copy(batch),
     }
 }
 
@@ -372,16 +557,17 @@ impl Auto {
         }
         for c in 1..=nr_cpus.min(crate::dcbm::MAX_DMA_CHANNELS) {
             let dev = EmulatedDmaDevice::new(mm, EmulatedConfig::default());
-            let d = Dcbm::new(mm, dev);
+            let d = Dcbm::new(mm, dev.clone());
             d.set_param("nr_dma_chan", &c.to_string())?;
             d.attach()?;
             candidates.push(Candidate {
                 name: format!("dcbm:{c}"),
-                kind: Kind::Dma(d),
+                kind: Kind::Dma(d, dev),
                 nr_chosen: AtomicU64::new(0),
             });
         }
         let nr = candidates.len();
+        let names: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
         let auto = Auto {
             inner: Arc::new(Inner {
                 eligible: (0..nr)
@@ -389,7 +575,8 @@ impl Auto {
                     .collect(),
                 candidates,
                 table: Mutex::new(Vec::new()),
-                learned: Mutex::new(vec![Learned::new(nr); 10]),
+                learned: Mutex::new(vec![Learned::new(&names); 10]),
+                last_copy: Mutex::new(LastCopy::default()),
             }),
         };
         auto.calibrate(mm)?;
@@ -500,7 +687,7 @@ impl Auto {
         for c in &self.inner.candidates {
             match &c.kind {
                 Kind::Mt(d) => d.detach(),
-                Kind::Dma(d) => d.detach(),
+                Kind::Dma(d, _) => d.detach(),
                 _ => {}
             }
         }
@@ -549,7 +736,7 @@ impl Auto {
             s.push_str(&format!("   {} / {}\n", names[c.single], names[c.full]));
         }
         let l = lock(&self.inner.learned);
-        s.push_str("\nlearned on the migrations' full batches: median copy time per MiB (µs) in use or at the last visit, and batches copied; * = in use\n");
+        s.push_str("\nlearned on the migrations' full batches: median batch cycle per MiB (µs; the copy, then the CPU phases until the next batch's copy) in use or at the last visit, and batches copied; * = in use\n");
         for (order, lr) in l.iter().enumerate() {
             if lr.stats.iter().all(|st| st.n == 0) {
                 continue;
@@ -561,6 +748,9 @@ impl Auto {
                 s.push_str(&format!(" {:>9.0}{mark}({:<5})", t / 1e3, lr.stats[k].n));
             }
             s.push_str(&format!("   switches {}\n", lr.switches));
+            for (b, e) in &lr.events {
+                s.push_str(&format!("      batch {b:>6}: {e}\n"));
+            }
         }
         s
     }
@@ -604,15 +794,52 @@ impl Migrator for Inner {
         // (see `Learned`). "none" is not a candidate here: its cost shows only in the move
         // phase.
         let eligible = &self.eligible;
+        let me = std::thread::current().id();
+        let t = Instant::now();
+        // This thread's previous batch: its cycle ends now.
+        let prev = {
+            let mut lc = lock(&self.last_copy);
+            let i = lc.open.iter().position(|o| o.0 == me);
+            i.map(|i| lc.open.swap_remove(i).1)
+        };
+        if let Some(p) = prev {
+            let sample = (p.ok && t.duration_since(p.copy_end) <= MAX_TAIL).then(|| {
+                t.duration_since(p.start).as_nanos() as f64 * (1u64 << 20) as f64
+                    / p.bytes.max(1) as f64
+            });
+            // A failed copy says nothing about speed: it counts as tried, without a sample.
+            lock(&self.learned)[p.order].record(p.pick, sample, p.warm, eligible);
+        }
         let (pick, warm) = lock(&self.learned)[order].choose(eligible);
         let c = &self.candidates[pick];
         c.nr_chosen.fetch_add(1, Ordering::Relaxed);
-        let t = Instant::now();
+        let settled = {
+            let mut lc = lock(&self.last_copy);
+            if let Some((prev, end)) = lc.last.filter(|l| l.0 != pick) {
+                lc.other_end = Some(end);
+                self.candidates[prev].kind.quiesce();
+            }
+            lc.other_end.is_none_or(|e| t.duration_since(e) >= SETTLE)
+        };
         let rc = copy_with(&c.kind, batch);
-        let ns_per_mib =
-            t.elapsed().as_nanos() as f64 * (1u64 << 20) as f64 / batch.total_bytes().max(1) as f64;
-        // A failed copy says nothing about speed: it counts as tried, without a sample.
-        lock(&self.learned)[order].record(pick, rc.is_ok().then_some(ns_per_mib), warm, eligible);
+        let end = Instant::now();
+        let mut lc = lock(&self.last_copy);
+        lc.last = Some((pick, end));
+        if lc.open.len() == MAX_OPEN {
+            lc.open.remove(0);
+        }
+        lc.open.push((
+            me,
+            Cycle {
+                order,
+                pick,
+                warm: warm && settled,
+                ok: rc.is_ok(),
+                start: t,
+                copy_end: end,
+                bytes: batch.total_bytes(),
+            },
+        ));
         rc
     }
 }
@@ -620,6 +847,10 @@ impl Migrator for Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names4() -> Vec<String> {
+        ["batch", "none", "a", "b"].map(String::from).to_vec()
+    }
 
     /// Drives a learner with synthetic copy times; returns it.
     fn drive(l: &mut Learned, batches: usize, time: impl Fn(usize, usize) -> f64) {
@@ -632,7 +863,7 @@ mod tests {
 
     #[test]
     fn learner_finds_the_fastest_follows_drift_and_ignores_outliers() {
-        let mut l = Learned::new(4);
+        let mut l = Learned::new(&names4());
         // 2 is fastest; 0 and 3 are slower. Every 17th batch is an outlier (preemption).
         let base = |k: usize| [100.0, 0.0, 60.0, 80.0][k];
         drive(
@@ -660,7 +891,7 @@ mod tests {
 
     #[test]
     fn learner_does_not_pick_a_candidate_whose_copies_fail() {
-        let mut l = Learned::new(4);
+        let mut l = Learned::new(&names4());
         let eligible = [0, 2, 3];
         for _ in 0..1000 {
             let (k, warm) = l.choose(&eligible);
@@ -672,5 +903,52 @@ mod tests {
             l.record(k, t, warm, &eligible);
         }
         assert_eq!(l.current, Some(3));
+    }
+
+    #[test]
+    fn first_rounds_misled_by_a_slow_spell_are_settled_by_paired_samples() {
+        let mut l = Learned::new(&names4());
+        // During the first rounds (45 batches: 3 rounds of 3 candidates, 5 batches each) a
+        // slow spell makes 2 look slower than 3; really 2 is 25% faster.
+        drive(&mut l, 1000, |k, i| match (k, i < 45) {
+            (2, true) => 90.0,
+            (3, true) => 85.0,
+            (2, false) => 60.0,
+            (3, false) => 80.0,
+            _ => 100.0,
+        });
+        assert_eq!(l.current, Some(2));
+        assert_eq!(l.switches, 0, "settling the first choice is not a switch");
+        assert!(
+            l.stats[3].n < 150,
+            "{} batches on the slower one",
+            l.stats[3].n
+        );
+        assert!(l.events.iter().any(|e| e.1.starts_with("settle: a")));
+    }
+
+    #[test]
+    fn a_switch_made_in_a_slow_spell_is_undone_soon_after() {
+        let mut l = Learned::new(&names4());
+        let eligible = [0, 2, 3];
+        let normal = |k: usize| [100.0, 0.0, 60.0, 80.0][k];
+        drive(&mut l, 3000, |k, _| normal(k));
+        assert_eq!(l.current, Some(2));
+        // A spell that slows 2 alone (its second CPU taken), until the learner leaves it.
+        let mut n = 0;
+        while l.current == Some(2) {
+            let (k, warm) = l.choose(&eligible);
+            let t = if k == 2 { 200.0 } else { normal(k) };
+            l.record(k, Some(t), warm, &eligible);
+            n += 1;
+            assert!(n < 3000, "the learner never left the slowed engine");
+        }
+        assert_eq!(l.current, Some(3));
+        // The spell is over: the recheck brings 2 back well before the next refresh.
+        let on3 = l.stats[3].n;
+        drive(&mut l, RECHECK_AFTER[0] as usize + 100, |k, _| normal(k));
+        assert_eq!(l.current, Some(2));
+        assert!(l.stats[3].n - on3 < 200);
+        assert_eq!(l.switches, 2);
     }
 }

@@ -93,6 +93,9 @@ struct EmuChannel {
     engines: Mutex<Vec<JoinHandle<()>>>,
     mm: Weak<Memory>,
     faults: Arc<DmaFaults>,
+    /// Set by [`EmulatedDmaDevice::quiesce`]: idle engines sleep without spinning; cleared
+    /// when work is issued.
+    nap: AtomicBool,
 }
 
 struct DevInner {
@@ -136,6 +139,7 @@ impl EmulatedDmaDevice {
                         engines: Mutex::new(Vec::new()),
                         mm: Arc::downgrade(mm),
                         faults: faults.clone(),
+                        nap: AtomicBool::new(false),
                     })
                 })
                 .collect(),
@@ -149,6 +153,15 @@ impl EmulatedDmaDevice {
     /// The fault-injection controls.
     pub fn faults(&self) -> &Arc<DmaFaults> {
         &self.inner.faults
+    }
+
+    /// Makes idle engines sleep now rather than spin first (a hint, like runtime PM's
+    /// idle): for a caller about to copy with another engine on the same CPUs. Issuing
+    /// work wakes them as usual.
+    pub fn quiesce(&self) {
+        for c in &self.inner.channels {
+            c.nap.store(true, Ordering::Release);
+        }
     }
 
     /// Channels currently requested.
@@ -245,6 +258,7 @@ impl DmaChannel for EmuChannel {
         Ok(self.cookie.fetch_add(1, Ordering::Relaxed) + 1)
     }
     fn issue_pending(&self) {
+        self.nap.store(false, Ordering::Release);
         let mut st = lock(&self.state);
         let moved: Vec<Descriptor> = st.submitted.drain(..).collect();
         st.ring.extend(moved);
@@ -337,7 +351,10 @@ fn engine(ch: Arc<EmuChannel>) {
     loop {
         // Spin (yielding) for a while before sleeping: batches come back to back.
         let until = Instant::now() + ch.spin;
-        while ch.ring_len.load(Ordering::Acquire) == 0 && Instant::now() < until {
+        while ch.ring_len.load(Ordering::Acquire) == 0
+            && Instant::now() < until
+            && !ch.nap.load(Ordering::Acquire)
+        {
             std::thread::yield_now();
         }
         let reorder = Duration::from_micros(ch.faults.reorder_delay_us.load(Ordering::Relaxed));

@@ -286,6 +286,17 @@ impl MtCopy {
         Ok(())
     }
 
+    /// Makes the pool's idle threads sleep now rather than spin for `spin_us` first: for a
+    /// caller that is about to copy with another engine on the same CPUs (`auto`). The next
+    /// batch wakes them.
+    pub fn quiesce(&self) {
+        if let Some(p) = lock(&self.inner.pool).as_ref() {
+            for s in &p.slots {
+                s.parker.quiesce();
+            }
+        }
+    }
+
     /// Stops a pool started by [`MtCopy::attach`].
     pub fn detach(&self) {
         if self.inner.attached.swap(false, Ordering::SeqCst) {

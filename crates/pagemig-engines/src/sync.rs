@@ -116,6 +116,8 @@ impl Pending {
 pub(crate) struct Parker {
     state: Mutex<bool>, // sleeping
     cond: Condvar,
+    /// Set by [`Parker::quiesce`]: skip the spin and sleep now; cleared by `kick`.
+    nap: std::sync::atomic::AtomicBool,
 }
 
 impl Parker {
@@ -126,7 +128,7 @@ impl Parker {
             if ready() {
                 return;
             }
-            if Instant::now() >= until {
+            if Instant::now() >= until || self.nap.load(std::sync::atomic::Ordering::Acquire) {
                 break;
             }
             std::thread::yield_now();
@@ -144,11 +146,18 @@ impl Parker {
 
     /// Wakes the worker if it sleeps. Call after making `ready()` true.
     pub(crate) fn kick(&self) {
+        self.nap.store(false, std::sync::atomic::Ordering::Release);
         let mut sleeping = lock(&self.state);
         if *sleeping {
             *sleeping = false;
             self.cond.notify_one();
         }
+    }
+
+    /// Makes a spinning worker sleep now instead of at the end of its spin (its CPU is
+    /// wanted elsewhere); the next `kick` wakes it as usual.
+    pub(crate) fn quiesce(&self) {
+        self.nap.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
