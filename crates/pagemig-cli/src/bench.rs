@@ -1032,8 +1032,50 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
             s.push('\n');
         }
     }
+    let vs: Vec<_> = sizes.iter().map(|&z| auto_against_fixed(rep, z)).collect();
+    if vs.iter().any(|v| v.is_some()) {
+        s.push_str(&format!("\n{:<12}", "auto ÷ best"));
+        for v in &vs {
+            let cell = v
+                .as_ref()
+                .map_or("-".into(), |(e, r, _)| format!("{r:.2} ({e})"));
+            s.push_str(&format!(" {:>20}", cell));
+        }
+        s.push_str(&format!("\n{:<12}", "auto ÷ batch"));
+        for v in &vs {
+            let cell = v
+                .as_ref()
+                .and_then(|v| v.2)
+                .map_or("-".into(), |r| format!("{r:.2}"));
+            s.push_str(&format!(" {:>20}", cell));
+        }
+        s.push_str(
+            "\n(auto against the fixed engines of this run, ratios of the means; auto learns on the \
+             migrations' batches, so a run shorter than its first rounds (--quick) shows it exploring)\n",
+        );
+    }
     s.push_str(&live_calls_text(rep));
     s
+}
+
+/// `auto` against the fixed engines of the same run at one folio size (main batch size):
+/// the best fixed engine's name, auto ÷ that engine, and auto ÷ `batch` (means).
+pub fn auto_against_fixed(rep: &BenchReport, size: usize) -> Option<(String, f64, Option<f64>)> {
+    let at = |r: &&BenchResult| r.folio_size == size && r.batch_pages == rep.batch_pages;
+    let auto = rep.results.iter().filter(at).find(|r| r.engine == "auto")?;
+    let best = rep
+        .results
+        .iter()
+        .filter(at)
+        .filter(|r| r.engine != "auto")
+        .max_by(|a, b| a.gbps_mean.total_cmp(&b.gbps_mean))?;
+    let batch = rep
+        .results
+        .iter()
+        .filter(at)
+        .find(|r| r.engine == "batch")
+        .map(|b| auto.gbps_mean / b.gbps_mean);
+    Some((best.engine.clone(), auto.gbps_mean / best.gbps_mean, batch))
 }
 
 /// The live backend's kernel calls per migration (empty for the built-in backend).

@@ -90,10 +90,10 @@ struct BenchArgs {
     /// Bytes moved per migration (a multiple of the largest folio size).
     #[arg(long, default_value = "1G")]
     total: String,
-    /// Engines, comma-separated: vanilla, batch, mtcopy:THREADS, dcbm:CHANNELS.
+    /// Engines, comma-separated: vanilla, batch, mtcopy:THREADS, dcbm:CHANNELS, auto.
     #[arg(
         long,
-        default_value = "vanilla,batch,mtcopy:1,mtcopy:2,dcbm:1,dcbm:2,dcbm:4"
+        default_value = "vanilla,batch,mtcopy:1,mtcopy:2,dcbm:1,dcbm:2,dcbm:4,auto"
     )]
     engines: String,
     /// An engine knob, ENGINE.NAME=VALUE (repeatable), e.g. dcbm.min_batch_bytes=65536,
@@ -101,7 +101,7 @@ struct BenchArgs {
     #[arg(long = "knob", value_name = "ENGINE.NAME=VALUE")]
     knobs: Vec<String>,
     /// Migrations per (size, engine); mean and standard deviation are reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     runs: usize,
     /// NR_MAX_BATCHED_MIGRATION in base pages; a comma-separated list measures each
     /// (latency against batch size), the first one fills the main tables.

@@ -311,6 +311,7 @@ fn report_and_plots_hold_the_measured_series() {
         stdout.contains("auto: copy time per MiB"),
         "--explain prints the calibration"
     );
+    assert!(stdout.contains("auto ÷ best"), "{stdout}");
     let md = std::fs::read_to_string(&report).unwrap();
     for needle in [
         "## Throughput",
@@ -321,6 +322,8 @@ fn report_and_plots_hold_the_measured_series() {
         "series V3",
         "other hardware",
         "## How `auto` decided",
+        "| auto ÷ best fixed engine |",
+        "| auto ÷ batch |",
     ] {
         assert!(md.contains(needle), "report lacks {needle:?}");
     }
@@ -344,6 +347,26 @@ fn report_and_plots_hold_the_measured_series() {
         })
         .sum();
     assert!(auto_choices > 0, "auto counts its decisions");
+    for r in results {
+        let runs = r["runs"].as_u64().unwrap();
+        assert_eq!(r["gbps_runs"].as_array().unwrap().len() as u64, runs);
+        if r["engine"] == "auto" {
+            // Each result counts its own runs' decisions (auto lives across all of them):
+            // at most one per folio per run.
+            let chosen: u64 = r["engine_counters"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|x| x.as_u64().unwrap())
+                .sum();
+            assert!(chosen > 0);
+            assert!(
+                chosen <= runs * r["nr_folios"].as_u64().unwrap(),
+                "{chosen} decisions in {runs} runs of {} folios",
+                r["nr_folios"]
+            );
+        }
+    }
     for (name, series) in [
         (
             "throughput.svg",
