@@ -7,10 +7,11 @@
 //! 2..=CPUs, and `dcbm:C` for C in 1..=CPUs on the emulated provider. Calibration copies a
 //! full batch (512 base pages) of each folio size, and a single folio, with every
 //! candidate, three times, and keeps the best time. Single small folios follow it; full
-//! batches are learned online on the migrations themselves (`Learned`: a first round that
-//! measures every candidate, then periodic challenges with confirmation). Decisions are
-//! counted by choice
-//! (`chose_*` counters) and explained by [`Auto::explain`].
+//! batches are learned online on the migrations themselves (`Learned`: three first rounds
+//! that measure every candidate's whole batch cycle, a paired settle between the two
+//! fastest, then periodic challenges with a paired confirmation, and a recheck after each
+//! switch). Decisions are counted by choice (`chose_*` counters) and explained, with the
+//! latest events, by [`Auto::explain`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -114,6 +115,9 @@ const SETTLE_WITHIN: f64 = 0.15;
 /// kind of engine (a vCPU taken by another task hurts a two-thread copier, not the
 /// caller's own) is then undone within a migration instead of after a full challenge cycle.
 const RECHECK_AFTER: [u64; 2] = [64, 256];
+
+/// Batches after the first rounds when every other candidate gets a second visit.
+const SECOND_LOOK_AFTER: u64 = 64;
 
 /// Decisions kept for `explain`.
 const EVENTS: usize = 24;
@@ -365,6 +369,13 @@ impl Learned {
                             self.settle_or_confirm(best, second, 1.0, true);
                         }
                     }
+                    // A second look at every other candidate soon after: a slow spell
+                    // that spans the first rounds (tens of milliseconds) must not keep the
+                    // best engine out until its turn comes round in the challenges.
+                    let due = self.batches + SECOND_LOOK_AFTER;
+                    for &(c, _) in ranked.iter().skip(1) {
+                        self.rechecks.push_back((due, c));
+                    }
                 }
             }
             Purpose::Challenge => {
@@ -406,10 +417,11 @@ impl Learned {
                         ));
                         if !self.settling {
                             self.switches += 1;
-                            self.rechecks = RECHECK_AFTER
-                                .iter()
-                                .map(|d| (self.batches + d, cur))
-                                .collect();
+                            let now = self.batches;
+                            self.rechecks.retain(|r| r.1 != cur);
+                            self.rechecks
+                                .extend(RECHECK_AFTER.iter().map(|d| (now + d, cur)));
+                            self.rechecks.make_contiguous().sort_unstable();
                         }
                     } else {
                         self.event(format!(
@@ -925,6 +937,20 @@ mod tests {
             l.stats[3].n
         );
         assert!(l.events.iter().any(|e| e.1.starts_with("settle: a")));
+    }
+
+    #[test]
+    fn the_best_engine_misjudged_in_every_first_round_gets_a_second_look() {
+        let mut l = Learned::new(&names4());
+        // A spell that spans all three first rounds makes 2 look the slowest by far.
+        drive(&mut l, 300, |k, i| match (k, i < 45) {
+            (2, true) => 200.0,
+            (2, false) => 60.0,
+            (3, _) => 80.0,
+            _ => 100.0,
+        });
+        assert_eq!(l.current, Some(2), "{:?}", l.events);
+        assert_eq!(l.switches, 1);
     }
 
     #[test]
