@@ -111,10 +111,11 @@ const CONFIRM_VISIT: u32 = 6;
 const SETTLE_WITHIN: f64 = 0.15;
 
 /// A switch is checked again: the engine it left challenges back this many batches after
-/// it, and again after the second figure. A switch made while the machine was slow for one
-/// kind of engine (a vCPU taken by another task hurts a two-thread copier, not the
-/// caller's own) is then undone within a migration instead of after a full challenge cycle.
-const RECHECK_AFTER: [u64; 2] = [64, 256];
+/// it, at doubling intervals. A switch made while the machine was slow for one kind of
+/// engine (a vCPU taken by another task hurts a two-thread copier, not the caller's own)
+/// is then undone within about the spell's own length once it is over, instead of after a
+/// full challenge cycle; while the spell lasts, each recheck costs one short visit.
+const RECHECK_AFTER: [u64; 5] = [64, 128, 256, 512, 1024];
 
 /// Batches after the first rounds when every other candidate gets a second visit.
 const SECOND_LOOK_AFTER: u64 = 64;
