@@ -173,6 +173,11 @@ impl Dcbm {
         Ok(())
     }
 
+    /// Whether channels acquired by [`Dcbm::attach`] are held.
+    pub fn is_attached(&self) -> bool {
+        self.inner.attached.load(Ordering::SeqCst)
+    }
+
     /// Releases channels acquired by [`Dcbm::attach`].
     pub fn detach(&self) {
         let _ctl = lock(&self.inner.ctl);

@@ -132,7 +132,8 @@ impl std::str::FromStr for EngineSpec {
 }
 
 /// What survives between [`Engine::start_cached`] calls on one memory: the `auto`
-/// engine's candidates and what it learned. Release it with [`EngineCache::shutdown`].
+/// engine and what it learned (its candidates' threads run only while it is registered).
+/// Release it with [`EngineCache::shutdown`].
 #[derive(Default)]
 pub struct EngineCache {
     auto: Option<auto::Auto>,

@@ -297,6 +297,11 @@ impl MtCopy {
         }
     }
 
+    /// Whether a pool started by [`MtCopy::attach`] is running.
+    pub fn is_attached(&self) -> bool {
+        self.inner.attached.load(Ordering::SeqCst)
+    }
+
     /// Stops a pool started by [`MtCopy::attach`].
     pub fn detach(&self) {
         if self.inner.attached.swap(false, Ordering::SeqCst) {
