@@ -101,7 +101,7 @@ struct BenchArgs {
     #[arg(long = "knob", value_name = "ENGINE.NAME=VALUE")]
     knobs: Vec<String>,
     /// Migrations per (size, engine); mean and standard deviation are reported.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     runs: usize,
     /// NR_MAX_BATCHED_MIGRATION in base pages; a comma-separated list measures each
     /// (latency against batch size), the first one fills the main tables.

@@ -205,8 +205,11 @@ struct Learned {
     visit_samples: Vec<f64>,
     /// Counted samples of the first rounds, by candidate.
     explore: Vec<Vec<f64>>,
-    /// Counted samples of the confirmation in progress: (engine in use, challenger).
+    /// Counted samples of the confirmation's pair of visits in progress: (engine in use,
+    /// challenger).
     confirm: (Vec<f64>, Vec<f64>),
+    /// The medians of the confirmation's finished pairs: (engine in use, challenger).
+    confirm_pairs: Vec<(Option<f64>, Option<f64>)>,
     /// The candidate of the previous batch.
     prev: Option<usize>,
     /// Consecutive batches the previous candidate has copied.
@@ -414,22 +417,34 @@ impl Learned {
             Purpose::ConfirmOld => self.confirm.0.extend_from_slice(&samples),
             Purpose::ConfirmNew => {
                 self.confirm.1.extend_from_slice(&samples);
+                let (old, new) = std::mem::take(&mut self.confirm);
+                self.confirm_pairs.push((median(&old), median(&new)));
                 if self.plan.iter().any(|v| v.2 == Purpose::ConfirmNew) {
                     return;
                 }
-                let (old, new) = std::mem::take(&mut self.confirm);
+                let pairs = std::mem::take(&mut self.confirm_pairs);
                 let Some(cur) = self.current else { return };
-                if let (Some(mo), Some(mn)) = (median(&old), median(&new)) {
+                // The challenger must win every pair: a spell of the machine that falls on
+                // one visit moves that pair's medians by 10–30%, and must not decide.
+                let wins = pairs.iter().all(|p| match p {
+                    (Some(mo), Some(mn)) => *mn < mo * self.confirm_factor,
+                    _ => false,
+                });
+                let text = |f: fn(&(Option<f64>, Option<f64>)) -> Option<f64>| {
+                    pairs
+                        .iter()
+                        .map(|p| f(p).map_or("-".into(), |m| format!("{:.0}", m / 1e3)))
+                        .collect::<Vec<String>>()
+                        .join("/")
+                };
+                let (mn, mo) = (text(|p| p.1), text(|p| p.0));
+                {
                     let what = if self.settling { "settle" } else { "confirm" };
                     let (kn, cn) = (self.name(k).to_string(), self.name(cur).to_string());
-                    if mn < mo * self.confirm_factor {
+                    if wins {
                         self.current = Some(k);
                         self.stats[k].recent.clear();
-                        self.event(format!(
-                            "{what}: {kn} {:.0} vs {cn} {:.0} µs/MiB, now {kn}",
-                            mn / 1e3,
-                            mo / 1e3
-                        ));
+                        self.event(format!("{what}: {kn} {mn} vs {cn} {mo} µs/MiB, now {kn}"));
                         if !self.settling {
                             self.switches += 1;
                             let now = self.batches;
@@ -439,11 +454,7 @@ impl Learned {
                             self.rechecks.make_contiguous().sort_unstable();
                         }
                     } else {
-                        self.event(format!(
-                            "{what}: {kn} {:.0} vs {cn} {:.0} µs/MiB, keep {cn}",
-                            mn / 1e3,
-                            mo / 1e3
-                        ));
+                        self.event(format!("{what}: {kn} {mn} vs {cn} {mo} µs/MiB, keep {cn}"));
                     }
                 }
                 self.settling = false;
@@ -452,9 +463,11 @@ impl Learned {
     }
 
     /// Plans an alternating confirmation of `new` against `old` (old, new, old, new); `new`
-    /// wins if its median is below `factor` times the old one's.
+    /// wins if, in each (old, new) pair of visits, its median is below `factor` times the
+    /// old one's.
     fn settle_or_confirm(&mut self, old: usize, new: usize, factor: f64, settling: bool) {
         self.confirm = (Vec::new(), Vec::new());
+        self.confirm_pairs.clear();
         self.confirm_factor = factor;
         self.settling = settling;
         for _ in 0..2 {
