@@ -609,6 +609,20 @@ fn check_counters(
     Ok(())
 }
 
+/// A permutation of `0..n` for run `run`: Fisher–Yates driven by xorshift64, seeded by the
+/// run number (reproducible from run to run of the tool).
+fn run_order(n: usize, run: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (run as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
@@ -810,16 +824,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         for run in 0..opts.runs {
             probe.sample(&mm);
             probe.sample_threads(&mm, nr_cpus);
-            // Each run starts one engine later, and every other run goes through the list
-            // backwards, so that no engine always comes first or always follows the same
-            // one (their threads and the machine's drift would otherwise bias the order).
-            for j in 0..combos.len() {
-                let n = combos.len();
-                let k = if run % 2 == 0 {
-                    (j + run) % n
-                } else {
-                    (n - 1 - j + run) % n
-                };
+            // Each run goes through the engines in its own shuffled order (the same for a
+            // given run number), so that no engine always comes first or always follows the
+            // same one: the one before leaves its mark on the CPUs and caches, and the
+            // machine drifts during a run.
+            for &k in &run_order(combos.len(), run) {
                 let (bp, e) = combos[k];
                 pb.set_message(format!("{} {} batch {}", e, format_size(size), bp));
                 mm.set_batch_pages(bp)?;
@@ -1113,4 +1122,34 @@ pub fn live_calls_text(rep: &BenchReport) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_order;
+
+    #[test]
+    fn run_orders_are_permutations_that_change_each_run() {
+        let orders: Vec<Vec<usize>> = (0..20).map(|r| run_order(8, r)).collect();
+        for o in &orders {
+            let mut s = o.clone();
+            s.sort_unstable();
+            assert_eq!(s, (0..8).collect::<Vec<_>>());
+        }
+        // No engine always first, none always after the same one.
+        let firsts: std::collections::BTreeSet<usize> = orders.iter().map(|o| o[0]).collect();
+        assert!(firsts.len() > 3, "{orders:?}");
+        for e in 0..8 {
+            let before: std::collections::BTreeSet<Option<usize>> = orders
+                .iter()
+                .map(|o| {
+                    let i = o.iter().position(|&x| x == e).unwrap();
+                    i.checked_sub(1).map(|i| o[i])
+                })
+                .collect();
+            assert!(before.len() > 2, "engine {e} always after {before:?}");
+        }
+        assert_eq!(run_order(8, 3), run_order(8, 3));
+        assert_eq!(run_order(1, 0), vec![0]);
+    }
 }

@@ -120,6 +120,9 @@ const RECHECK_AFTER: [u64; 5] = [64, 128, 256, 512, 1024];
 /// Batches after the first rounds when every other candidate gets a second visit.
 const SECOND_LOOK_AFTER: u64 = 64;
 
+/// Picks one side of a confirmation pair (engine in use, challenger).
+type PairSide = fn(&(Option<f64>, Option<f64>)) -> Option<f64>;
+
 /// Decisions kept for `explain`.
 const EVENTS: usize = 24;
 
@@ -430,7 +433,7 @@ impl Learned {
                     (Some(mo), Some(mn)) => *mn < mo * self.confirm_factor,
                     _ => false,
                 });
-                let text = |f: fn(&(Option<f64>, Option<f64>)) -> Option<f64>| {
+                let text = |f: PairSide| {
                     pairs
                         .iter()
                         .map(|p| f(p).map_or("-".into(), |m| format!("{:.0}", m / 1e3)))
