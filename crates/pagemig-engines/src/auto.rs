@@ -127,10 +127,10 @@ type PairSide = fn(&(Option<f64>, Option<f64>)) -> Option<f64>;
 const EVENTS: usize = 24;
 
 /// After exploring, every REFRESH_EVERY-th batch (see [`refresh_every`]) starts a visit of
-/// one other candidate (mostly the runner-up), so that the choice follows the machine's
+/// one other candidate (the runner-up every other time), so that the choice follows the machine's
 /// drift (memory bandwidth on a VM moves by ±15%); the cost is a few batches in a few
 /// hundred on a possibly slower engine.
-const REFRESH_EVERY: u64 = 512;
+const REFRESH_EVERY: u64 = 1024;
 
 /// Challenges come four times as often over the first `EARLY` batches of a folio order, so
 /// that a first choice made in a slow spell is corrected within the first migrations.
@@ -279,8 +279,8 @@ impl Learned {
                     let cur = self.current.unwrap_or(eligible[0]);
                     let others: Vec<usize> =
                         eligible.iter().copied().filter(|&k| k != cur).collect();
-                    // Three challenges in four go to the runner-up (the fastest of the
-                    // others at their last visit), the fourth round robin: the close
+                    // Every other challenge goes to the runner-up (the fastest of the
+                    // others at their last visit), the rest round robin: the close
                     // competitor is checked often, a clearly slower one still now and then.
                     let runner_up = others
                         .iter()
@@ -301,10 +301,10 @@ impl Learned {
                         }
                     };
                     match runner_up {
-                        Some(k) if self.nr_refreshes % 4 != 0 && close(k) => {
+                        Some(k) if self.nr_refreshes % 2 == 1 && close(k) => {
                             self.settle_or_confirm(cur, k, 1.0 - CONFIRM_MARGIN, false);
                         }
-                        Some(k) if self.nr_refreshes % 4 != 0 => {
+                        Some(k) if self.nr_refreshes % 2 == 1 => {
                             self.plan.push_back((k, VISIT, Purpose::Challenge));
                         }
                         _ if !others.is_empty() => {
