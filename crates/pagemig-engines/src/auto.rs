@@ -90,7 +90,8 @@ const WINDOW: usize = 16;
 
 /// A challenger replaces the engine in use only if its median is lower by this fraction
 /// against the engine's recent batches, and then wins a confirmation where both
-/// are measured in alternation (old, new, old, new; `CONFIRM_VISIT` samples each). Copy
+/// are measured in alternation (`CONFIRM_PAIRS` pairs of old and new visits, `CONFIRM_VISIT`
+/// samples each). Copy
 /// times on a noisy machine cross by chance, and every needless switch sends batches to a
 /// slower engine.
 const HYSTERESIS: f64 = 0.08;
@@ -102,7 +103,10 @@ const HYSTERESIS: f64 = 0.08;
 const CONFIRM_MARGIN: f64 = 0.03;
 
 /// Counted samples of each confirmation visit.
-const CONFIRM_VISIT: u32 = 6;
+const CONFIRM_VISIT: u32 = 10;
+
+/// (old, new) pairs of visits in a confirmation; the challenger must win each.
+const CONFIRM_PAIRS: usize = 3;
 
 /// After the first rounds, a runner-up whose median is within this fraction of the
 /// fastest one's is settled against it in an alternating confirmation that needs no margin:
@@ -465,7 +469,7 @@ impl Learned {
         }
     }
 
-    /// Plans an alternating confirmation of `new` against `old` (old, new, old, new); `new`
+    /// Plans an alternating confirmation of `new` against `old` (old, new, old, new, ...); `new`
     /// wins if, in each (old, new) pair of visits, its median is below `factor` times the
     /// old one's.
     fn settle_or_confirm(&mut self, old: usize, new: usize, factor: f64, settling: bool) {
@@ -473,7 +477,7 @@ impl Learned {
         self.confirm_pairs.clear();
         self.confirm_factor = factor;
         self.settling = settling;
-        for _ in 0..2 {
+        for _ in 0..CONFIRM_PAIRS {
             self.plan
                 .push_back((old, CONFIRM_VISIT, Purpose::ConfirmOld));
             self.plan
