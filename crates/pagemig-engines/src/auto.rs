@@ -103,10 +103,10 @@ const HYSTERESIS: f64 = 0.08;
 const CONFIRM_MARGIN: f64 = 0.03;
 
 /// Counted samples of each confirmation visit.
-const CONFIRM_VISIT: u32 = 10;
+const CONFIRM_VISIT: u32 = 32;
 
 /// (old, new) pairs of visits in a confirmation; the challenger must win each.
-const CONFIRM_PAIRS: usize = 3;
+const CONFIRM_PAIRS: usize = 2;
 
 /// After the first rounds, a runner-up whose median is within this fraction of the
 /// fastest one's is settled against it in an alternating confirmation that needs no margin:
@@ -276,8 +276,8 @@ impl Learned {
                     .map(|r| r.1)
                 {
                     self.rechecks.pop_front();
-                    if self.current != Some(k) {
-                        self.plan.push_back((k, VISIT, Purpose::Challenge));
+                    if let Some(cur) = self.current.filter(|&c| c != k) {
+                        self.challenge(cur, k);
                     }
                 } else if self.batches % refresh_every(self.batches) == 0 && eligible.len() > 1 {
                     let cur = self.current.unwrap_or(eligible[0]);
@@ -293,28 +293,12 @@ impl Learned {
                         .min_by(|a, b| a.1.total_cmp(&b.1))
                         .map(|(k, _)| k);
                     self.nr_refreshes += 1;
-                    // A runner-up within the hysteresis of the engine in use (on two CPUs,
-                    // `mtcopy:2` and `dcbm:2` often are) cannot be told apart from it by a
-                    // visit against the recent batches: it goes straight to a paired
-                    // confirmation. A clearly slower one gets the cheaper visit.
-                    let close = |k: usize| {
-                        let mc = self.stats[cur].recent_median(RECENT_K);
-                        match (self.stats[k].visit_median, mc) {
-                            (Some(m), Some(mc)) => m < mc * (1.0 + HYSTERESIS),
-                            _ => false,
-                        }
-                    };
                     match runner_up {
-                        Some(k) if self.nr_refreshes % 2 == 1 && close(k) => {
-                            self.settle_or_confirm(cur, k, 1.0 - CONFIRM_MARGIN, false);
-                        }
-                        Some(k) if self.nr_refreshes % 2 == 1 => {
-                            self.plan.push_back((k, VISIT, Purpose::Challenge));
-                        }
+                        Some(k) if self.nr_refreshes % 2 == 1 => self.challenge(cur, k),
                         _ if !others.is_empty() => {
                             self.next_challenger += 1;
                             let k = others[(self.next_challenger - 1) % others.len()];
-                            self.plan.push_back((k, VISIT, Purpose::Challenge));
+                            self.challenge(cur, k);
                         }
                         _ => {}
                     }
@@ -466,6 +450,26 @@ impl Learned {
                 }
                 self.settling = false;
             }
+        }
+    }
+
+    /// Challenges the engine in use, `cur`, with `k`. A challenger whose last median is
+    /// within the hysteresis of the engine's recent one (on two CPUs, `mtcopy:2` and
+    /// `dcbm:2` often are) cannot be told apart from it by a visit against the recent
+    /// batches: it goes straight to a paired confirmation. A clearly slower one gets the
+    /// cheaper visit first.
+    fn challenge(&mut self, cur: usize, k: usize) {
+        let close = match (
+            self.stats[k].visit_median,
+            self.stats[cur].recent_median(RECENT_K),
+        ) {
+            (Some(m), Some(mc)) => m < mc * (1.0 + HYSTERESIS),
+            _ => false,
+        };
+        if close {
+            self.settle_or_confirm(cur, k, 1.0 - CONFIRM_MARGIN, false);
+        } else {
+            self.plan.push_back((k, VISIT, Purpose::Challenge));
         }
     }
 
@@ -1044,11 +1048,17 @@ mod tests {
             assert!(n < 3000, "the learner never left the slowed engine");
         }
         assert_eq!(l.current, Some(3));
-        // The spell is over: the recheck brings 2 back well before the next refresh.
+        // The spell is over: the recheck brings 2 back well before the next refresh (a
+        // visit, then a confirmation of two pairs of visits).
         let on3 = l.stats[3].n;
-        drive(&mut l, RECHECK_AFTER[0] as usize + 100, |k, _| normal(k));
+        let confirmation = CONFIRM_PAIRS * 2 * (CONFIRM_VISIT as usize + WARMUP as usize);
+        drive(
+            &mut l,
+            RECHECK_AFTER[0] as usize + 2 * confirmation,
+            |k, _| normal(k),
+        );
         assert_eq!(l.current, Some(2));
-        assert!(l.stats[3].n - on3 < 200);
+        assert!(l.stats[3].n - on3 < 400);
         assert_eq!(l.switches, 2);
     }
 }
