@@ -229,7 +229,8 @@ struct Learned {
     confirm_factor: f64,
     /// The confirmation in progress settles the first rounds' choice (not a switch).
     settling: bool,
-    /// Challenges due: (at batch, candidate), after a switch.
+    /// Challenges due: (at batch, candidate): the second looks after the first rounds and
+    /// the rechecks after a switch.
     rechecks: std::collections::VecDeque<(u64, usize)>,
     /// Switches made after the first round.
     switches: u64,
@@ -429,24 +430,22 @@ impl Learned {
                         .join("/")
                 };
                 let (mn, mo) = (text(|p| p.1), text(|p| p.0));
-                {
-                    let what = if self.settling { "settle" } else { "confirm" };
-                    let (kn, cn) = (self.name(k).to_string(), self.name(cur).to_string());
-                    if wins {
-                        self.current = Some(k);
-                        self.stats[k].recent.clear();
-                        self.event(format!("{what}: {kn} {mn} vs {cn} {mo} µs/MiB, now {kn}"));
-                        if !self.settling {
-                            self.switches += 1;
-                            let now = self.batches;
-                            self.rechecks.retain(|r| r.1 != cur);
-                            self.rechecks
-                                .extend(RECHECK_AFTER.iter().map(|d| (now + d, cur)));
-                            self.rechecks.make_contiguous().sort_unstable();
-                        }
-                    } else {
-                        self.event(format!("{what}: {kn} {mn} vs {cn} {mo} µs/MiB, keep {cn}"));
+                let what = if self.settling { "settle" } else { "confirm" };
+                let (kn, cn) = (self.name(k).to_string(), self.name(cur).to_string());
+                if wins {
+                    self.current = Some(k);
+                    self.stats[k].recent.clear();
+                    self.event(format!("{what}: {kn} {mn} vs {cn} {mo} µs/MiB, now {kn}"));
+                    if !self.settling {
+                        self.switches += 1;
+                        let now = self.batches;
+                        self.rechecks.retain(|r| r.1 != cur);
+                        self.rechecks
+                            .extend(RECHECK_AFTER.iter().map(|d| (now + d, cur)));
+                        self.rechecks.make_contiguous().sort_unstable();
                     }
+                } else {
+                    self.event(format!("{what}: {kn} {mn} vs {cn} {mo} µs/MiB, keep {cn}"));
                 }
                 self.settling = false;
             }
@@ -636,16 +635,19 @@ impl Auto {
         Ok(auto)
     }
 
-    /// Starts every candidate's threads and channels that are not running.
-    fn attach_all(&self) -> Result<(), ParamError> {
+    /// Starts every candidate's threads and channels that are not running; whether it
+    /// started any.
+    fn attach_all(&self) -> Result<bool, ParamError> {
+        let mut started = false;
         for c in &self.inner.candidates {
             match &c.kind {
                 Kind::Mt(d) if !d.is_attached() => d.attach()?,
                 Kind::Dma(d, _) if !d.is_attached() => d.attach()?,
-                _ => {}
+                _ => continue,
             }
+            started = true;
         }
-        Ok(())
+        Ok(started)
     }
 
     /// Measures every candidate for every folio order (0..=9).
@@ -727,15 +729,23 @@ impl Auto {
 
     /// Starts the candidates' threads and channels and registers with the core.
     pub fn register(&self, mm: &Memory, mask: ReasonMask) -> Result<(), ParamError> {
-        let started = self.attach_all().and_then(|()| {
-            mm.offload()
-                .register(self.migrator(), mask)
-                .map_err(ParamError::Offload)
-        });
-        if started.is_err() {
+        let started = match self.attach_all() {
+            Ok(s) => s,
+            Err(e) => {
+                self.shutdown();
+                return Err(e);
+            }
+        };
+        let rc = mm
+            .offload()
+            .register(self.migrator(), mask)
+            .map_err(ParamError::Offload);
+        // A failed registration releases only what this call started: if auto was
+        // registered already, its threads serve that registration.
+        if rc.is_err() && started {
             self.shutdown();
         }
-        started
+        rc
     }
 
     /// Unregisters and releases every candidate's threads and channels.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use pagemig::mm::{Memory, MemoryConfig};
 use pagemig::offload::{DefaultCopier, Migrator, ReasonMask};
+use pagemig_engines::auto::Auto;
 use pagemig_engines::dcbm::Dcbm;
 use pagemig_engines::emulated::{EmulatedConfig, EmulatedDmaDevice};
 use pagemig_engines::mtcopy::MtCopy;
@@ -55,4 +56,29 @@ fn registering_and_switching_drivers_thousands_of_times_leaks_nothing() {
         before,
         "threads and fds are back where they were"
     );
+
+    // auto runs its candidates' threads only while registered, and a second registration
+    // that fails leaves the first one's threads alone.
+    let mm2 = Memory::new(MemoryConfig::with_nodes(2, 16 << 20)).unwrap();
+    let a = Auto::new(&mm2).unwrap();
+    assert_eq!(
+        threads_and_fds(),
+        before,
+        "an unregistered auto holds no thread"
+    );
+    for _ in 0..50 {
+        a.register(&mm2, ReasonMask::ALL).unwrap();
+        let running = threads_and_fds();
+        assert!(running.0 > before.0, "registered: candidates' threads run");
+        assert!(a.register(&mm2, ReasonMask::ALL).is_err());
+        assert_eq!(
+            threads_and_fds(),
+            running,
+            "a failed second register keeps them"
+        );
+        assert!(mm2.offload().is_enabled());
+        a.unregister(&mm2).unwrap();
+        assert_eq!(threads_and_fds(), before, "unregistered: released");
+    }
+    a.shutdown();
 }
