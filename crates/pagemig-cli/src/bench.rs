@@ -851,7 +851,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                     .into_iter()
                     .map(|(k, v)| {
                         let v0 = c0.get(&k).copied().unwrap_or(0);
-                        (k, v - v0)
+                        (k, v.saturating_sub(v0))
                     })
                     .collect();
                 eng.stop()?;
