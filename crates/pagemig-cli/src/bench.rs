@@ -1041,22 +1041,12 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
             s.push('\n');
         }
     }
-    let vs: Vec<_> = sizes.iter().map(|&z| auto_against_fixed(rep, z)).collect();
-    if vs.iter().any(|v| v.is_some()) {
-        s.push_str(&format!("\n{:<12}", "auto ÷ best"));
-        for v in &vs {
-            let cell = v
-                .as_ref()
-                .map_or("-".into(), |(e, r, _)| format!("{r:.2} ({e})"));
-            s.push_str(&format!(" {:>20}", cell));
-        }
-        s.push_str(&format!("\n{:<12}", "auto ÷ batch"));
-        for v in &vs {
-            let cell = v
-                .as_ref()
-                .and_then(|v| v.2)
-                .map_or("-".into(), |r| format!("{r:.2}"));
-            s.push_str(&format!(" {:>20}", cell));
+    if let Some([best, batch]) = auto_ratio_cells(rep, sizes) {
+        for (label, cells) in [("auto ÷ best", best), ("auto ÷ batch", batch)] {
+            s.push_str(&format!("\n{label:<12}"));
+            for c in cells {
+                s.push_str(&format!(" {c:>20}"));
+            }
         }
         s.push_str(
             "\n(auto against the fixed engines of this run, ratios of the means; auto learns on the \
@@ -1067,9 +1057,34 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
     s
 }
 
-/// `auto` against the fixed engines of the same run at one folio size (main batch size):
-/// the best fixed engine's name, auto ÷ that engine, and auto ÷ `batch` (means).
-pub fn auto_against_fixed(rep: &BenchReport, size: usize) -> Option<(String, f64, Option<f64>)> {
+/// `auto` against the fixed engines of the same run, per folio size (main batch size), as
+/// the cells of two rows: auto ÷ the best fixed engine ("0.98 (mtcopy:2)") and auto ÷
+/// `batch` (means; "-" where a size lacks them). `None` without auto.
+pub fn auto_ratio_cells(rep: &BenchReport, sizes: &[usize]) -> Option<[Vec<String>; 2]> {
+    let vs: Vec<_> = sizes.iter().map(|&z| auto_against_fixed(rep, z)).collect();
+    if vs.iter().all(|v| v.is_none()) {
+        return None;
+    }
+    let best = vs
+        .iter()
+        .map(|v| {
+            v.as_ref()
+                .map_or("-".into(), |(e, r, _)| format!("{r:.2} ({e})"))
+        })
+        .collect();
+    let batch = vs
+        .iter()
+        .map(|v| {
+            v.as_ref()
+                .and_then(|v| v.2)
+                .map_or("-".into(), |r| format!("{r:.2}"))
+        })
+        .collect();
+    Some([best, batch])
+}
+
+/// At one folio size: the best fixed engine's name, auto ÷ that engine, and auto ÷ `batch`.
+fn auto_against_fixed(rep: &BenchReport, size: usize) -> Option<(String, f64, Option<f64>)> {
     let at = |r: &&BenchResult| r.folio_size == size && r.batch_pages == rep.batch_pages;
     let auto = rep.results.iter().filter(at).find(|r| r.engine == "auto")?;
     let best = rep

@@ -249,26 +249,12 @@ pub fn markdown(rep: &BenchReport, svg_dir: Option<&Path>) -> String {
             s.push('\n');
         }
         if fam == "auto" {
-            let vs: Vec<_> = zs
-                .iter()
-                .map(|&z| crate::bench::auto_against_fixed(rep, z))
-                .collect();
-            let _ = write!(s, "| auto ÷ best fixed engine |");
-            for v in &vs {
-                let cell = v
-                    .as_ref()
-                    .map_or("-".into(), |(e, r, _)| format!("{r:.2} ({e})"));
-                let _ = write!(s, " {cell} |");
+            if let Some([best, batch]) = crate::bench::auto_ratio_cells(rep, &zs) {
+                for (label, cells) in [("auto ÷ best fixed engine", best), ("auto ÷ batch", batch)]
+                {
+                    let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
+                }
             }
-            let _ = write!(s, "\n| auto ÷ batch |");
-            for v in &vs {
-                let cell = v
-                    .as_ref()
-                    .and_then(|v| v.2)
-                    .map_or("-".into(), |r| format!("{r:.2}"));
-                let _ = write!(s, " {cell} |");
-            }
-            s.push('\n');
         }
         s.push('\n');
     }

@@ -79,7 +79,7 @@ const WARMUP: u32 = 2;
 /// those batches made every visit, and every alternating confirmation, measure a candidate
 /// while it shared the CPUs with the one before it, and the samples then favoured the
 /// copier that needs fewest CPUs. Batches take 0.1–0.3 ms here, so a visit skips a few.
-const SETTLE: std::time::Duration = std::time::Duration::from_micros(250);
+const QUIET_AFTER_OTHER: std::time::Duration = std::time::Duration::from_micros(250);
 
 /// Recent samples of the engine in use that a challenger is compared with.
 const RECENT_K: usize = 5;
@@ -520,7 +520,7 @@ struct Inner {
     /// Learned on real batches, by folio order.
     learned: Mutex<Vec<Learned>>,
     /// The last full batch copied: (candidate, when it ended), and when the last batch of
-    /// a candidate other than that one ended (see [`SETTLE`]).
+    /// a candidate other than that one ended (see [`QUIET_AFTER_OTHER`]).
     last_copy: Mutex<LastCopy>,
 }
 
@@ -867,7 +867,8 @@ impl Migrator for Inner {
             bytes_by_order[(size / PAGE_SIZE).trailing_zeros().min(9) as usize] += size;
         }
         let order = (0..10).max_by_key(|o| bytes_by_order[*o]).unwrap_or(0);
-        if batch.len() == 1 && batch.total_bytes() < SMALL_BATCH_BYTES {
+        let total_bytes: usize = bytes_by_order.iter().sum();
+        if batch.len() == 1 && total_bytes < SMALL_BATCH_BYTES {
             // A single small folio: the calibration decides, "no batch" included.
             let pick = lock(&self.table).get(order).map_or(0, |c| c.single);
             let c = &self.candidates[pick];
@@ -904,7 +905,8 @@ impl Migrator for Inner {
                 lc.other_end = Some(end);
                 self.candidates[prev].kind.quiesce();
             }
-            lc.other_end.is_none_or(|e| t.duration_since(e) >= SETTLE)
+            lc.other_end
+                .is_none_or(|e| t.duration_since(e) >= QUIET_AFTER_OTHER)
         };
         let rc = copy_with(&c.kind, batch);
         let end = Instant::now();
@@ -922,7 +924,7 @@ impl Migrator for Inner {
                 ok: rc.is_ok(),
                 start: t,
                 copy_end: end,
-                bytes: batch.total_bytes(),
+                bytes: total_bytes,
             },
         ));
         rc
