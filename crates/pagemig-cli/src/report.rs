@@ -249,11 +249,15 @@ pub fn markdown(rep: &BenchReport, svg_dir: Option<&Path>) -> String {
             s.push('\n');
         }
         if fam == "auto" {
-            if let Some([best, batch]) = crate::bench::auto_ratio_cells(rep, &zs) {
-                for (label, cells) in [("auto ÷ best fixed engine", best), ("auto ÷ batch", batch)]
-                {
+            if let Some([names, best, batch]) = crate::bench::auto_ratio_cells(rep, &zs) {
+                for (label, cells) in [
+                    ("best fixed engine", names),
+                    ("auto ÷ best fixed engine", best),
+                    ("auto ÷ batch", batch),
+                ] {
                     let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
                 }
+                let _ = writeln!(s, "\n{}.", crate::bench::AUTO_RATIOS_NOTE);
             }
         }
         s.push('\n');

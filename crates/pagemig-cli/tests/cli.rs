@@ -322,8 +322,10 @@ fn report_and_plots_hold_the_measured_series() {
         "series V3",
         "other hardware",
         "## How `auto` decided",
+        "| best fixed engine |",
         "| auto ÷ best fixed engine |",
         "| auto ÷ batch |",
+        "95% interval",
     ] {
         assert!(md.contains(needle), "report lacks {needle:?}");
     }
@@ -347,6 +349,29 @@ fn report_and_plots_hold_the_measured_series() {
         })
         .sum();
     assert!(auto_choices > 0, "auto counts its decisions");
+    // auto against the fixed engines, per size: the ratio of the means, inside its interval.
+    let ratios = v["auto_ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 2, "one per folio size");
+    for a in ratios {
+        let mean = |e: &str| {
+            results
+                .iter()
+                .find(|r| {
+                    r["engine"] == e && r["folio_size"] == a["folio_size"] && r["batch_pages"] == 64
+                })
+                .unwrap()["gbps_mean"]
+                .as_f64()
+                .unwrap()
+        };
+        let best = a["best_engine"].as_str().unwrap();
+        assert!(["vanilla", "batch", "mtcopy:2"].contains(&best), "{best}");
+        let r = a["vs_best"]["ratio"].as_f64().unwrap();
+        assert!((r - mean("auto") / mean(best)).abs() < 1e-9);
+        let [lo, hi] = [0, 1].map(|i| a["vs_best"]["interval"][i].as_f64().unwrap());
+        assert!(lo <= r && r <= hi, "{a}");
+        let rb = a["vs_batch"]["ratio"].as_f64().unwrap();
+        assert!((rb - mean("auto") / mean("batch")).abs() < 1e-9);
+    }
     for r in results {
         let runs = r["runs"].as_u64().unwrap();
         assert_eq!(r["gbps_runs"].as_array().unwrap().len() as u64, runs);
