@@ -203,7 +203,7 @@ impl Test {
 struct Stat {
     /// Recent ns per MiB while in use.
     recent: std::collections::VecDeque<f64>,
-    /// Median of its last visit.
+    /// Cost ([`cycle_cost`]) of its last visit.
     visit_cost: Option<f64>,
     /// Batches handed to it, warm-ups and failed copies included.
     n: u64,
@@ -239,7 +239,7 @@ fn cycle_cost(v: &[f64]) -> Option<f64> {
 const CLIP: f64 = 2.0;
 
 impl Stat {
-    /// Median of the last `k` samples in use.
+    /// Cost ([`cycle_cost`]) of the last `k` samples in use.
     fn recent_cost(&self, k: usize) -> Option<f64> {
         let v: Vec<f64> = self.recent.iter().rev().take(k).copied().collect();
         cycle_cost(&v)
@@ -280,7 +280,7 @@ struct Learned {
     /// What the confirmation in progress decides.
     test: Test,
     /// Challenges due: (at batch, candidate): the second looks after the first rounds and
-    /// the rechecks after a switch, with the factor its confirmation must win by.
+    /// the rechecks after a switch, with the test their confirmation makes.
     rechecks: std::collections::VecDeque<(u64, usize, Test)>,
     /// What the challenge visit in progress would go on to if the challenger wins it.
     challenge_test: Test,
