@@ -154,8 +154,9 @@ fn refresh_every(batches: u64) -> u64 {
 enum Purpose {
     /// The first round: every candidate once, back to back.
     Explore,
-    /// A refresh: does this candidate beat the engine in use?
-    Challenge,
+    /// A refresh: does this candidate beat the engine in use? If it does, the paired
+    /// comparison it goes on to.
+    Challenge(Test),
     /// Confirmation, first the engine in use ...
     ConfirmOld,
     /// ... then the challenger, right after it.
@@ -282,8 +283,6 @@ struct Learned {
     /// Challenges due: (at batch, candidate): the second looks after the first rounds and
     /// the rechecks after a switch, with the test their confirmation makes.
     rechecks: std::collections::VecDeque<(u64, usize, Test)>,
-    /// What the challenge visit in progress would go on to if the challenger wins it.
-    challenge_test: Test,
     /// Switches made after the first round.
     switches: u64,
     /// The latest decisions, for `explain`: (batch, text).
@@ -442,7 +441,7 @@ impl Learned {
                     }
                 }
             }
-            Purpose::Challenge => {
+            Purpose::Challenge(test) => {
                 let Some(cur) = self.current else { return };
                 let mc = self.stats[cur]
                     .recent_cost(RECENT_K)
@@ -456,7 +455,7 @@ impl Learned {
                             self.name(cur),
                             mc / 1e3
                         ));
-                        self.settle_or_confirm(cur, k, self.challenge_test);
+                        self.settle_or_confirm(cur, k, test);
                     }
                 }
             }
@@ -468,14 +467,12 @@ impl Learned {
                     .push((cycle_cost(&old), cycle_cost(&new)));
                 // The challenger must win every pair: a spell of the machine that falls on
                 // one visit moves that pair's costs by 10–30%, and must not decide.
-                let won = |p: &(Option<f64>, Option<f64>), factor: f64| match p {
+                let factor = self.test.factor();
+                let won = |p: &(Option<f64>, Option<f64>)| match p {
                     (Some(mo), Some(mn)) => *mn < mo * factor,
                     _ => false,
                 };
-                let lost_pair = !self
-                    .confirm_pairs
-                    .last()
-                    .is_some_and(|p| won(p, self.test.factor()));
+                let lost_pair = !self.confirm_pairs.last().is_some_and(won);
                 if lost_pair {
                     // The rest of the pairs could not change the verdict.
                     self.plan
@@ -485,7 +482,7 @@ impl Learned {
                 }
                 let pairs = std::mem::take(&mut self.confirm_pairs);
                 let Some(cur) = self.current else { return };
-                let wins = pairs.iter().all(|p| won(p, self.test.factor()));
+                let wins = pairs.iter().all(won);
                 let text = |f: PairSide| {
                     pairs
                         .iter()
@@ -533,8 +530,7 @@ impl Learned {
         if close {
             self.settle_or_confirm(cur, k, test);
         } else {
-            self.challenge_test = test;
-            self.plan.push_back((k, VISIT, Purpose::Challenge));
+            self.plan.push_back((k, VISIT, Purpose::Challenge(test)));
         }
     }
 
