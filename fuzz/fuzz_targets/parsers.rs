@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pagemig::offload::ReasonMask;
-use pagemig_cli::spec;
+use pagemig_harness::spec;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };
@@ -24,5 +24,5 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(spec::parse_engine(&e.to_string()), Ok(e));
     }
     let _ = spec::parse_knob(s);
-    let _ = pagemig_cli::stress::parse_inject(s);
+    let _ = pagemig_harness::stress::parse_inject(s);
 });

@@ -1,12 +1,21 @@
-//! The `pagemig` command line: argument parsing and the subcommands.
+//! The `pagemig` command line: argument parsing and the subcommands. The workloads are
+//! `pagemig_harness`'s; this module parses, dispatches and reports.
 
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use pagemig::migrate::Mode;
-
-use crate::spec::{parse_engine, parse_folio_size, parse_knob, parse_list, parse_size};
-use crate::{bench, spec, stress};
+use anyhow::{bail, Context as _};
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use pagemig::migrate::{Mode, Reason};
+use pagemig::mm::NodeId;
+use pagemig_harness::spec::{
+    format_size, parse_engine, parse_folio_size, parse_knob, parse_size, EngineSpec, SpecError,
+};
+use pagemig_harness::{bench, kernel, stress};
 
 /// The command line.
 #[derive(Parser, Debug)]
@@ -22,11 +31,93 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Migrate folios between node 0 and node 1 and report GB/s per folio size and engine.
+    /// Migrate folios between two nodes (--from, --to) and report GB/s per folio size and
+    /// engine.
     Bench(BenchArgs),
     /// Run accessor and migrating threads together with faults injected; fail on any loss.
     Stress(StressArgs),
+    /// Show what this machine offers: NUMA nodes (as numactl --hardware), THP,
+    /// userfaultfd, the copy primitive and the allowed CPUs.
+    Info {
+        /// Write the information as JSON to this file (`-`: standard output, alone).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
+
+/// Parses a folio size for clap.
+fn folio_size_arg(s: &str) -> Result<usize, SpecError> {
+    parse_folio_size(s)
+}
+
+/// Parses an engine spec for clap.
+fn engine_arg(s: &str) -> Result<EngineSpec, SpecError> {
+    parse_engine(s)
+}
+
+/// Parses a knob for clap.
+fn knob_arg(s: &str) -> Result<(String, String, String), SpecError> {
+    parse_knob(s)
+}
+
+/// Parses a batch size in base pages for clap.
+fn batch_pages_arg(s: &str) -> Result<usize, SpecError> {
+    let n: usize = s.parse().map_err(|_| {
+        SpecError(format!(
+            "bad batch size {s:?}: expected a number of base pages"
+        ))
+    })?;
+    if n == 0 || n > 1 << 20 {
+        return Err(SpecError(format!("batch size {n} must be 1..=1048576")));
+    }
+    Ok(n)
+}
+
+/// Parses one node number for clap (numactl's `--from`/`--to`; a node list names one node).
+fn node_arg(s: &str) -> Result<NodeId, SpecError> {
+    let v = pagemig::mm::numa::parse_node_list(s).map_err(|e| SpecError(e.to_string()))?;
+    match v.as_slice() {
+        [n] if *n < 64 => Ok(NodeId(*n)),
+        [n] => Err(SpecError(format!("node {n} is above 63"))),
+        _ => Err(SpecError(format!(
+            "{s:?} names {} nodes; a migration here goes from one node to one node",
+            v.len()
+        ))),
+    }
+}
+
+/// The migration modes, for clap (one `Mode` type: the core's).
+fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
+    PossibleValuesParser::new(Mode::ALL.map(|m| m.name()))
+        .map(|s| s.parse::<Mode>().expect("a possible value"))
+}
+
+/// The migration reasons, for clap: the kernel's `MR_*` names with dashes, and `syscall`.
+fn reason_parser() -> impl clap::builder::TypedValueParser<Value = Reason> {
+    PossibleValuesParser::new(REASON_NAMES).map(|s| s.parse::<Reason>().expect("a possible value"))
+}
+
+/// `--reason`'s values: `syscall`, then every `MR_*` name with dashes.
+const REASON_NAMES: [&str; 11] = [
+    "syscall",
+    "compaction",
+    "memory-failure",
+    "memory-hotplug",
+    "syscall-or-cpuset",
+    "mempolicy-mbind",
+    "numa-misplaced",
+    "contig-range",
+    "longterm-pin",
+    "demotion",
+    "damon",
+];
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum BackendArg {
@@ -52,8 +143,8 @@ struct StressArgs {
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
     /// Engines, comma-separated, each stressed in turn.
-    #[arg(long, default_value = "batch,mtcopy:2,dcbm:2")]
-    engines: String,
+    #[arg(long, value_delimiter = ',', value_parser = engine_arg, default_value = "batch,mtcopy:2,dcbm:2")]
+    engines: Vec<EngineSpec>,
     /// Accessor threads (reading and writing while pages migrate).
     #[arg(long, default_value_t = 2)]
     accessors: usize,
@@ -67,65 +158,73 @@ struct StressArgs {
     /// Memory backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Builtin)]
     backend: BackendArg,
-    /// Write the summary as JSON to this file.
+    /// Write the summary as JSON to this file (`-`: standard output, alone).
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    json: Option<PathBuf>,
     /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum ModeArg {
-    Async,
-    SyncLight,
-    Sync,
-}
-
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
     /// Folio sizes, comma-separated (powers of two from 4K to 2M).
-    #[arg(long, default_value = "4K,16K,64K,256K,1M,2M")]
-    sizes: String,
+    #[arg(long, value_delimiter = ',', value_parser = folio_size_arg, default_value = "4K,16K,64K,256K,1M,2M")]
+    sizes: Vec<usize>,
     /// Bytes moved per migration (a multiple of the largest folio size).
     #[arg(long, default_value = "1G")]
     total: String,
     /// Engines, comma-separated: vanilla, batch, mtcopy:THREADS, dcbm:CHANNELS, auto.
     #[arg(
         long,
+        value_delimiter = ',',
+        value_parser = engine_arg,
         default_value = "vanilla,batch,mtcopy:1,mtcopy:2,dcbm:1,dcbm:2,dcbm:4,auto"
     )]
-    engines: String,
+    engines: Vec<EngineSpec>,
     /// An engine knob, ENGINE.NAME=VALUE (repeatable), e.g. dcbm.min_batch_bytes=65536,
     /// mtcopy.cpuselect=spread, batch.reason_mask=all.
-    #[arg(long = "knob", value_name = "ENGINE.NAME=VALUE")]
-    knobs: Vec<String>,
+    #[arg(long = "knob", value_name = "ENGINE.NAME=VALUE", value_parser = knob_arg)]
+    knobs: Vec<(String, String, String)>,
     /// Migrations per (size, engine); mean and standard deviation are reported.
-    #[arg(long, default_value_t = 20)]
-    runs: usize,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    runs: u32,
     /// NR_MAX_BATCHED_MIGRATION in base pages; a comma-separated list measures each
     /// (latency against batch size), the first one fills the main tables.
-    #[arg(long, default_value = "512")]
-    batch_pages: String,
+    #[arg(long, value_delimiter = ',', value_parser = batch_pages_arg, default_value = "512")]
+    batch_pages: Vec<usize>,
+    /// The node the folios start on (numactl's --from; builtin: a node of the memory
+    /// model, kernel: a host node).
+    #[arg(long, value_parser = node_arg, default_value = "0")]
+    from: NodeId,
+    /// The node they migrate to and back from (numactl's --to).
+    #[arg(long, value_parser = node_arg, default_value = "1")]
+    to: NodeId,
+    /// Migration reason: syscall (move_pages(2), the default), demotion (memory tiering),
+    /// numa-misplaced, compaction, ... The offload reason mask decides per reason whether
+    /// the batch path runs.
+    #[arg(long, value_parser = reason_parser(), default_value = "syscall")]
+    reason: Reason,
     /// Accessor threads reading the region during the migrations, to measure how long
     /// their accesses stall on migration entries (p50/p99/max).
-    #[arg(long, default_value_t = 0)]
-    accessors: usize,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=16))]
+    accessors: u8,
     /// Print how the auto engine decided (its calibration).
     #[arg(long)]
     explain: bool,
     /// Write a Markdown report to this file.
     #[arg(long)]
-    report: Option<std::path::PathBuf>,
+    report: Option<PathBuf>,
     /// Write SVG plots into this directory.
     #[arg(long)]
-    svg_dir: Option<std::path::PathBuf>,
+    svg_dir: Option<PathBuf>,
     /// Migration mode (move_pages(2) uses sync).
-    #[arg(long, value_enum, default_value_t = ModeArg::Sync)]
-    mode: ModeArg,
-    /// Write the results as JSON to this file.
+    #[arg(long, value_parser = mode_parser(), default_value = "sync")]
+    mode: Mode,
+    /// Write the results as JSON to this file (`-`: standard output, and the tables go to
+    /// standard error).
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    json: Option<PathBuf>,
     /// Small totals and 2 runs, for smoke tests.
     #[arg(long)]
     quick: bool,
@@ -141,101 +240,117 @@ struct BenchArgs {
     quiet: bool,
 }
 
-fn bench(a: BenchArgs) -> Result<(), String> {
-    let sizes = parse_list(&a.sizes, "size", parse_folio_size).map_err(|e| e.to_string())?;
-    let engines = parse_list(&a.engines, "engine", parse_engine).map_err(|e| e.to_string())?;
-    let knobs = a
-        .knobs
-        .iter()
-        .map(|k| parse_knob(k))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let mut total = parse_size(&a.total).map_err(|e| format!("--total: {e}"))?;
-    let mut runs = a.runs;
+/// The command line as typed, for the JSON's `command`.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Writes `value` as pretty JSON to `path`, or to standard output for `-`.
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    if path == Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}").context("cannot write JSON to standard output")?;
+        return Ok(());
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Where the human-readable output goes: standard error when standard output carries JSON.
+fn human(json: &Option<PathBuf>) -> Box<dyn std::io::Write> {
+    if json.as_deref() == Some(Path::new("-")) {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    }
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let sizes = a.sizes.clone();
+    let engines = a.engines.clone();
+    let mut total = parse_size(&a.total).map_err(|e| anyhow::anyhow!("--total: {e}"))?;
+    let mut runs = a.runs as usize;
     if a.quick {
         total = total.min(32 << 20);
         runs = runs.min(2);
     }
-    let largest = *sizes.iter().max().expect("non-empty");
+    let Some(&largest) = sizes.iter().max() else {
+        bail!("--sizes names no size");
+    };
+    if engines.is_empty() {
+        bail!("--engines names no engine");
+    }
     if total == 0 {
-        return Err("--total must be positive".into());
+        bail!("--total must be positive");
     }
     if total % largest != 0 {
-        return Err(format!(
+        bail!(
             "--total {} is not a multiple of the largest folio size {}",
             a.total,
-            spec::format_size(largest)
-        ));
+            format_size(largest)
+        );
     }
     if total > 8 << 30 {
-        return Err("--total above 8G does not fit this tool's two nodes".into());
+        bail!("--total above 8G does not fit this tool's two nodes");
     }
-    if runs == 0 {
-        return Err("--runs must be at least 1".into());
+    if a.from == a.to {
+        bail!(
+            "--from and --to are both node {}: a migration needs two nodes",
+            a.from.0
+        );
     }
-    let batch_pages = parse_list(&a.batch_pages, "batch size", |s| {
-        let n: usize = s.parse().map_err(|_| {
-            spec::SpecError(format!(
-                "bad --batch-pages value {s:?}: expected a number of base pages"
-            ))
-        })?;
-        if n == 0 || n > 1 << 20 {
-            return Err(spec::SpecError(format!(
-                "--batch-pages {n} must be 1..=1048576"
-            )));
-        }
-        Ok(n)
-    })
-    .map_err(|e| e.to_string())?;
-    if a.accessors > 16 {
-        return Err("--accessors must be at most 16".into());
+    if a.batch_pages.is_empty() {
+        bail!("--batch-pages names no batch size");
     }
-    let mode = match a.mode {
-        ModeArg::Async => Mode::Async,
-        ModeArg::SyncLight => Mode::SyncLight,
-        ModeArg::Sync => Mode::Sync,
-    };
     let opts = bench::BenchOptions {
         sizes: sizes.clone(),
         total_bytes: total,
         engines: engines.clone(),
         runs,
-        batch_pages,
-        accessors: a.accessors,
+        batch_pages: a.batch_pages.clone(),
+        accessors: a.accessors as usize,
         explain: a.explain,
-        mode,
+        mode: a.mode,
+        reason: a.reason,
+        from_node: a.from,
+        to_node: a.to,
         verbose: !a.quiet,
-        knobs,
+        knobs: a.knobs.clone(),
         backend: match a.backend {
             BackendArg::Live => bench::Backend::Live,
             _ => bench::Backend::Builtin,
         },
         live_batch_moves: a.live_moves == LiveMovesArg::Batched,
     };
+    let mut out = human(&a.json);
     if a.backend == BackendArg::Kernel {
-        let rep = crate::kernel::run(&opts).map_err(|e| e.to_string())?;
-        print!("{}", crate::kernel::render(&rep));
-        if let Some(p) = a.json {
-            let text = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
-            std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        let rep = kernel::run(&opts)?;
+        write!(out, "{}", crate::tables::kernel_table(&rep))?;
+        if let Some(p) = &a.json {
+            write_json(p, &rep)?;
         }
         return Ok(());
     }
-    let rep = bench::run(&opts).map_err(|e| e.to_string())?;
-    print!("{}", bench::render_table(&rep, &sizes, &engines));
+    let mut rep = bench::run(&opts)?;
+    rep.command = command_line();
+    write!(
+        out,
+        "{}",
+        crate::tables::render_table(&rep, &sizes, &engines)
+    )?;
     if rep.batch_pages_list.len() > 1 || rep.accessors > 0 {
-        print!("{}", crate::report::latency_text(&rep));
+        write!(out, "{}", crate::report::latency_text(&rep))?;
     }
     if a.explain {
         match &rep.explain {
-            Some(t) => print!("\n{t}"),
-            None => println!("\n--explain: no auto engine in this run"),
+            Some(t) => write!(out, "\n{t}")?,
+            None => writeln!(out, "\n--explain: no auto engine in this run")?,
         }
     }
     if let Some(dir) = &a.svg_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        crate::report::write_svgs(&rep, dir).map_err(|e| format!("cannot write plots: {e}"))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::report::write_svgs(&rep, dir)
+            .map_err(|e| anyhow::anyhow!("cannot write plots: {e}"))?;
     }
     if let Some(p) = &a.report {
         // Plots are linked relative to the report when they sit beside it.
@@ -251,33 +366,34 @@ fn bench(a: BenchArgs) -> Result<(), String> {
             (_, d) => d,
         };
         let md = crate::report::markdown(&rep, link_dir);
-        std::fs::write(p, md).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        std::fs::write(p, md).with_context(|| format!("cannot write {}", p.display()))?;
     }
-    if let Some(p) = a.json {
-        let text = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
-        std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    if let Some(p) = &a.json {
+        write_json(p, &rep)?;
     }
     let failed: usize = rep.results.iter().map(|r| r.nr_failed).sum();
     if failed > 0 {
-        return Err(format!("{failed} folio(s) failed to migrate"));
+        bail!("{failed} folio(s) failed to migrate");
     }
     Ok(())
 }
 
-fn stress(a: StressArgs) -> Result<(), String> {
+fn stress(a: StressArgs) -> anyhow::Result<()> {
     if a.backend == BackendArg::Kernel {
-        return Err(
-            "stress runs on the builtin or live backend; the kernel backend is for bench".into(),
-        );
+        bail!("stress runs on the builtin or live backend; the kernel backend is for bench");
     }
-    let engines = parse_list(&a.engines, "engine", parse_engine).map_err(|e| e.to_string())?;
-    let inject = stress::parse_inject(&a.inject).map_err(|e| e.to_string())?;
+    let engines = a.engines.clone();
+    if engines.is_empty() {
+        bail!("--engines names no engine");
+    }
+    let inject = stress::parse_inject(&a.inject)?;
     if !(a.seconds > 0.0 && a.seconds <= 86_400.0) {
-        return Err("--seconds must be in (0, 86400]".into());
+        bail!("--seconds must be in (0, 86400]");
     }
     if a.accessors == 0 || a.accessors > 64 || a.migrators == 0 || a.migrators > 64 {
-        return Err("--accessors and --migrators must be 1..=64".into());
+        bail!("--accessors and --migrators must be 1..=64");
     }
+    let mut out = human(&a.json);
     let opts = stress::StressOptions {
         seconds: a.seconds,
         accessors: a.accessors,
@@ -292,23 +408,20 @@ fn stress(a: StressArgs) -> Result<(), String> {
             BackendArg::Live => stress::run_live(e, &opts)?,
             _ => stress::run_one(e, &opts)?,
         };
-        println!(
-            "{:<10} {:>6.1}s  ops {:>10}  pages migrated {:>9}  failed {:?}  faults {:?}  lost_writes {} torn_reads {} content_mismatches {} leaked_frames {}",
-            r.engine,
-            r.seconds,
-            r.operations,
-            r.pages_migrated,
-            r.folios_failed_by_errno,
-            r.faults_injected,
-            r.lost_writes,
-            r.torn_reads,
-            r.content_mismatches,
-            r.leaked_frames
-        );
+        if !a.quiet {
+            eprintln!(
+                "{}: {:.1}s, {} pages migrated, {} lost writes",
+                r.engine, r.seconds, r.pages_migrated, r.lost_writes
+            );
+        }
         reports.push(r);
     }
+    write!(out, "{}", crate::tables::stress_table(&reports))?;
     let after = stress::process_resources();
     let summary = serde_json::json!({
+        "schema_version": 2,
+        "pagemig_version": env!("CARGO_PKG_VERSION"),
+        "command": command_line(),
         "inject": a.inject,
         "accessors": a.accessors,
         "migrators": a.migrators,
@@ -316,9 +429,8 @@ fn stress(a: StressArgs) -> Result<(), String> {
         "resources_after": after,
         "runs": reports,
     });
-    if let Some(p) = a.json {
-        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
-        std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    if let Some(p) = &a.json {
+        write_json(p, &summary)?;
     }
     let dirty: Vec<&str> = reports
         .iter()
@@ -326,13 +438,16 @@ fn stress(a: StressArgs) -> Result<(), String> {
         .map(|r| r.engine.as_str())
         .collect();
     if !dirty.is_empty() {
-        return Err(format!("data loss detected with {}", dirty.join(", ")));
+        bail!("data loss detected with {}", dirty.join(", "));
     }
     if after.threads != before.threads || after.fds != before.fds {
-        return Err(format!(
+        bail!(
             "resources not released: threads {} -> {}, fds {} -> {}",
-            before.threads, after.threads, before.fds, after.fds
-        ));
+            before.threads,
+            after.threads,
+            before.fds,
+            after.fds
+        );
     }
     Ok(())
 }
@@ -342,18 +457,73 @@ pub fn parse(args: &[String]) -> Result<Cli, clap::Error> {
     Cli::try_parse_from(args)
 }
 
+fn info(json: Option<PathBuf>) -> anyhow::Result<()> {
+    let i = crate::info::gather();
+    write!(human(&json), "{}", crate::info::render(&i))?;
+    if let Some(p) = &json {
+        write_json(p, &i)?;
+    }
+    Ok(())
+}
+
 /// Runs the command line.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // Bad arguments: clap's message, under the tool's name, and exit status 2.
+            eprint!("pagemig: {}", e.render());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let r = match cli.cmd {
         Cmd::Bench(a) => bench(a),
         Cmd::Stress(a) => stress(a),
+        Cmd::Info { json } => info(json),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "pagemig",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("cannot write the man page"),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pagemig: error: {e}");
+            eprintln!("pagemig: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_name_and_every_name_parses() {
+        for r in Reason::ALL {
+            let dashed = r.name().replace('_', "-");
+            assert!(REASON_NAMES.contains(&dashed.as_str()), "{dashed}");
+        }
+        for n in REASON_NAMES {
+            assert!(n.parse::<Reason>().is_ok(), "{n}");
+        }
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -1,11 +1,9 @@
-//! The `pagemig` command line as a library: the benchmark, the stress test, and the
-//! parsers of their value syntaxes (so that they can be fuzzed).
+//! The `pagemig` command line as a library: argument parsing ([`cli`]) and reporting
+//! ([`tables`], [`report`], [`info`]). The workloads themselves are in `pagemig-harness`.
 
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod cli;
-pub mod kernel;
+pub mod info;
 pub mod report;
-pub mod spec;
-pub mod stress;
+pub mod tables;

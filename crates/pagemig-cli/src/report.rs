@@ -7,8 +7,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::bench::{BenchReport, BenchResult};
-use crate::spec::format_size;
+use pagemig_harness::bench::{BenchReport, BenchResult, LIVE_STALL_NS};
+use pagemig_harness::spec::format_size;
 
 /// Throughput in GB/s from the RFC v3 cover letter of the series (AMD EPYC Zen 3, two
 /// sockets, AMD PTDMA, `move_pages()` of 1 GB between two NUMA nodes): (engine, folio size,
@@ -140,7 +140,7 @@ pub fn latency_text(rep: &BenchReport) -> String {
         let what = if rep.backend == "live" {
             format!(
                 "program-thread accesses slower than {} µs",
-                crate::bench::LIVE_STALL_NS / 1000
+                LIVE_STALL_NS / 1000
             )
         } else {
             "accessor stalls on migration entries".to_string()
@@ -249,7 +249,7 @@ pub fn markdown(rep: &BenchReport, svg_dir: Option<&Path>) -> String {
             s.push('\n');
         }
         if fam == "auto" {
-            if let Some([names, best, batch]) = crate::bench::auto_ratio_cells(rep, &zs) {
+            if let Some([names, best, batch]) = crate::tables::auto_ratio_cells(rep, &zs) {
                 for (label, cells) in [
                     ("best fixed engine", names),
                     ("auto ÷ best fixed engine", best),
@@ -257,7 +257,7 @@ pub fn markdown(rep: &BenchReport, svg_dir: Option<&Path>) -> String {
                 ] {
                     let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
                 }
-                let _ = writeln!(s, "\n{}.", crate::bench::AUTO_RATIOS_NOTE);
+                let _ = writeln!(s, "\n{}.", crate::tables::AUTO_RATIOS_NOTE);
             }
         }
         s.push('\n');

@@ -101,7 +101,10 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
             "not a multiple",
         ),
         (vec!["bench", "--runs", "0"], "--runs"),
-        (vec!["bench", "--sizes", ""], "empty size list"),
+        (
+            vec!["bench", "--sizes", ""],
+            "invalid value '' for '--sizes",
+        ),
         (vec!["bench", "--engines", "dcbm:0"], "1..=16"),
         (vec!["bench", "--engines", "mtcopy:65"], "1..=64"),
         (
@@ -488,7 +491,19 @@ fn live_stress_finds_no_loss() {
         text.contains("live batch") && text.contains("live dcbm:2"),
         "{text}"
     );
-    assert!(text.contains("lost_writes 0 torn_reads 0 content_mismatches 0 leaked_frames 0"));
+    // The summary table: the last four columns (lost writes, torn reads, mismatches,
+    // leaked frames) are 0 in every engine's row.
+    let header = text.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("lost writes") && header.ends_with("leaked"),
+        "{text}"
+    );
+    let rows: Vec<&str> = text.lines().skip(1).take_while(|l| !l.is_empty()).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[cols.len() - 4..], ["0", "0", "0", "0"], "{row}");
+    }
 }
 
 #[test]
@@ -502,7 +517,7 @@ fn kernel_backend_runs_only_with_two_numa_nodes_and_says_so() {
         "--sizes",
         "4K",
     ]);
-    let nodes = pagemig::mm::arena::host_numa_nodes().len();
+    let nodes = pagemig::mm::numa::host_numa_nodes().len();
     if nodes >= 2 {
         assert!(
             out.status.success(),
@@ -518,4 +533,152 @@ fn kernel_backend_runs_only_with_two_numa_nodes_and_says_so() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn json_to_stdout_is_json_alone_with_schema_version_and_command() {
+    let out = pagemig(&[
+        "bench",
+        "--quick",
+        "--quiet",
+        "--sizes",
+        "2M",
+        "--engines",
+        "batch",
+        "--json",
+        "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("standard output is one JSON document");
+    assert_eq!(v["schema_version"], 2);
+    assert_eq!(v["pagemig_version"], env!("CARGO_PKG_VERSION"));
+    let cmd = v["command"].as_str().unwrap();
+    assert!(cmd.contains("bench") && cmd.contains("--json -"), "{cmd}");
+    assert_eq!(
+        (v["from_node"].as_u64(), v["to_node"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(v["reason"], "syscall_or_cpuset");
+    // The table went to standard error.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("batch"));
+}
+
+#[test]
+fn from_to_and_reason_choose_the_nodes_and_the_reason() {
+    let out = pagemig(&[
+        "bench",
+        "--quick",
+        "--quiet",
+        "--sizes",
+        "64K",
+        "--engines",
+        "batch",
+        "--from",
+        "2",
+        "--to",
+        "0",
+        "--reason",
+        "demotion",
+        "--json",
+        "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["from_node"].as_u64(), v["to_node"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(v["reason"], "demotion");
+    // `batch` offloads only the reasons in its mask: by default demotion is one of them,
+    // so the batch path copied the folios.
+    let r = &v["results"][0];
+    assert!(r["nr_copied_by_batch"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["nr_failed"], 0);
+    for (args, needle) in [
+        (vec!["--from", "1", "--to", "1"], "both node 1"),
+        (vec!["--from", "0-1"], "names 2 nodes"),
+        (vec!["--to", "x"], "not a number"),
+        (vec!["--reason", "gardening"], "invalid value 'gardening'"),
+        (vec!["--mode", "fast"], "invalid value 'fast'"),
+    ] {
+        let mut a = vec!["bench", "--quick", "--quiet", "--sizes", "64K"];
+        a.extend(args.iter().copied());
+        let out = pagemig(&a);
+        assert!(!out.status.success(), "{a:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("pagemig: error:") && err.contains(needle),
+            "{a:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn info_shows_the_nodes_thp_userfaultfd_and_cpus() {
+    let out = pagemig(&["info"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "available: ",
+        "node 0 cpus:",
+        "node distances:",
+        "transparent hugepages:",
+        "userfaultfd",
+        "copy primitive:",
+        "allowed cpus:",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    let out = pagemig(&["info", "--json", "-"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), pagemig::mm::numa::host_numa_nodes().len());
+    assert!(nodes
+        .iter()
+        .any(|n| !n["cpus"].as_array().unwrap().is_empty()));
+    assert!(!v["allowed_cpus"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_definition() {
+    let out = pagemig(&["completions", "bash"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "_pagemig()",
+        "bench",
+        "stress",
+        "info",
+        "--reason",
+        "--from",
+    ] {
+        assert!(text.contains(needle), "{needle}");
+    }
+    let out = pagemig(&["completions", "zsh"]);
+    assert!(out.status.success() && !out.stdout.is_empty());
+    let out = pagemig(&["completions", "tcsh"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'tcsh'"));
+    let out = pagemig(&["man"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH pagemig"),
+        "{text}"
+    );
+    assert!(text.contains("bench") && text.contains("completions"));
 }

@@ -74,7 +74,8 @@ impl fmt::Display for EngineSpec {
     }
 }
 
-/// Why an engine spec did not parse.
+/// Why a value the user wrote (an engine spec, a size, a knob) did not parse: the message is
+/// meant for the user. The one parse error of the command line's value syntaxes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct SpecError(pub String);

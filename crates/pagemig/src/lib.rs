@@ -12,8 +12,11 @@
 //!   (one active migrator, reason mask, gate), the default copier
 //!   [`offload::migrate_folios_mc_copy`].
 //! * [`copy`] — the copy primitives (non-temporal stores, poison-aware copy).
-//! * [`live`] — the live backend: a running program's own pages, migrated by the same core
-//!   through userfaultfd (`UFFDIO_MOVE`), with a `move_pages(2)`-shaped API.
+//! * [`migrate_mode`] — `Mode` and `Reason`, the leaf every layer names.
+//!
+//! Dependencies point one way: `migrate` → `offload` → `mm` → `copy`, all of them naming
+//! the leaves `migrate_mode`, `errno`, `sync` and `sys`. Backends with real pages behind an
+//! address space (the `pagemig-live` crate) use only the backend API of [`mm::backend`].
 //!
 //! ```
 //! use pagemig::mm::{Memory, MemoryConfig, NodeId, Order, VirtAddr};
@@ -38,10 +41,13 @@
 //! assert_eq!(&buf, b"hello");
 //! ```
 
+#![deny(unsafe_code)]
+
+pub mod checksum;
 pub mod copy;
 pub mod errno;
-pub mod live;
 pub mod migrate;
+pub mod migrate_mode;
 pub mod mm;
 pub mod offload;
 pub mod sync;

@@ -1,6 +1,11 @@
 //! Thin wrappers over system calls that the safe crates need (one of the few `unsafe`
 //! modules).
 
+#![allow(
+    unsafe_code,
+    reason = "raw memory and system calls, behind the contracts above"
+)]
+
 use std::io;
 
 /// Number of CPUs this process may run on.
@@ -31,10 +36,22 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
 }
 
 /// Maps `len` bytes of anonymous private memory (`MAP_NORESERVE`, unpopulated) at an
-/// address aligned to `align` (a power of two): maps `len + align` and unmaps the head and
-/// the tail. The caller owns `[addr, addr + len)` and unmaps it.
-pub(crate) fn mmap_aligned(len: usize, align: usize) -> io::Result<*mut u8> {
-    let map_len = len + align;
+/// address aligned to `align` (a power of two, at least a page; anything else is
+/// `InvalidInput`): maps `len + align` and unmaps the head and the tail. The caller owns
+/// `[addr, addr + len)` and unmaps it (`munmap`); nothing else refers to it.
+pub fn mmap_aligned(len: usize, align: usize) -> io::Result<*mut u8> {
+    if !align.is_power_of_two() || align < 4096 || len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("mmap_aligned({len}, {align}): alignment must be a power of two of at least a page, length positive"),
+        ));
+    }
+    let Some(map_len) = len.checked_add(align) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "mapping length overflows",
+        ));
+    };
     // SAFETY: an anonymous private mapping with no address hint has no preconditions.
     let raw = unsafe {
         libc::mmap(
@@ -63,4 +80,83 @@ pub(crate) fn mmap_aligned(len: usize, align: usize) -> io::Result<*mut u8> {
         }
     }
     Ok(base as *mut u8)
+}
+
+/// The kernel release (`uname -r`), e.g. `6.18.44`; empty if `uname(2)` fails.
+pub fn kernel_release() -> String {
+    // SAFETY: `utsname` is plain data; zeroed is a valid value for uname to fill.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a live utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The CPUs this thread may run on (`sched_getaffinity`), ascending: what `taskset` or a
+/// cpuset allows, not every CPU of the machine.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: `cpu_set_t` is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; `set` is a live cpu_set_t of the size passed.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu < CPU_SETSIZE`, inside `set`.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Restricts the calling thread to `cpus` (`sched_setaffinity`): for tests and tools that
+/// run under a narrower CPU set, as `taskset -c` does.
+pub fn set_allowed_cpus(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: `cpu_set_t` is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cpu number out of range",
+            ));
+        }
+        // SAFETY: `cpu < CPU_SETSIZE` (checked), so CPU_SET stays inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allowed_set_is_what_was_set() {
+        let all = allowed_cpus().unwrap();
+        assert!(!all.is_empty());
+        let first = all[0];
+        // On a thread of its own, so the test's other threads keep every CPU.
+        std::thread::spawn(move || {
+            set_allowed_cpus(&[first]).unwrap();
+            assert_eq!(allowed_cpus().unwrap(), vec![first]);
+            pin_current_thread(first).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert!(mmap_aligned(4096, 3).is_err());
+        assert!(mmap_aligned(0, 4096).is_err());
+    }
 }

@@ -11,6 +11,11 @@
 //! copy is preferred for every page-sized copy; copies shorter than [`NT_MIN_BYTES`] or with
 //! a misaligned destination use `memcpy`.
 
+#![allow(
+    unsafe_code,
+    reason = "raw memory and system calls, behind the contracts above"
+)]
+
 use std::sync::OnceLock;
 
 /// Below this size (or with a destination not 32-byte aligned) a copy uses `memcpy`.

@@ -48,7 +48,7 @@ pub(crate) fn migrate_pages_batch(
     let reason = ctx.reason;
     let nosplit = reason == Reason::NumaMisplaced;
     // The gate: one decision for the whole batch (static key && reason mask).
-    let offload = mm.offload.should_offload(reason);
+    let offload = mm.offload().should_offload(reason);
 
     let mut unmap_batch: Vec<Folio> = Vec::new();
     let mut dst_batch: Vec<Folio> = Vec::new();
@@ -163,7 +163,7 @@ pub(crate) fn migrate_pages_batch(
                     // One call for the whole batch; the return value is ignored: correctness
                     // rests on the per-folio CONTENT_COPIED marks.
                     let _ = mm
-                        .offload
+                        .offload()
                         .batch_copy(&CopyBatch::new(mm, dst_batch, unmap_batch));
                     stats.phases.copy_ns += elapsed_ns(t);
                 }

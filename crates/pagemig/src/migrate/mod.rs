@@ -9,6 +9,7 @@
 
 mod batch;
 mod hugetlb;
+mod isolate;
 mod move_folio;
 mod undo;
 mod unmap;
@@ -17,6 +18,7 @@ use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
+pub use crate::migrate_mode::{Mode, Reason};
 use crate::mm::{pg, Folio, Memory, NodeId};
 use crate::Errno;
 
@@ -27,84 +29,6 @@ pub const NR_MAX_MIGRATE_ASYNC_RETRY: usize = 3;
 /// `NR_MAX_MIGRATE_SYNC_RETRY`: passes of each one-folio sync attempt.
 pub const NR_MAX_MIGRATE_SYNC_RETRY: usize =
     NR_MAX_MIGRATE_PAGES_RETRY - NR_MAX_MIGRATE_ASYNC_RETRY;
-
-/// `enum migrate_mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// `MIGRATE_ASYNC`: never block; trylock only; writeback gives `EBUSY`.
-    Async,
-    /// `MIGRATE_SYNC_LIGHT`: may wait for the folio lock of an uptodate folio; writeback
-    /// gives `EBUSY`.
-    SyncLight,
-    /// `MIGRATE_SYNC`: may block, waits for writeback.
-    Sync,
-}
-
-/// `enum migrate_reason` (`MR_*`), in kernel order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Reason {
-    /// `MR_COMPACTION`
-    Compaction = 0,
-    /// `MR_MEMORY_FAILURE`
-    MemoryFailure,
-    /// `MR_MEMORY_HOTPLUG`
-    MemoryHotplug,
-    /// `MR_SYSCALL`: `move_pages(2)`, `migrate_pages(2)`, cpuset
-    Syscall,
-    /// `MR_MEMPOLICY_MBIND`
-    MempolicyMbind,
-    /// `MR_NUMA_MISPLACED`: NUMA balancing; large folios are never split
-    NumaMisplaced,
-    /// `MR_CONTIG_RANGE`
-    ContigRange,
-    /// `MR_LONGTERM_PIN`
-    LongtermPin,
-    /// `MR_DEMOTION`: memory tiering
-    Demotion,
-    /// `MR_DAMON`
-    Damon,
-}
-
-impl Reason {
-    /// Every reason (`MR_TYPES` of them).
-    pub const ALL: [Reason; 10] = [
-        Reason::Compaction,
-        Reason::MemoryFailure,
-        Reason::MemoryHotplug,
-        Reason::Syscall,
-        Reason::MempolicyMbind,
-        Reason::NumaMisplaced,
-        Reason::ContigRange,
-        Reason::LongtermPin,
-        Reason::Demotion,
-        Reason::Damon,
-    ];
-
-    /// The name in `migrate_reason_names[]`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Reason::Compaction => "compaction",
-            Reason::MemoryFailure => "memory_failure",
-            Reason::MemoryHotplug => "memory_hotplug",
-            Reason::Syscall => "syscall_or_cpuset",
-            Reason::MempolicyMbind => "mempolicy_mbind",
-            Reason::NumaMisplaced => "numa_misplaced",
-            Reason::ContigRange => "contig_range",
-            Reason::LongtermPin => "longterm_pin",
-            Reason::Demotion => "demotion",
-            Reason::Damon => "damon",
-        }
-    }
-
-    /// Parses a kernel name (`syscall` is accepted for `syscall_or_cpuset`).
-    pub fn from_name(s: &str) -> Option<Reason> {
-        if s == "syscall" {
-            return Some(Reason::Syscall);
-        }
-        Reason::ALL.into_iter().find(|r| r.name() == s)
-    }
-}
 
 /// Per-phase wall time of `migrate_pages_batch`, summed over batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

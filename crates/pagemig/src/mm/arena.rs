@@ -11,8 +11,14 @@
 //! `[base + off, base + off + n)` with `off + n <= len_bytes` is valid for reads and
 //! writes for the whole life of the `Arena`.
 
+#![allow(
+    unsafe_code,
+    reason = "raw memory and system calls, behind the contracts above"
+)]
+
 use std::io;
-use std::path::Path;
+
+use super::numa::host_numa_nodes;
 
 /// 2 MiB: the alignment of every arena (a PMD).
 pub const ARENA_ALIGN: usize = 2 << 20;
@@ -42,28 +48,6 @@ pub struct Arena {
 unsafe impl Send for Arena {}
 // SAFETY: as above; `&Arena` only hands out raw copies into the mapping.
 unsafe impl Sync for Arena {}
-
-/// Host NUMA nodes that are online (from `/sys/devices/system/node/online`).
-pub fn host_numa_nodes() -> Vec<u32> {
-    let text = std::fs::read_to_string(Path::new("/sys/devices/system/node/online"))
-        .unwrap_or_else(|_| "0".into());
-    parse_node_list(text.trim())
-}
-
-/// Parses a Linux node list such as `0-1,4`.
-pub fn parse_node_list(s: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for part in s.split(',').filter(|p| !p.is_empty()) {
-        if let Some((a, b)) = part.split_once('-') {
-            if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
-                out.extend(a..=b);
-            }
-        } else if let Ok(a) = part.trim().parse() {
-            out.push(a);
-        }
-    }
-    out
-}
 
 impl Arena {
     /// Maps `len_bytes` (rounded up to 2 MiB), advises THP, binds to `host_node` when the
@@ -115,7 +99,7 @@ impl Arena {
             libc::madvise(
                 base as *mut libc::c_void,
                 len_bytes,
-                23, /* MADV_POPULATE_WRITE */
+                libc::MADV_POPULATE_WRITE,
             )
         };
         if rc != 0 {
@@ -186,44 +170,26 @@ impl Arena {
         unsafe { crate::copy::copy_bytes(self.base.add(dst_off), src.base.add(src_off), n) };
     }
 
-    /// FNV-1a-style 64-bit checksum of `n` bytes at `off`, read 8 bytes at a time: four
-    /// lanes over interleaved words, folded together, then the tail.
+    /// The project's checksum ([`crate::checksum`]) of `n` bytes at `off`, read 8 bytes at
+    /// a time with unaligned loads.
     pub fn checksum(&self, off: usize, n: usize) -> u64 {
         self.check(off, n);
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        // Four FNV-1a lanes over interleaved words: independent multiply chains, so the
-        // hash runs at memory speed rather than at one multiply latency per word.
-        let mut lanes: [u64; 4] = [
-            0xcbf2_9ce4_8422_2325,
-            0x8422_2325_cbf2_9ce4,
-            0x9ce4_8422_2325_cbf2,
-            0x2325_cbf2_9ce4_8422,
-        ];
+        let word = |i: usize| {
+            // SAFETY: callers pass `i + 8 <= n`, and `off + n` is in bounds (checked above);
+            // an unaligned read of plain bytes.
+            unsafe { (self.base.add(off + i) as *const u64).read_unaligned() }
+        };
+        let mut s = crate::checksum::Fnv4::new();
         let mut i = 0;
         while i + 32 <= n {
-            for (l, h) in lanes.iter_mut().enumerate() {
-                // SAFETY: in bounds (checked, i + 32 <= n); unaligned read of plain bytes.
-                let w = unsafe { (self.base.add(off + i + 8 * l) as *const u64).read_unaligned() };
-                *h = (*h ^ w).wrapping_mul(PRIME);
-            }
+            s.block([word(i), word(i + 8), word(i + 16), word(i + 24)]);
             i += 32;
         }
-        let mut h = lanes
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, l| (h ^ l).wrapping_mul(PRIME));
-        while i + 8 <= n {
-            // SAFETY: in bounds (checked); unaligned read of plain bytes.
-            let w = unsafe { (self.base.add(off + i) as *const u64).read_unaligned() };
-            h = (h ^ w).wrapping_mul(PRIME);
-            i += 8;
-        }
-        while i < n {
-            // SAFETY: in bounds (checked).
-            let b = unsafe { *self.base.add(off + i) };
-            h = (h ^ b as u64).wrapping_mul(PRIME);
-            i += 1;
-        }
-        h
+        let words: Vec<u64> = (i..n.saturating_sub(7)).step_by(8).map(word).collect();
+        i += 8 * words.len();
+        let mut tail = [0u8; 8];
+        self.read(off + i, &mut tail[..n - i]);
+        s.finish(words, &tail[..n - i])
     }
 }
 
@@ -261,13 +227,6 @@ mod tests {
     }
 
     #[test]
-    fn node_lists_parse() {
-        assert_eq!(parse_node_list("0"), vec![0]);
-        assert_eq!(parse_node_list("0-2,5"), vec![0, 1, 2, 5]);
-        assert_eq!(parse_node_list(""), Vec::<u32>::new());
-    }
-
-    #[test]
     fn arena_is_aligned_prefaulted_and_copies() {
         let a = Arena::new(3 << 20, 0).unwrap();
         assert_eq!(a.len_bytes(), 4 << 20);
@@ -282,6 +241,13 @@ mod tests {
         b.read(4096, &mut out);
         assert_eq!(&out, b"abc");
         assert_eq!(a.checksum(0, 8192), b.checksum(0, 8192));
+        // The arena's checksum is the project's one checksum of the same bytes.
+        let mut bytes = vec![0u8; 4096 + 13];
+        a.read(0, &mut bytes);
+        assert_eq!(
+            a.checksum(0, 4096 + 13),
+            crate::checksum::checksum_bytes(&bytes)
+        );
     }
 
     #[test]

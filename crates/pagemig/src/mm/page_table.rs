@@ -216,8 +216,8 @@ impl AddressSpace {
 
     /// `map_new`, calling `install(folio)` under the page-table lock once the folio is
     /// allocated and before the PTEs appear (the live backend queues the real page's move
-    /// there).
-    pub(crate) fn map_new_with(
+    /// there). Part of the backend API (see [`super::backend`]).
+    pub fn map_new_with(
         &self,
         vaddr: VirtAddr,
         node: NodeId,

@@ -12,13 +12,23 @@ pub use reason_mask::{ReasonMask, ReasonMaskError};
 
 use std::fmt;
 
-use crate::migrate::Reason;
+use crate::migrate_mode::Reason;
 use crate::mm::{Folio, Memory};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::sync::model::{self, AtomicBool, AtomicU32, Mutex, Ordering, RwLock};
 use crate::Errno;
+
+impl Memory {
+    /// The copy-offload registry of this memory (the kernel has one per system).
+    pub fn offload(&self) -> &Registry {
+        self.offload_slot
+            .get_or_init(|| Box::new(Registry::new()))
+            .downcast_ref()
+            .expect("the offload slot holds the registry")
+    }
+}
 
 /// `MIGRATOR_NAME_LEN`.
 pub const MIGRATOR_NAME_LEN: usize = 32;

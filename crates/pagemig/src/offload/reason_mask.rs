@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::migrate::Reason;
+use crate::migrate_mode::Reason;
 
 /// A set of migration reasons (bit `r as u32` for each [`Reason`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -1,5 +1,6 @@
-//! The userfaultfd ABI that the live backend needs, and the few raw calls around it (one of
-//! the few `unsafe` modules).
+//! The userfaultfd ABI that the live backend needs, and the few raw calls around it: the
+//! crate's only `unsafe` module, and private to the crate (the public, safe faces of what
+//! the tests and the CLI need are in [`crate::kernel`] and the re-exported feature bits).
 //!
 //! The system headers on the reference machine are from Linux 6.1 and the Rust crates
 //! (`libc`, `nix`, `rustix`, `userfaultfd-sys`) stop before Linux 6.8, so none of them has
@@ -12,8 +13,15 @@
 //! sized `#[repr(C)]` value on the caller's stack; the only memory the kernel writes is that
 //! value (and, for `UFFDIO_MOVE`, pages of mappings that the caller owns).
 
+#![allow(
+    unsafe_code,
+    reason = "the userfaultfd ABI and raw system calls, behind the contract above"
+)]
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use pagemig::mm::PAGE_SIZE;
 
 /// `UFFD_API`.
 pub const UFFD_API: u64 = 0xAA;
@@ -291,6 +299,11 @@ pub fn poll2(a: &OwnedFd, b: &OwnedFd, timeout_ms: i32) -> io::Result<(bool, boo
 }
 
 /// An anonymous private mapping owned by its value: the program's region.
+///
+/// # Invariants
+/// `base` is the start of a private anonymous read/write mapping of exactly `len` bytes,
+/// aligned to at least [`PAGE_SIZE`] (checked in [`Mapping::new`]), owned by this value and
+/// unmapped only in `Drop`; `len` is a positive multiple of the page size.
 #[derive(Debug)]
 pub struct Mapping {
     base: *mut u8,
@@ -305,10 +318,21 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps `len` bytes (a multiple of `align`, a power of two), aligned to `align`,
-    /// unpopulated, advised `MADV_HUGEPAGE` when `thp`.
+    /// Maps `len` bytes (a positive multiple of `align`), aligned to `align` (a power of two
+    /// and a multiple of the page size), unpopulated, advised `MADV_HUGEPAGE` when `thp`.
+    /// Anything else is rejected with `EINVAL`: [`Mapping::words`] relies on the base being
+    /// 8-byte aligned and on the mapping covering every word it hands out.
     pub fn new(len: usize, align: usize, thp: bool) -> io::Result<Mapping> {
-        let base = crate::sys::mmap_aligned(len, align)? as usize;
+        if !align.is_power_of_two() || align % PAGE_SIZE != 0 || len == 0 || len % align != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a mapping of {len} bytes aligned to {align}: the alignment must be a \
+                     power-of-two multiple of {PAGE_SIZE} and the length a positive multiple of it"
+                ),
+            ));
+        }
+        let base = pagemig::sys::mmap_aligned(len, align)? as usize;
         let advice = if thp {
             libc::MADV_HUGEPAGE
         } else {
@@ -340,7 +364,7 @@ impl Mapping {
     /// The mapping as 64-bit atomic words. Accessing a word whose page is not present
     /// faults into the live backend's handler, which maps it (or waits for its migration).
     pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
-        // SAFETY: `base` is 2 MiB-aligned (so 8-aligned) and the mapping of `len` bytes lives
+        // SAFETY: `base` is page-aligned (so 8-aligned; invariant) and the mapping of `len` bytes lives
         // as long as `self`; `AtomicU64` has the layout of u64 and allows shared mutation, so
         // concurrent access from any thread (and page moves by the kernel) are sound.
         unsafe {
@@ -358,23 +382,6 @@ impl Drop for Mapping {
         // slices from `words` borrow `self`).
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
     }
-}
-
-/// The kernel release (`uname -r`), e.g. `6.18.44`.
-pub fn kernel_release() -> String {
-    // SAFETY: `utsname` is plain data; zeroed is a valid value for uname to fill.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a live utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return String::new();
-    }
-    let bytes: Vec<u8> = u
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// `move_pages(2)` on the calling process: `nodes = None` queries. Returns the syscall's
@@ -424,4 +431,29 @@ pub fn mlock_range(addr: usize, len: usize, on: bool) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_that_would_misalign_words_are_rejected() {
+        for (len, align) in [
+            (8192, 3),
+            (8192, 4),
+            (8192, 2048),
+            (0, 4096),
+            (4096 + 8, 4096),
+            (4096, 8192),
+        ] {
+            let e = Mapping::new(len, align, false).expect_err("must be rejected");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{len} {align}");
+        }
+        let m = Mapping::new(2 << 20, 2 << 20, true).unwrap();
+        assert_eq!(m.addr() % (2 << 20), 0);
+        assert_eq!(m.words().len(), (2 << 20) / 8);
+        m.words()[7].store(7, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(m.words()[7].load(std::sync::atomic::Ordering::Relaxed), 7);
+    }
 }

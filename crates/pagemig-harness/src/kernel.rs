@@ -6,8 +6,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use pagemig::live::sys::{sys_move_pages, Mapping};
-use pagemig::live::MPOL_MF_MOVE;
+use pagemig::checksum::checksum_words as checksum;
+use pagemig_live::kernel::{move_pages as sys_move_pages, AnonMapping};
+use pagemig_live::MPOL_MF_MOVE;
 use serde::Serialize;
 
 use crate::bench::BenchOptions;
@@ -45,29 +46,45 @@ pub struct KernelReport {
     pub results: Vec<KernelResult>,
 }
 
-fn checksum(w: &[std::sync::atomic::AtomicU64]) -> u64 {
-    w.iter()
-        .fold(0u64, |h, x| h.rotate_left(5) ^ x.load(Ordering::Relaxed))
+/// Why the kernel comparison cannot run, or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// The host has fewer than two NUMA nodes.
+    #[error("--backend kernel measures the kernel's move_pages(2) between two NUMA nodes of the host (--from, --to), and this host has {} node(s) ({nodes:?}); move_pages(2) to a node that is not there fails with ENODEV. Run it on a host with those nodes, or use --backend builtin or live", nodes.len())]
+    TooFewNodes {
+        /// The host's nodes.
+        nodes: Vec<u32>,
+    },
+    /// A system call failed.
+    #[error("{call}: {source}")]
+    Sys {
+        /// What was called.
+        call: String,
+        /// Its error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Content changed across the kernel's migrations.
+    #[error("content changed across the kernel's migrations of {0}")]
+    ContentChanged(String),
 }
 
 /// Runs the comparison, or explains why it cannot run here.
-pub fn run(opts: &BenchOptions) -> Result<KernelReport, String> {
-    let nodes = pagemig::mm::arena::host_numa_nodes();
-    if nodes.len() < 2 {
-        return Err(format!(
-            "--backend kernel measures the kernel's move_pages(2) between two NUMA nodes, and this \
-             host has {} node(s) ({:?}); move_pages(2) to another node fails with ENODEV here. \
-             Run it on a host with two or more nodes, or use --backend builtin or live",
-            nodes.len(),
-            nodes
-        ));
+pub fn run(opts: &BenchOptions) -> Result<KernelReport, KernelError> {
+    let nodes = pagemig::mm::numa::host_numa_nodes();
+    let (a, b) = (opts.from_node.0, opts.to_node.0);
+    if nodes.len() < 2 || !nodes.contains(&a) || !nodes.contains(&b) || a == b {
+        return Err(KernelError::TooFewNodes { nodes });
     }
-    let (a, b) = (nodes[0], nodes[1]);
     let mut results = Vec::new();
     for &size in &opts.sizes {
         let thp = size == 2 << 20;
         let page = if thp { size } else { 4096 };
-        let map = Mapping::new(opts.total_bytes, 2 << 20, thp).map_err(|e| e.to_string())?;
+        let map = AnonMapping::new(opts.total_bytes, thp).map_err(|e| KernelError::Sys {
+            call: "mmap".into(),
+            source: e,
+        })?;
         for (i, w) in map.words().iter().enumerate() {
             w.store(i as u64 ^ 0x5eed, Ordering::Relaxed);
         }
@@ -77,7 +94,7 @@ pub fn run(opts: &BenchOptions) -> Result<KernelReport, String> {
             .map(|o| map.addr() + o)
             .collect();
         let mut status = vec![0i32; addrs.len()];
-        let mut move_to = |node: u32| -> Result<(f64, usize), String> {
+        let mut move_to = |node: u32| -> Result<(f64, usize), KernelError> {
             let t = Instant::now();
             let left = sys_move_pages(
                 &addrs,
@@ -85,7 +102,10 @@ pub fn run(opts: &BenchOptions) -> Result<KernelReport, String> {
                 &mut status,
                 MPOL_MF_MOVE,
             )
-            .map_err(|e| format!("move_pages(2) to node {node}: {e}"))?;
+            .map_err(|e| KernelError::Sys {
+                call: format!("move_pages(2) to node {node}"),
+                source: e,
+            })?;
             Ok((t.elapsed().as_secs_f64(), left))
         };
         move_to(a)?;
@@ -98,10 +118,7 @@ pub fn run(opts: &BenchOptions) -> Result<KernelReport, String> {
             g.push((addrs.len() - left) as f64 * page as f64 / secs / 1e9);
         }
         if checksum(map.words()) != sum {
-            return Err(format!(
-                "content changed across the kernel's migrations of {}",
-                format_size(size)
-            ));
+            return Err(KernelError::ContentChanged(format_size(size)));
         }
         let n = g.len() as f64;
         let mean = g.iter().sum::<f64>() / n;
@@ -117,31 +134,9 @@ pub fn run(opts: &BenchOptions) -> Result<KernelReport, String> {
     }
     Ok(KernelReport {
         backend: "kernel".into(),
-        kernel: pagemig::live::sys::kernel_release(),
+        kernel: pagemig::sys::kernel_release(),
         nodes: (a, b),
         total_bytes: opts.total_bytes,
         results,
     })
-}
-
-/// The table.
-pub fn render(rep: &KernelReport) -> String {
-    let mut s = format!(
-        "kernel move_pages(2), node {} <-> node {}, {} per migration, kernel {}\n\n| folio | kernel page | GB/s | sd | not migrated |\n|---|---|---|---|---|\n",
-        rep.nodes.0,
-        rep.nodes.1,
-        format_size(rep.total_bytes),
-        rep.kernel
-    );
-    for r in &rep.results {
-        s += &format!(
-            "| {} | {} | {:.2} | {:.2} | {} |\n",
-            format_size(r.folio_size),
-            format_size(r.kernel_page_size),
-            r.gbps_mean,
-            r.gbps_sd,
-            r.pages_not_migrated
-        );
-    }
-    s
 }

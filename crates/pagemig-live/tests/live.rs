@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pagemig::live::{Live, LiveConfig, LiveError, LiveRegion, RegionConfig, MPOL_MF_MOVE};
 use pagemig::mm::{Memory, MemoryConfig, NodeId};
+use pagemig_live::{Live, LiveConfig, LiveError, LiveRegion, RegionConfig, MPOL_MF_MOVE};
 
 fn memory(mib: usize) -> Arc<Memory> {
     Memory::new(MemoryConfig::with_nodes(2, mib << 20)).unwrap()
@@ -336,7 +336,7 @@ fn first_touch_is_served_from_the_placement_node_and_threads_may_exit() {
 fn missing_kernel_support_is_a_clear_error() {
     let mm = memory(4);
     let cfg = LiveConfig {
-        pretend_missing_features: pagemig::live::sys::UFFD_FEATURE_MOVE,
+        pretend_missing_features: pagemig_live::UFFD_FEATURE_MOVE,
         ..Default::default()
     };
     let e = Live::new(&mm, cfg).unwrap_err();
@@ -378,7 +378,7 @@ fn a_page_the_kernel_refuses_to_move_stays_mapped_with_its_data() {
     fill(&r, 5);
     // UFFDIO_MOVE refuses pages of an mlock()ed range (EINVAL): the deferred unmap fails at
     // the flush, the core restores the PTEs and the sync retry fails again, page by page.
-    pagemig::live::sys::mlock_range(r.addr(), r.len(), true).unwrap();
+    pagemig_live::kernel::mlock_range(r.addr(), r.len(), true).unwrap();
     let p = pages(&r, 4096);
     let mut st = vec![0; p.len()];
     let left = r
@@ -388,7 +388,7 @@ fn a_page_the_kernel_refuses_to_move_stays_mapped_with_its_data() {
     assert!(nodes_of(&r, 4096).iter().all(|&n| n == 0));
     assert_eq!(check(&r, 5), 0);
     assert!(live.counts().unmap_failures > 0);
-    pagemig::live::sys::mlock_range(r.addr(), r.len(), false).unwrap();
+    pagemig_live::kernel::mlock_range(r.addr(), r.len(), false).unwrap();
     assert_eq!(
         r.move_pages(&p, Some(&vec![1; p.len()]), &mut st, MPOL_MF_MOVE),
         Ok(0)
@@ -450,7 +450,7 @@ fn two_migrating_threads_with_refused_pages_lose_nothing() {
     r.populate().unwrap();
     fill(&r, 21);
     for chunk in (0..PAGES / 4).step_by(4) {
-        pagemig::live::sys::mlock_range(r.addr() + chunk * 4 * 4096, 4 * 4096, true).unwrap();
+        pagemig_live::kernel::mlock_range(r.addr() + chunk * 4 * 4096, 4 * 4096, true).unwrap();
     }
     let migrators: Vec<_> = (0..2)
         .map(|t| {
@@ -479,6 +479,6 @@ fn two_migrating_threads_with_refused_pages_lose_nothing() {
     assert!(c.unmap_failures > 0, "{c:?}");
     assert_eq!(c.stray_faults + c.remap_errors, 0, "{c:?}");
     for chunk in (0..PAGES / 4).step_by(4) {
-        pagemig::live::sys::mlock_range(r.addr() + chunk * 4 * 4096, 4 * 4096, false).unwrap();
+        pagemig_live::kernel::mlock_range(r.addr() + chunk * 4 * 4096, 4 * 4096, false).unwrap();
     }
 }

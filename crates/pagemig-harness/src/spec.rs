@@ -1,10 +1,11 @@
 //! Parsing of the command line's value syntaxes: sizes (`4K`, `2M`, `1G`) and engine
-//! specs (`vanilla`, `batch`).
+//! specs (`vanilla`, `batch`), lists of them, knobs and node lists.
 
-/// A parse error with a message meant for the user.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SpecError(pub String);
+#![forbid(unsafe_code)]
+
+/// A parse error with a message meant for the user: the engines crate's, so that an engine
+/// spec and a size fail the same way.
+pub use pagemig_engines::SpecError;
 
 /// Parses a byte size: a number with an optional `K`, `M` or `G` suffix (binary units).
 pub fn parse_size(s: &str) -> Result<usize, SpecError> {

@@ -16,7 +16,30 @@ use pagemig::Errno;
 use pagemig_engines::{Engine, EngineSpec};
 use serde::Serialize;
 
+use crate::rng::SharedRng;
 use crate::spec::SpecError;
+
+/// Why a stress run could not be set up or finished (data loss is not an error: it is
+/// reported in [`StressReport`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StressError {
+    /// The memory model refused the setup.
+    #[error("memory setup: {0}")]
+    Mm(#[from] pagemig::mm::MmError),
+    /// An access failed in a way the run does not expect.
+    #[error("access: {0}")]
+    Access(#[from] pagemig::Errno),
+    /// The engine could not be started or stopped.
+    #[error("engine: {0}")]
+    Engine(#[from] pagemig_engines::ParamError),
+    /// The live backend cannot run here.
+    #[error("live backend: {0}")]
+    Live(#[from] pagemig_live::LiveError),
+    /// A thread of the run panicked.
+    #[error("{0} panicked")]
+    ThreadPanicked(&'static str),
+}
 
 const BASE: u64 = 0x20_0000_0000;
 /// Folios of the stressed space: (order, count), laid out back to back.
@@ -233,30 +256,9 @@ impl StressReport {
     }
 }
 
-/// A small shared random source (splitmix64).
-struct Rng(AtomicU64);
-
-impl Rng {
-    fn next(&self) -> u64 {
-        let mut z = self
-            .0
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn chance(&self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-    fn below(&self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 struct Hooks {
     enomem_rate: f64,
-    rng: Rng,
+    rng: SharedRng,
     injected: AtomicU64,
     /// Off while the space is set up.
     armed: AtomicBool,
@@ -343,7 +345,7 @@ fn accessor_loop(
         .collect();
     let mut last = vec![0u64; mine.len()];
     let slot = |p: usize| VirtAddr(BASE + (p * PAGE_SIZE + (p * 16) % PAGE_SIZE) as u64);
-    let rng = Rng(AtomicU64::new(rng_seed));
+    let rng = SharedRng::new(rng_seed);
     let mut seq = 1u64;
     let mut ops = 0u64;
     let check = |p: usize, expect: u64| -> (u64, u64, u64) {
@@ -420,7 +422,7 @@ fn migrator_loop(
     t: Arc<Totals>,
     seed: u64,
 ) {
-    let rng = Rng(AtomicU64::new(seed));
+    let rng = SharedRng::new(seed);
     let starts = folio_starts();
     let modes = [Mode::Async, Mode::SyncLight, Mode::Sync];
     let reasons = [
@@ -484,7 +486,7 @@ fn chaos_loop(
     starts: Vec<(u64, u8)>,
     seed: u64,
 ) {
-    let rng = Rng(AtomicU64::new(seed));
+    let rng = SharedRng::new(seed);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_micros(200));
         for &(k, rate) in &inject {
@@ -588,16 +590,16 @@ fn control_loop(
     totals: &Totals,
     seed: u64,
     progress: impl Fn() -> String,
-) -> Option<String> {
+) -> Option<StressError> {
     let t0 = Instant::now();
-    let rng = Rng(AtomicU64::new(seed));
+    let rng = SharedRng::new(seed);
     let mut next_report = Duration::from_secs(1);
     let mut reason_all = true;
     while t0.elapsed().as_secs_f64() < o.seconds {
         std::thread::sleep(Duration::from_millis(10));
         if rng.chance(rate(&o.inject, FaultKind::Unregister)) {
             if let Err(e) = engine.restart() {
-                return Some(format!("restart: {e}"));
+                return Some(StressError::Engine(e));
             }
             totals.inject(FaultKind::Unregister);
         }
@@ -609,7 +611,7 @@ fn control_loop(
                 "compaction,demotion".parse().expect("valid mask")
             };
             if let Err(e) = engine.set_reason_mask(mask) {
-                return Some(format!("reason mask: {e}"));
+                return Some(StressError::Engine(e));
             }
             totals.inject(FaultKind::Reason);
         }
@@ -659,23 +661,20 @@ fn failures(totals: &Totals) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
 }
 
 /// Runs the stress for one engine.
-pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, String> {
+pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, StressError> {
     let res_start = resources();
     let hooks = Arc::new(Hooks {
         enomem_rate: rate(&o.inject, FaultKind::Enomem),
-        rng: Rng(AtomicU64::new(0x1234)),
+        rng: SharedRng::new(0x1234),
         injected: AtomicU64::new(0),
         armed: AtomicBool::new(false),
     });
     let mut cfg = MemoryConfig::with_nodes(2, 2 * space_len() + (16 << 20));
     cfg.hooks = Some(hooks.clone());
-    let mm = Memory::new(cfg).map_err(|e| e.to_string())?;
-    let sp = mm
-        .new_space(VirtAddr(BASE), space_len())
-        .map_err(|e| e.to_string())?;
+    let mm = Memory::new(cfg)?;
+    let sp = mm.new_space(VirtAddr(BASE), space_len())?;
     for &(va, order) in &folio_starts() {
-        sp.map_anon(VirtAddr(va), NodeId(0), Order(order))
-            .map_err(|e| e.to_string())?;
+        sp.map_anon(VirtAddr(va), NodeId(0), Order(order))?;
     }
     {
         let acc = sp.accessor();
@@ -687,19 +686,16 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stri
                 acc.write(
                     VirtAddr(BASE + (p * PAGE_SIZE + (p * 16) % PAGE_SIZE) as u64),
                     &b,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
             } else {
                 for (w, c) in buf.chunks_exact_mut(8).enumerate() {
                     c.copy_from_slice(&pattern_word(p, w).to_le_bytes());
                 }
-                acc.write(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &buf)
-                    .map_err(|e| e.to_string())?;
+                acc.write(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &buf)?;
             }
         }
     }
-    let engine =
-        Engine::start(spec, &mm, &engine_knobs(spec, &o.inject)).map_err(|e| e.to_string())?;
+    let engine = Engine::start(spec, &mm, &engine_knobs(spec, &o.inject))?;
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
     hooks.armed.store(true, Ordering::SeqCst);
@@ -746,7 +742,7 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stri
     stop.store(true, Ordering::SeqCst);
     for h in handles {
         h.join()
-            .map_err(|_| "a stress thread panicked".to_string())?;
+            .map_err(|_| StressError::ThreadPanicked("a stress thread"))?;
     }
     hooks.armed.store(false, Ordering::SeqCst);
     let seconds = t0.elapsed().as_secs_f64();
@@ -758,8 +754,7 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stri
         let acc = sp.accessor();
         let mut buf = vec![0u8; PAGE_SIZE];
         for p in (0..space_len() / PAGE_SIZE).filter(|p| !is_writer_page(*p)) {
-            acc.read(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &mut buf)
-                .map_err(|e| e.to_string())?;
+            acc.read(VirtAddr(BASE + (p * PAGE_SIZE) as u64), &mut buf)?;
             if buf
                 .chunks_exact(8)
                 .enumerate()
@@ -774,7 +769,7 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stri
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    engine.stop().map_err(|e| e.to_string())?;
+    engine.stop()?;
     drop(sp);
     let leaked = (mm.nr_pages_total() - mm.nr_free_pages_total()) as u64;
     let injected = injected_faults(&totals, &hooks, o, spec, &engine_counters);
@@ -812,14 +807,14 @@ fn live_word(rec: usize, seq: u64, k: usize) -> u64 {
 /// Writer threads of the live stress: sequence-numbered records of 8 words, each checked
 /// whole before the next write (a lost write or a torn record shows as a mismatch).
 fn live_writer(
-    regions: Arc<Vec<pagemig::live::LiveRegion>>,
+    regions: Arc<Vec<pagemig_live::LiveRegion>>,
     me: usize,
     n: usize,
     stop: Arc<AtomicBool>,
     t: Arc<Totals>,
     seed: u64,
 ) -> Vec<Vec<u64>> {
-    let rng = Rng(AtomicU64::new(seed));
+    let rng = SharedRng::new(seed);
     let mut seqs: Vec<Vec<u64>> = regions
         .iter()
         .map(|r| vec![0; r.len() / PAGE_SIZE * LIVE_RECS])
@@ -863,12 +858,12 @@ fn live_writer(
 /// Migrating threads of the live stress: `move_pages(2)` of random runs of pages to a
 /// random node.
 fn live_migrator(
-    regions: Arc<Vec<pagemig::live::LiveRegion>>,
+    regions: Arc<Vec<pagemig_live::LiveRegion>>,
     stop: Arc<AtomicBool>,
     t: Arc<Totals>,
     seed: u64,
 ) {
-    let rng = Rng(AtomicU64::new(seed));
+    let rng = SharedRng::new(seed);
     while !stop.load(Ordering::Relaxed) {
         let r = &regions[rng.below(regions.len())];
         let fb = r.folio_bytes();
@@ -883,7 +878,7 @@ fn live_migrator(
             &addrs,
             Some(&vec![node; addrs.len()]),
             &mut status,
-            pagemig::live::MPOL_MF_MOVE,
+            pagemig_live::MPOL_MF_MOVE,
         ) {
             Ok(0) => {
                 let moved = status.iter().filter(|&&s| s == node).count();
@@ -923,26 +918,23 @@ pub(crate) fn errno_name(e: i32) -> &'static str {
 
 /// Runs the live-backend stress for one engine: writer threads on this process's own
 /// memory while migrating threads move its pages between nodes, with faults injected.
-pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, String> {
+pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, StressError> {
     let res_start = resources();
     let hooks = Arc::new(Hooks {
         enomem_rate: rate(&o.inject, FaultKind::Enomem),
-        rng: Rng(AtomicU64::new(0x4321)),
+        rng: SharedRng::new(0x4321),
         injected: AtomicU64::new(0),
         armed: AtomicBool::new(false),
     });
     let total: usize = LIVE_LAYOUT.iter().map(|(_, b)| b).sum();
     let mut cfg = MemoryConfig::with_nodes(2, 2 * total + (16 << 20));
     cfg.hooks = Some(hooks.clone());
-    let mm = Memory::new(cfg).map_err(|e| e.to_string())?;
-    let live = pagemig::live::Live::new(&mm, pagemig::live::LiveConfig::default())
-        .map_err(|e| e.to_string())?;
+    let mm = Memory::new(cfg)?;
+    let live = pagemig_live::Live::new(&mm, pagemig_live::LiveConfig::default())?;
     let mut regions = Vec::new();
     for &(order, bytes) in LIVE_LAYOUT {
-        let r = live
-            .region(pagemig::live::RegionConfig::new(bytes, order))
-            .map_err(|e| e.to_string())?;
-        r.populate().map_err(|e| e.to_string())?;
+        let r = live.region(pagemig_live::RegionConfig::new(bytes, order))?;
+        r.populate()?;
         for rec in 0..r.len() / PAGE_SIZE * LIVE_RECS {
             for k in 0..8 {
                 r.words()[rec * 8 + k].store(live_word(rec, 0, k), Ordering::Relaxed);
@@ -951,8 +943,7 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
         regions.push(r);
     }
     let regions = Arc::new(regions);
-    let engine =
-        Engine::start(spec, &mm, &engine_knobs(spec, &o.inject)).map_err(|e| e.to_string())?;
+    let engine = Engine::start(spec, &mm, &engine_knobs(spec, &o.inject))?;
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
     hooks.armed.store(true, Ordering::SeqCst);
@@ -1007,13 +998,13 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
     stop.store(true, Ordering::SeqCst);
     for h in handles {
         h.join()
-            .map_err(|_| "a stress thread panicked".to_string())?;
+            .map_err(|_| StressError::ThreadPanicked("a stress thread"))?;
     }
     let mut seqs = Vec::new();
     for h in writers {
         seqs.push(
             h.join()
-                .map_err(|_| "a writer thread panicked".to_string())?,
+                .map_err(|_| StressError::ThreadPanicked("a writer thread"))?,
         );
     }
     hooks.armed.store(false, Ordering::SeqCst);
@@ -1055,7 +1046,7 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
     totals
         .mismatches
         .fetch_add(lc.stray_faults + lc.remap_errors, Ordering::Relaxed);
-    engine.stop().map_err(|e| e.to_string())?;
+    engine.stop()?;
     drop(regions);
     drop(live);
     let leaked = (mm.nr_pages_total() - mm.nr_free_pages_total()) as u64;

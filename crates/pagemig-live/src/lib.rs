@@ -3,10 +3,10 @@
 //!
 //! A [`LiveRegion`] is an anonymous mapping registered with a userfaultfd and handed to
 //! the program as plain memory ([`LiveRegion::words`]). Every page of it is backed by a
-//! frame of one of the [`Memory`](crate::mm::Memory)'s nodes: the node arenas are the
+//! frame of one of the [`Memory`](pagemig::mm::Memory)'s nodes: the node arenas are the
 //! pools of pre-faulted frames, and a frame's arena slot is where its page sits whenever
 //! the program does not map it. The core keeps a shadow page table of the region (an
-//! [`AddressSpace`](crate::mm::AddressSpace) with a backend), and the backend makes each
+//! [`AddressSpace`](pagemig::mm::AddressSpace) with a backend), and the backend makes each
 //! of the core's PTE changes real:
 //!
 //! | core step | live backend |
@@ -19,13 +19,38 @@
 //! | undo (`remove_migration_ptes(src, src)`) | the source page moves back |
 //! | free of the old frame | its page stays in its arena slot: the frame is back in its node's pool |
 //!
+//! The crate sees only what the core exports for backends — the
+//! [`SpaceBackend`](pagemig::mm::SpaceBackend) trait,
+//! [`Memory::new_space_with_backend`](pagemig::mm::Memory::new_space_with_backend) and the
+//! frame addresses of [`pagemig::mm::backend`] — the way a kernel module sees only exported
+//! symbols. Its modules, one concept each:
+//!
+//! * `config`, `error`, `counters` — the options, [`LiveError`], [`LiveCounts`];
+//! * `handler` — the userfaultfd and its fault-handler thread ([`Live`]);
+//! * `moves` — the `UFFDIO_MOVE` batching of a region's unmaps and remaps;
+//! * `region` — [`LiveRegion`];
+//! * `move_pages` — the `do_pages_move()` analogue ([`LiveRegion::move_pages`]);
+//! * [`kernel`] — the kernel's own `move_pages(2)` and a plain mapping, to compare against;
+//! * `sys` — the raw userfaultfd ABI (crate-private, the crate's only `unsafe` module).
+//!
 //! See DESIGN.md ("The live backend") for what differs from a kernel migration.
 
-pub mod sys;
+#![deny(unsafe_code)]
 
+mod config;
+mod counters;
+mod error;
+mod handler;
+pub mod kernel;
+mod move_pages;
+mod moves;
 mod region;
+mod sys;
 
-pub use region::{
-    Live, LiveConfig, LiveCounts, LiveError, LiveRegion, RegionConfig, MPOL_MF_MOVE,
-    MPOL_MF_MOVE_ALL,
-};
+pub use config::{LiveConfig, RegionConfig};
+pub use counters::LiveCounts;
+pub use error::LiveError;
+pub use handler::{probe_userfaultfd, Live, UffdProbe};
+pub use move_pages::{MPOL_MF_MOVE, MPOL_MF_MOVE_ALL};
+pub use region::LiveRegion;
+pub use sys::{UFFD_FEATURE_MOVE, UFFD_FEATURE_THREAD_ID};

@@ -1,0 +1,277 @@
+//! The terminal tables: the bench's series-style tables (baseline, mtcopy by threads, dcbm
+//! by channels, auto against the fixed engines), the live backend's kernel calls, the
+//! kernel comparison and the stress summary.
+
+#![forbid(unsafe_code)]
+
+use pagemig_harness::bench::{AutoRatios, BenchReport, BenchResult};
+use pagemig_harness::kernel::KernelReport;
+use pagemig_harness::spec::{format_size, EngineSpec};
+use pagemig_harness::stress::StressReport;
+
+/// Renders the series-style tables: baseline, mtcopy by threads, dcbm by channels.
+pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) -> String {
+    let mut s = String::new();
+    let limits: Vec<String> = rep
+        .machine
+        .copy_limit_gbps
+        .iter()
+        .map(|(t, g)| format!("{t} thread{}: {g:.2} GB/s", if t == "1" { "" } else { "s" }))
+        .collect();
+    s.push_str(&format!(
+        "copy limit ({} in 2M chunks, {}; median of {} passes spread over the run): {}\n",
+        format_size(rep.total_bytes),
+        rep.machine.copy_primitive,
+        rep.machine.copy_limit_samples_1t.len(),
+        limits.join(", ")
+    ));
+    s.push_str(&format!(
+        "backend {}, moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the single-thread copy limit)\n",
+        rep.backend,
+        format_size(rep.total_bytes),
+        rep.batch_pages,
+        rep.mode
+    ));
+    for (title, fam) in [
+        ("baseline", &["vanilla", "batch"][..]),
+        ("mtcopy, by threads", &["mtcopy"][..]),
+        ("dcbm, by channels", &["dcbm"][..]),
+        ("auto", &["auto"][..]),
+    ] {
+        let rows: Vec<&EngineSpec> = engines
+            .iter()
+            .filter(|e| fam.contains(&e.family()))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        s.push_str(&format!("\n{title}\n{:<12}", "engine"));
+        for &z in sizes {
+            s.push_str(&format!(" {:>20}", format_size(z)));
+        }
+        s.push('\n');
+        for e in rows {
+            s.push_str(&format!("{:<12}", e.to_string()));
+            for &z in sizes {
+                let cell = rep
+                    .results
+                    .iter()
+                    .find(|r| {
+                        r.engine == e.to_string()
+                            && r.folio_size == z
+                            && r.batch_pages == rep.batch_pages
+                    })
+                    .map(|r| {
+                        format!(
+                            "{:.2}±{:.2} ({:.2})",
+                            r.gbps_mean, r.gbps_sd, r.frac_of_limit
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                s.push_str(&format!(" {:>20}", cell));
+            }
+            s.push('\n');
+        }
+    }
+    if let Some([names, best, batch]) = auto_ratio_cells(rep, sizes) {
+        s.push('\n');
+        for (label, cells) in [
+            ("best fixed", names),
+            ("auto ÷ best", best),
+            ("auto ÷ batch", batch),
+        ] {
+            s.push_str(&format!("\n{label:<12}"));
+            for c in cells {
+                s.push_str(&format!(" {c:>20}"));
+            }
+        }
+        s.push('\n');
+        s.push_str(&wrap(&format!("({AUTO_RATIOS_NOTE})"), 96));
+    }
+    s.push_str(&live_calls_text(rep));
+    s
+}
+
+/// `text` broken into lines of at most `width` characters (longer words stand alone),
+/// each ending with a newline.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// What the ratio rows are, for the text table and the report.
+pub const AUTO_RATIOS_NOTE: &str = "auto against the fixed engines of this run: ratios of the \
+    means, with the 95% interval that the runs' spread gives; picking the highest of several \
+    close means favours the engine picked, so auto ÷ best leans low where engines tie; auto \
+    learns on the migrations' batches, so a run shorter than its first rounds (--quick) shows \
+    it exploring";
+
+/// `auto` against the fixed engines of the same run, per folio size (main batch size), as
+/// the cells of three rows: the best fixed engine's name, auto ÷ that engine and auto ÷
+/// `batch`, each ratio of the means with its 95% interval ("0.98 [0.93, 1.03]"; "-" where
+/// a size lacks them). `None` without auto.
+pub fn auto_ratio_cells(rep: &BenchReport, sizes: &[usize]) -> Option<[Vec<String>; 3]> {
+    if rep.auto_ratios.is_empty() {
+        return None;
+    }
+    let at = |z: usize| rep.auto_ratios.iter().find(|r| r.folio_size == z);
+    let cells = |f: &dyn Fn(&AutoRatios) -> Option<String>| -> Vec<String> {
+        sizes
+            .iter()
+            .map(|&z| at(z).and_then(f).unwrap_or_else(|| "-".into()))
+            .collect()
+    };
+    Some([
+        cells(&|r| Some(r.best_engine.clone())),
+        cells(&|r| Some(r.vs_best.text())),
+        cells(&|r| r.vs_batch.map(|b| b.text())),
+    ])
+}
+
+/// The live backend's kernel calls per migration (empty for the built-in backend).
+pub fn live_calls_text(rep: &BenchReport) -> String {
+    let rows: Vec<&BenchResult> = rep
+        .results
+        .iter()
+        .filter(|r| r.live.is_some() && r.batch_pages == rep.batch_pages)
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\nlive backend: UFFDIO_MOVE calls per migration (each is one kernel TLB flush), unmap-phase time\n",
+    );
+    s.push_str(&format!(
+        "{:<12} {:>6} {:>10} {:>12} {:>12} {:>10} {:>12}\n",
+        "engine", "folio", "moves", "unmap calls", "remap calls", "faults", "unmap+flush"
+    ));
+    for r in rows {
+        let l = r.live.expect("filtered");
+        s.push_str(&format!(
+            "{:<12} {:>6} {:>10} {:>12.1} {:>12.1} {:>10.1} {:>10.0}us\n",
+            r.engine,
+            format_size(r.folio_size),
+            if l.batch_moves {
+                "batched"
+            } else {
+                "per-folio"
+            },
+            l.unmap_calls,
+            l.remap_calls,
+            l.faults,
+            (r.phases_ns.unmap + r.phases_ns.flush) as f64 / 1e3
+        ));
+    }
+    s
+}
+
+/// The table.
+pub fn kernel_table(rep: &KernelReport) -> String {
+    let mut s = format!(
+        "kernel move_pages(2), node {} <-> node {}, {} per migration, kernel {}\n\n| folio | kernel page | GB/s | sd | not migrated |\n|---|---|---|---|---|\n",
+        rep.nodes.0,
+        rep.nodes.1,
+        format_size(rep.total_bytes),
+        rep.kernel
+    );
+    for r in &rep.results {
+        s += &format!(
+            "| {} | {} | {:.2} | {:.2} | {} |\n",
+            format_size(r.folio_size),
+            format_size(r.kernel_page_size),
+            r.gbps_mean,
+            r.gbps_sd,
+            r.pages_not_migrated
+        );
+    }
+    s
+}
+
+/// The stress summary: one row per engine, the loss figures last (each must be 0).
+pub fn stress_table(reports: &[StressReport]) -> String {
+    let mut s = format!(
+        "{:<14} {:>7} {:>11} {:>10} {:>14} {:>11} {:>10} {:>11} {:>8}\n",
+        "engine",
+        "seconds",
+        "operations",
+        "migrations",
+        "pages migrated",
+        "lost writes",
+        "torn reads",
+        "mismatches",
+        "leaked"
+    );
+    for r in reports {
+        s.push_str(&format!(
+            "{:<14} {:>7.1} {:>11} {:>10} {:>14} {:>11} {:>10} {:>11} {:>8}\n",
+            r.engine,
+            r.seconds,
+            r.operations,
+            r.migrate_calls,
+            r.pages_migrated,
+            r.lost_writes,
+            r.torn_reads,
+            r.content_mismatches,
+            r.leaked_frames
+        ));
+    }
+    let counts =
+        |title: &str, get: &dyn Fn(&StressReport) -> &std::collections::BTreeMap<String, u64>| {
+            let mut keys: Vec<&String> = reports.iter().flat_map(|r| get(r).keys()).collect();
+            keys.sort();
+            keys.dedup();
+            if keys.is_empty() {
+                return String::new();
+            }
+            let mut t = format!("\n{title}\n{:<14}", "engine");
+            for k in &keys {
+                t.push_str(&format!(" {:>12}", k));
+            }
+            t.push('\n');
+            for r in reports {
+                t.push_str(&format!("{:<14}", r.engine));
+                for k in &keys {
+                    t.push_str(&format!(" {:>12}", get(r).get(*k).copied().unwrap_or(0)));
+                }
+                t.push('\n');
+            }
+            t
+        };
+    s.push_str(&counts("faults injected", &|r| &r.faults_injected));
+    s.push_str(&counts("folios not migrated, by errno", &|r| {
+        &r.folios_failed_by_errno
+    }));
+    s.push_str(&counts("whole calls failed, by errno", &|r| {
+        &r.calls_failed_by_errno
+    }));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wrap_breaks_at_words() {
+        assert_eq!(wrap("ab cd ef", 5), "ab cd\nef\n");
+        assert_eq!(wrap("abcdefg hi", 3), "abcdefg\nhi\n");
+        assert_eq!(wrap("÷ ÷ ÷", 3), "÷ ÷\n÷\n");
+        assert_eq!(wrap("", 3), "");
+    }
+}

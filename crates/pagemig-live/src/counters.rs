@@ -1,0 +1,85 @@
+//! The live backend's counters: kernel calls, pages moved, faults and their kinds.
+
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of a [`Live`](crate::Live) backend (all regions).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) faults: AtomicU64,
+    pub(crate) faults_populated: AtomicU64,
+    pub(crate) faults_on_migration: AtomicU64,
+    pub(crate) faults_woken: AtomicU64,
+    pub(crate) stray_faults: AtomicU64,
+    pub(crate) unmap_ioctls: AtomicU64,
+    pub(crate) pages_unmapped: AtomicU64,
+    pub(crate) unmap_failures: AtomicU64,
+    pub(crate) remap_ioctls: AtomicU64,
+    pub(crate) pages_remapped: AtomicU64,
+    pub(crate) remap_errors: AtomicU64,
+    pub(crate) no_memory: AtomicU64,
+    pub(crate) handler_errors: AtomicU64,
+    pub(crate) remap_retries: AtomicU64,
+}
+
+/// A snapshot of the live backend's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveCounts {
+    /// Page-fault messages read by the handler.
+    pub faults: u64,
+    /// Faults on never-touched pages, populated from a node's pool.
+    pub faults_populated: u64,
+    /// Faults on pages under migration (the thread waits for the migration's move-in).
+    pub faults_on_migration: u64,
+    /// Faults on pages already mapped again (the thread was woken).
+    pub faults_woken: u64,
+    /// Faults on frames' arena slots: a bug in the backend; always 0.
+    pub stray_faults: u64,
+    /// `UFFDIO_MOVE` calls taking pages out of the program (each is one kernel TLB flush).
+    pub unmap_ioctls: u64,
+    /// Base pages taken out.
+    pub pages_unmapped: u64,
+    /// Folios whose move out failed (left mapped, migration retried or failed).
+    pub unmap_failures: u64,
+    /// `UFFDIO_MOVE` calls putting pages into the program.
+    pub remap_ioctls: u64,
+    /// Base pages put in.
+    pub pages_remapped: u64,
+    /// Moves into the program that still failed after many attempts (the page stays
+    /// queued, its threads wait): a bug; always 0.
+    pub remap_errors: u64,
+    /// First touches that found no free frame on any node.
+    pub no_memory: u64,
+    /// Errors reading the userfaultfd.
+    pub handler_errors: u64,
+    /// Moves into the program that failed once and were queued again (they succeeded
+    /// later unless `remap_errors` says otherwise).
+    pub remap_retries: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> LiveCounts {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LiveCounts {
+            faults: g(&self.faults),
+            faults_populated: g(&self.faults_populated),
+            faults_on_migration: g(&self.faults_on_migration),
+            faults_woken: g(&self.faults_woken),
+            stray_faults: g(&self.stray_faults),
+            unmap_ioctls: g(&self.unmap_ioctls),
+            pages_unmapped: g(&self.pages_unmapped),
+            unmap_failures: g(&self.unmap_failures),
+            remap_ioctls: g(&self.remap_ioctls),
+            pages_remapped: g(&self.pages_remapped),
+            remap_errors: g(&self.remap_errors),
+            no_memory: g(&self.no_memory),
+            handler_errors: g(&self.handler_errors),
+            remap_retries: g(&self.remap_retries),
+        }
+    }
+}
+
+pub(crate) fn inc(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}

@@ -1,0 +1,345 @@
+//! The `UFFDIO_MOVE` batching of a region: its backend queues the unmaps of a TLB batch
+//! and the remaps of a migration batch and performs them one kernel call per run of pages
+//! contiguous both in the program and in the arena (one kernel TLB shootdown per run, as
+//! `try_to_unmap_flush` gives the kernel one per batch), redoing a failed run folio by folio.
+
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use pagemig::mm::{AddressSpace, FailedUnmap, Pfn, SpaceBackend, VirtAddr, PAGE_SIZE};
+use pagemig::sync::lock;
+use pagemig::Errno;
+
+use crate::counters::inc;
+use crate::handler::Shared;
+use crate::sys;
+
+/// One queued move: the pages at `va` and the frames from `pfn`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mv {
+    pub(crate) va: usize,
+    pub(crate) pfn: Pfn,
+    pub(crate) nr: usize,
+}
+
+/// An unmap queued by a TLB batch (its id).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueuedOut {
+    pub(crate) batch: u64,
+    pub(crate) mv: Mv,
+}
+
+/// Consecutive flushes with failed moves into the program before it counts as an error.
+pub(crate) const REMAP_GIVE_UP: u32 = 64;
+
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Consecutive flushes that left moves into the program queued.
+    pub(crate) failed_flushes: u32,
+    /// Unmaps queued until their batch's TLB flush: program -> arena slot.
+    pub(crate) out: Vec<QueuedOut>,
+    /// Remaps queued until the end of the batch: arena slot -> program.
+    pub(crate) inn: Vec<Mv>,
+}
+
+/// The backend of one region: the glue between the core's shadow page table and the
+/// program's real pages.
+pub(crate) struct RegionBackend {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) base: usize,
+    pub(crate) len: usize,
+    pub(crate) order: u8,
+    pub(crate) placement: AtomicU32,
+    pub(crate) batch_moves: AtomicBool,
+    pub(crate) pending: Mutex<Pending>,
+    pub(crate) space: OnceLock<Weak<AddressSpace>>,
+}
+
+/// Direction of a run of moves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// program -> arena slot
+    Out,
+    /// arena slot -> program
+    In,
+}
+
+impl RegionBackend {
+    pub(crate) fn slot(&self, pfn: Pfn) -> usize {
+        self.shared.mm.frame_addr(pfn)
+    }
+
+    pub(crate) fn contains(&self, addr: usize) -> bool {
+        addr >= self.base && addr - self.base < self.len
+    }
+
+    /// One `UFFDIO_MOVE` of `len` bytes; on an error the bytes moved before it.
+    pub(crate) fn mv(
+        &self,
+        dir: Dir,
+        va: usize,
+        slot: usize,
+        len: usize,
+    ) -> Result<(), (Errno, usize)> {
+        let c = &self.shared.counters;
+        let (dst, src, mode) = match dir {
+            Dir::Out => (slot, va, sys::UFFDIO_MOVE_MODE_DONTWAKE),
+            Dir::In => (va, slot, 0),
+        };
+        let r = sys::move_pages(&self.shared.uffd, dst, src, len, mode);
+        let (ioctls, pages) = match dir {
+            Dir::Out => (&c.unmap_ioctls, &c.pages_unmapped),
+            Dir::In => (&c.remap_ioctls, &c.pages_remapped),
+        };
+        inc(ioctls, 1);
+        match r {
+            Ok(n) if n == len => {
+                inc(pages, (len / PAGE_SIZE) as u64);
+                Ok(())
+            }
+            Ok(n) => {
+                inc(pages, (n / PAGE_SIZE) as u64);
+                Err((Errno::Again, n))
+            }
+            Err((e, n)) => {
+                inc(pages, (n / PAGE_SIZE) as u64);
+                let errno = match e.raw_os_error() {
+                    Some(libc::EBUSY) => Errno::Busy,
+                    Some(libc::ENOENT) => Errno::NoEnt,
+                    Some(libc::ENOMEM) => Errno::NoMem,
+                    Some(libc::EAGAIN) => Errno::Again,
+                    Some(libc::EFAULT) => Errno::Fault,
+                    _ => Errno::Inval,
+                };
+                Err((errno, n))
+            }
+        }
+    }
+
+    /// Moves one folio's pages. Out of the program all or nothing (a partial move is moved
+    /// back). Into the program, a large folio that cannot move whole moves page by page;
+    /// the pages that still fail are returned, to be tried again.
+    pub(crate) fn mv_folio_in(&self, m: Mv) -> Vec<(Mv, Errno)> {
+        match self.mv_folio(Dir::In, m) {
+            Ok(()) => Vec::new(),
+            Err(e) if m.nr == 1 => vec![(m, e)],
+            Err(_) => (0..m.nr)
+                .filter_map(|i| {
+                    let one = Mv {
+                        va: m.va + i * PAGE_SIZE,
+                        pfn: Pfn(m.pfn.0 + i as u64),
+                        nr: 1,
+                    };
+                    self.mv_folio(Dir::In, one).err().map(|e| (one, e))
+                })
+                .collect(),
+        }
+    }
+
+    /// Moves one folio's pages, all or nothing: a partial move is moved back.
+    pub(crate) fn mv_folio(&self, dir: Dir, m: Mv) -> Result<(), Errno> {
+        let (va, slot, len) = (m.va, self.slot(m.pfn), m.nr * PAGE_SIZE);
+        let mut last = Errno::Again;
+        // EAGAIN is a transient race inside the kernel (a folio lock, a split): retry.
+        for _ in 0..8 {
+            match self.mv(dir, va, slot, len) {
+                Ok(()) => return Ok(()),
+                Err((e, done)) => {
+                    last = e;
+                    if done > 0 {
+                        let back = match dir {
+                            Dir::Out => Dir::In,
+                            Dir::In => Dir::Out,
+                        };
+                        if self.mv(back, va, slot, done).is_err() {
+                            inc(&self.shared.counters.remap_errors, 1);
+                        }
+                    }
+                    if e != Errno::Again {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// One folio's move in either direction; what failed.
+    pub(crate) fn mv_one(&self, dir: Dir, m: Mv) -> Vec<(Mv, Errno)> {
+        match dir {
+            Dir::In => self.mv_folio_in(m),
+            Dir::Out => self
+                .mv_folio(Dir::Out, m)
+                .err()
+                .map(|e| (m, e))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Performs a list of moves, one `UFFDIO_MOVE` per run contiguous both in the program
+    /// and in the arena; a run that fails is redone folio by folio. Returns the folios that
+    /// could not be moved.
+    pub(crate) fn run_moves(&self, dir: Dir, mut list: Vec<Mv>) -> Vec<(Mv, Errno)> {
+        let mut failed = Vec::new();
+        if list.is_empty() {
+            return failed;
+        }
+        list.sort_unstable_by_key(|m| m.va);
+        let mut i = 0;
+        while i < list.len() {
+            let start = i;
+            let mut len = list[i].nr * PAGE_SIZE;
+            let slot0 = self.slot(list[i].pfn);
+            while i + 1 < list.len()
+                && list[i + 1].va == list[start].va + len
+                && self.shared.mm.node_of(list[i + 1].pfn)
+                    == self.shared.mm.node_of(list[start].pfn)
+                && self.slot(list[i + 1].pfn) == slot0 + len
+            {
+                len += list[i + 1].nr * PAGE_SIZE;
+                i += 1;
+            }
+            i += 1;
+            let run = &list[start..i];
+            if run.len() == 1 {
+                failed.extend(self.mv_one(dir, run[0]));
+                continue;
+            }
+            match self.mv(dir, run[0].va, slot0, len) {
+                Ok(()) => {}
+                Err((_, done)) => {
+                    // Folios wholly moved stay moved; the rest go one by one.
+                    let mut off = 0;
+                    for &m in run {
+                        let l = m.nr * PAGE_SIZE;
+                        if off + l <= done {
+                            off += l;
+                            continue;
+                        }
+                        if off < done {
+                            // Partly moved: move that part back, then retry the folio.
+                            let back = match dir {
+                                Dir::Out => Dir::In,
+                                Dir::In => Dir::Out,
+                            };
+                            if self.mv(back, m.va, self.slot(m.pfn), done - off).is_err() {
+                                inc(&self.shared.counters.remap_errors, 1);
+                            }
+                        }
+                        off += l;
+                        failed.extend(self.mv_one(dir, m));
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    /// Performs the queued remaps (the pending lock is held across the moves, so a
+    /// concurrent unmap of the same page waits for its move-in).
+    pub(crate) fn do_flush_remaps(&self) {
+        let mut p = lock(&self.pending);
+        if p.inn.is_empty() {
+            return;
+        }
+        let list = std::mem::take(&mut p.inn);
+        let failed = self.run_moves(Dir::In, list);
+        if failed.is_empty() {
+            p.failed_flushes = 0;
+            return;
+        }
+        // The shadow maps these pages already: they stay queued and are tried again at
+        // the next flush (every batch end and every fault on them flushes).
+        let c = &self.shared.counters;
+        inc(&c.remap_retries, failed.len() as u64);
+        p.failed_flushes += 1;
+        if p.failed_flushes == REMAP_GIVE_UP {
+            inc(&c.remap_errors, failed.len() as u64);
+            let (m, e) = failed[0];
+            eprintln!(
+                "pagemig live: {} page moves into the program keep failing (first: {:#x}, {} \
+                 pages from frame {:#x} at {:#x}: {:?}); still trying",
+                failed.len(),
+                m.va,
+                m.nr,
+                m.pfn.0,
+                self.slot(m.pfn),
+                e
+            );
+        }
+        p.inn.extend(failed.into_iter().map(|(m, _)| m));
+    }
+}
+
+impl SpaceBackend for RegionBackend {
+    fn unmap(&self, vaddr: VirtAddr, pfn: Pfn, nr: usize, defer: Option<u64>) -> Result<(), Errno> {
+        // Under the page-table lock. A queued move-in of this page must happen first.
+        self.do_flush_remaps();
+        let m = Mv {
+            va: vaddr.0 as usize,
+            pfn,
+            nr,
+        };
+        if let (Some(batch), true) = (defer, self.batch_moves.load(Ordering::Relaxed)) {
+            lock(&self.pending).out.push(QueuedOut { batch, mv: m });
+            return Ok(());
+        }
+        self.mv_folio(Dir::Out, m).inspect_err(|_| {
+            inc(&self.shared.counters.unmap_failures, 1);
+        })
+    }
+
+    fn flush_unmaps(&self, batch: u64) -> Vec<FailedUnmap> {
+        // Only this batch's: a failure must reach the batch whose folio it is.
+        let list: Vec<Mv> = {
+            let mut p = lock(&self.pending);
+            let (mine, others): (Vec<QueuedOut>, Vec<QueuedOut>) = std::mem::take(&mut p.out)
+                .into_iter()
+                .partition(|q| q.batch == batch);
+            p.out = others;
+            mine.into_iter().map(|q| q.mv).collect()
+        };
+        let failed = self.run_moves(Dir::Out, list);
+        inc(&self.shared.counters.unmap_failures, failed.len() as u64);
+        failed
+            .into_iter()
+            .map(|(m, _)| FailedUnmap {
+                vaddr: VirtAddr(m.va as u64),
+                pfn: m.pfn,
+                nr: m.nr,
+            })
+            .collect()
+    }
+
+    fn remap(&self, vaddr: VirtAddr, old: Pfn, new: Pfn, nr: usize) {
+        let va = vaddr.0 as usize;
+        let mut p = lock(&self.pending);
+        if let Some(k) = p.out.iter().position(|q| q.mv.va == va) {
+            // Its unmap is still queued: the page never left the program.
+            let m = p.out.swap_remove(k).mv;
+            if new == old {
+                return;
+            }
+            // Not reached by the core (it flushes before it copies); keep the data right.
+            drop(p);
+            if self.mv_folio(Dir::Out, m).is_err() {
+                inc(&self.shared.counters.remap_errors, 1);
+                return;
+            }
+            p = lock(&self.pending);
+        }
+        p.inn.push(Mv { va, pfn: new, nr });
+        let now = !self.batch_moves.load(Ordering::Relaxed);
+        drop(p);
+        if now {
+            self.do_flush_remaps();
+        }
+    }
+
+    fn flush_remaps(&self) {
+        self.do_flush_remaps();
+    }
+}

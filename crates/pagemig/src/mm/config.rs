@@ -1,0 +1,52 @@
+//! [`MemoryConfig`] and [`NodeConfig`]: how many nodes, how large, bound to which host node.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use super::{FaultHooks, MovableOps};
+use crate::sync::Arc;
+
+/// Configuration of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Capacity; rounded up to 2 MiB.
+    pub capacity_bytes: usize,
+    /// Host NUMA node to bind to when the host has several (default: same id).
+    pub host_node: Option<u32>,
+}
+
+/// Configuration of a [`Memory`].
+#[derive(Clone, Default)]
+pub struct MemoryConfig {
+    /// The nodes, in id order.
+    pub nodes: Vec<NodeConfig>,
+    /// Fault-injection hooks.
+    pub hooks: Option<Arc<dyn FaultHooks>>,
+    /// Callbacks for movable_ops pages.
+    pub movable_ops: Option<Arc<dyn MovableOps>>,
+}
+
+impl fmt::Debug for MemoryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryConfig")
+            .field("nodes", &self.nodes)
+            .finish()
+    }
+}
+
+impl MemoryConfig {
+    /// `nr_nodes` nodes of `capacity_bytes` each.
+    pub fn with_nodes(nr_nodes: usize, capacity_bytes: usize) -> MemoryConfig {
+        MemoryConfig {
+            nodes: (0..nr_nodes)
+                .map(|_| NodeConfig {
+                    capacity_bytes,
+                    host_node: None,
+                })
+                .collect(),
+            hooks: None,
+            movable_ops: None,
+        }
+    }
+}
