@@ -35,6 +35,7 @@ use pagemig::offload::{migrate_folios_mc_copy, CopyBatch, Migrator, ReasonMask};
 use pagemig::Errno;
 
 use crate::dmaengine::{DmaAddr, DmaChannel, DmaDevice, DmaResult};
+use crate::lifecycle::{DriverResource, Lifecycle};
 use crate::params::{parse_bool, parse_range, ModuleParams, ParamError};
 use crate::sync::{lock, Pending};
 
@@ -58,6 +59,26 @@ pub struct DcbmConfig {
     pub spin_us: u64,
 }
 
+/// The channels a running dcbm holds, returned to their device on release.
+struct Channels {
+    chans: Arc<Vec<Claimable>>,
+    device: Arc<dyn DmaDevice>,
+}
+
+impl DriverResource for Channels {
+    fn release(self) {
+        // Released after unregister: no batch holds a clone any more.
+        match Arc::try_unwrap(self.chans) {
+            Ok(chans) => {
+                for c in chans {
+                    self.device.release_channel(c.ch);
+                }
+            }
+            Err(_) => debug_assert!(false, "a batch holds the channels after unregister"),
+        }
+    }
+}
+
 struct Claimable {
     ch: Arc<dyn DmaChannel>,
     busy: Mutex<()>,
@@ -67,18 +88,14 @@ struct Inner {
     mm: Weak<Memory>,
     device: Arc<dyn DmaDevice>,
     params: Mutex<DcbmConfig>,
-    /// The channel pool; `Some` while offloading is on.
-    pool: Mutex<Option<Arc<Vec<Claimable>>>>,
+    /// The channel pool and the registration.
+    life: Lifecycle<Channels>,
     rotor: AtomicUsize,
     folios_migrated: AtomicU64,
     folios_failures: AtomicU64,
     batches_refused: AtomicU64,
     batches_declined: AtomicU64,
     folios_declined: AtomicU64,
-    /// The channels are held for another driver that dispatches here (not registered).
-    attached: AtomicBool,
-    /// Serialises switching offloading on and off.
-    ctl: Mutex<()>,
 }
 
 /// The dcbm driver over one DMA device. Cheap to clone (a handle).
@@ -110,15 +127,13 @@ impl Dcbm {
                     max_desc_bytes: 2 << 20,
                     spin_us: 30,
                 }),
-                pool: Mutex::new(None),
+                life: Lifecycle::new(),
                 rotor: AtomicUsize::new(0),
                 folios_migrated: AtomicU64::new(0),
                 folios_failures: AtomicU64::new(0),
                 batches_refused: AtomicU64::new(0),
                 batches_declined: AtomicU64::new(0),
                 folios_declined: AtomicU64::new(0),
-                attached: AtomicBool::new(false),
-                ctl: Mutex::new(()),
             }),
         }
     }
@@ -134,7 +149,7 @@ impl Dcbm {
 
     /// Whether offloading is on (registered with the core).
     pub fn is_offloading(&self) -> bool {
-        lock(&self.inner.pool).is_some() && !self.inner.attached.load(Ordering::SeqCst)
+        self.inner.life.is_offloading()
     }
 
     fn request_channels(&self, nr: usize) -> Result<Vec<Claimable>, ParamError> {
@@ -157,81 +172,39 @@ impl Dcbm {
         Ok(chans)
     }
 
+    fn request_pool(&self) -> Result<Channels, ParamError> {
+        let n = lock(&self.inner.params).nr_dma_chan;
+        Ok(Channels {
+            chans: Arc::new(self.request_channels(n)?),
+            device: self.inner.device.clone(),
+        })
+    }
+
     /// Acquires the channels without registering, for a driver that dispatches batches
     /// to this one (the `auto` engine).
     pub fn attach(&self) -> Result<(), ParamError> {
-        let mut pool = lock(&self.inner.pool);
-        if pool.is_some() {
-            return Err(ParamError::Busy {
-                name: "attach".into(),
-                why: "channels are already held".into(),
-            });
-        }
-        let n = lock(&self.inner.params).nr_dma_chan;
-        *pool = Some(Arc::new(self.request_channels(n)?));
-        self.inner.attached.store(true, Ordering::SeqCst);
-        Ok(())
+        self.inner
+            .life
+            .attach("channels are held", || self.request_pool())
     }
 
     /// Whether channels acquired by [`Dcbm::attach`] are held.
     pub fn is_attached(&self) -> bool {
-        self.inner.attached.load(Ordering::SeqCst)
+        self.inner.life.is_attached()
     }
 
     /// Releases channels acquired by [`Dcbm::attach`].
     pub fn detach(&self) {
-        let _ctl = lock(&self.inner.ctl);
-        if self.inner.attached.swap(false, Ordering::SeqCst) {
-            self.release_pool();
-        }
+        self.inner.life.detach();
     }
 
     fn set_offloading(&self, on: bool) -> Result<(), ParamError> {
-        // Serialises switching. The pool lock, which batch copies take, is never held
-        // across register/unregister (that would deadlock with a batch in flight inside
-        // the registry's read section).
-        let _ctl = lock(&self.inner.ctl);
-        if self.inner.attached.load(Ordering::SeqCst) {
-            return Err(ParamError::Busy {
-                name: "offloading".into(),
-                why: "attached to another driver".into(),
-            });
-        }
-        if on == lock(&self.inner.pool).is_some() {
-            return Ok(());
-        }
-        let mm = self
-            .inner
-            .mm
-            .upgrade()
-            .ok_or_else(|| ParamError::Start("memory is gone".into()))?;
-        if on {
-            let p = lock(&self.inner.params).clone();
-            let chans = self.request_channels(p.nr_dma_chan)?;
-            *lock(&self.inner.pool) = Some(Arc::new(chans));
-            if let Err(e) = mm.offload().register(self.as_migrator(), p.reason_mask) {
-                self.release_pool();
-                return Err(ParamError::Offload(e));
-            }
-        } else {
-            // Unregister first: it waits for in-flight batches; nothing is in flight after.
-            mm.offload()
-                .unregister(&self.as_migrator())
-                .map_err(ParamError::Offload)?;
-            self.release_pool();
-        }
-        Ok(())
-    }
-
-    fn release_pool(&self) {
-        let pool = lock(&self.inner.pool).take();
-        if let Some(chans) = pool {
-            let chans = Arc::try_unwrap(chans)
-                .unwrap_or_else(|_| unreachable!("no batch holds the pool after unregister"));
-            for c in chans {
-                self.inner.device.release_channel(c.ch);
-            }
-        }
+        let mask = lock(&self.inner.params).reason_mask;
+        self.inner
+            .life
+            .set_offloading(on, &self.inner.mm, self.as_migrator(), mask, || {
+                self.request_pool()
+            })
     }
 
     /// The knobs in force.
@@ -279,7 +252,11 @@ impl Dcbm {
 
     /// Channels held while offloading.
     pub fn nr_channels_held(&self) -> usize {
-        lock(&self.inner.pool).as_ref().map_or(0, |p| p.len())
+        self.inner
+            .life
+            .resource()
+            .as_ref()
+            .map_or(0, |p| p.chans.len())
     }
 
     /// Counters.
@@ -506,7 +483,7 @@ impl Migrator for Inner {
             self.folios_declined.fetch_add(n as u64, Ordering::Relaxed);
             return migrate_folios_mc_copy(batch);
         }
-        let Some(pool) = lock(&self.pool).clone() else {
+        let Some(pool) = self.life.resource().as_ref().map(|c| c.chans.clone()) else {
             return Err(Errno::NoDev);
         };
         // Claim free channels with a try-lock, starting at a rotating position.
@@ -639,14 +616,3 @@ impl Migrator for Inner {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(chans) = lock(&self.pool).take() {
-            if let Ok(chans) = Arc::try_unwrap(chans) {
-                for c in chans {
-                    self.device.release_channel(c.ch);
-                }
-            }
-        }
-    }
-}

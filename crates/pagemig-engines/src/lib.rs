@@ -16,6 +16,7 @@ pub mod dcbm;
 pub mod dmaengine;
 pub mod emulated;
 pub mod mtcopy;
+mod lifecycle;
 mod params;
 mod sync;
 

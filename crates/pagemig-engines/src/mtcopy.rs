@@ -26,6 +26,7 @@ use pagemig::mm::{Folio, Memory};
 use pagemig::offload::{migrate_folios_mc_copy, CopyBatch, Migrator, ReasonMask};
 use pagemig::Errno;
 
+use crate::lifecycle::{DriverResource, Lifecycle};
 use crate::params::{parse_bool, parse_range, ModuleParams, ParamError};
 use crate::sync::{lock, Parker, Pending};
 
@@ -166,7 +167,10 @@ impl Pool {
         Ok(Pool { slots, handles })
     }
 
-    fn stop(self) {
+}
+
+impl DriverResource for Pool {
+    fn release(self) {
         for s in &self.slots {
             s.stop.store(true, Ordering::SeqCst);
             s.parker.kick();
@@ -200,17 +204,13 @@ fn worker(slot: Arc<WorkerSlot>, cpu: Option<usize>, spin: Duration) {
 struct Inner {
     mm: Weak<Memory>,
     params: Mutex<MtCopyConfig>,
-    /// The pool and the registration, changed together under this lock.
-    pool: Mutex<Option<Pool>>,
+    /// The pool and the registration.
+    life: Lifecycle<Pool>,
     /// Serialises batches on this engine (the pool has one slot per worker).
     batch_lock: Mutex<()>,
     folios_migrated: AtomicU64,
     folios_failures: AtomicU64,
     batches_inline: AtomicU64,
-    /// The pool runs for another driver that dispatches here (not registered itself).
-    attached: AtomicBool,
-    /// Serialises switching offloading on and off.
-    ctl: Mutex<()>,
 }
 
 /// The mtcopy driver. Cheap to clone (a handle).
@@ -241,13 +241,11 @@ impl MtCopy {
                     spin_us: 300,
                     inject_fail_every: 0,
                 }),
-                pool: Mutex::new(None),
+                life: Lifecycle::new(),
                 batch_lock: Mutex::new(()),
                 folios_migrated: AtomicU64::new(0),
                 folios_failures: AtomicU64::new(0),
                 batches_inline: AtomicU64::new(0),
-                attached: AtomicBool::new(false),
-                ctl: Mutex::new(()),
             }),
         }
     }
@@ -263,34 +261,27 @@ impl MtCopy {
 
     /// Whether offloading is on (registered with the core).
     pub fn is_offloading(&self) -> bool {
-        lock(&self.inner.pool).is_some() && !self.inner.attached.load(Ordering::SeqCst)
+        self.inner.life.is_offloading()
+    }
+
+    fn start_pool(&self) -> Result<Pool, ParamError> {
+        let p = lock(&self.inner.params).clone();
+        Pool::start(p.threads - 1, p.cpuselect, Duration::from_micros(p.spin_us))
     }
 
     /// Starts the pool without registering, for a driver that dispatches batches to this
     /// one (the `auto` engine).
     pub fn attach(&self) -> Result<(), ParamError> {
-        let mut pool = lock(&self.inner.pool);
-        if pool.is_some() {
-            return Err(ParamError::Busy {
-                name: "attach".into(),
-                why: "the pool is already running".into(),
-            });
-        }
-        let p = lock(&self.inner.params).clone();
-        *pool = Some(Pool::start(
-            p.threads - 1,
-            p.cpuselect,
-            Duration::from_micros(p.spin_us),
-        )?);
-        self.inner.attached.store(true, Ordering::SeqCst);
-        Ok(())
+        self.inner
+            .life
+            .attach("the pool is running", || self.start_pool())
     }
 
     /// Makes the pool's idle threads sleep now rather than spin for `spin_us` first: for a
     /// caller that is about to copy with another engine on the same CPUs (`auto`). The next
     /// batch wakes them.
     pub fn quiesce(&self) {
-        if let Some(p) = lock(&self.inner.pool).as_ref() {
+        if let Some(p) = self.inner.life.resource().as_ref() {
             for s in &p.slots {
                 s.parker.quiesce();
             }
@@ -299,61 +290,21 @@ impl MtCopy {
 
     /// Whether a pool started by [`MtCopy::attach`] is running.
     pub fn is_attached(&self) -> bool {
-        self.inner.attached.load(Ordering::SeqCst)
+        self.inner.life.is_attached()
     }
 
     /// Stops a pool started by [`MtCopy::attach`].
     pub fn detach(&self) {
-        if self.inner.attached.swap(false, Ordering::SeqCst) {
-            if let Some(p) = lock(&self.inner.pool).take() {
-                p.stop();
-            }
-        }
+        self.inner.life.detach();
     }
 
     fn set_offloading(&self, on: bool) -> Result<(), ParamError> {
-        // Serialises switching. A batch copy never takes this lock, and the pool lock
-        // (which batch copies do take) is never held across register/unregister: holding
-        // it there would deadlock with a batch in flight inside the registry's read
-        // section.
-        let _ctl = lock(&self.inner.ctl);
-        if self.inner.attached.load(Ordering::SeqCst) {
-            return Err(ParamError::Busy {
-                name: "offloading".into(),
-                why: "attached to another driver".into(),
-            });
-        }
-        if on == lock(&self.inner.pool).is_some() {
-            return Ok(());
-        }
-        let mm = self
-            .inner
-            .mm
-            .upgrade()
-            .ok_or_else(|| ParamError::Start("memory is gone".into()))?;
-        if on {
-            let p = lock(&self.inner.params).clone();
-            let new = Pool::start(p.threads - 1, p.cpuselect, Duration::from_micros(p.spin_us))?;
-            *lock(&self.inner.pool) = Some(new);
-            if let Err(e) = mm.offload().register(self.as_migrator(), p.reason_mask) {
-                let pool = lock(&self.inner.pool).take();
-                if let Some(pool) = pool {
-                    pool.stop();
-                }
-                return Err(ParamError::Offload(e));
-            }
-        } else {
-            // Unregister first: it returns once in-flight batches are done, and none
-            // reaches this driver after; only then does the pool go away.
-            mm.offload()
-                .unregister(&self.as_migrator())
-                .map_err(ParamError::Offload)?;
-            let pool = lock(&self.inner.pool).take();
-            if let Some(pool) = pool {
-                pool.stop();
-            }
-        }
-        Ok(())
+        let mask = lock(&self.inner.params).reason_mask;
+        self.inner
+            .life
+            .set_offloading(on, &self.inner.mm, self.as_migrator(), mask, || {
+                self.start_pool()
+            })
     }
 
     /// The knobs in force.
@@ -420,7 +371,7 @@ impl MtCopy {
 
     /// Number of live pool threads (threads - 1 while offloading, else 0).
     pub fn nr_pool_threads(&self) -> usize {
-        lock(&self.inner.pool)
+        self.inner.life.resource()
             .as_ref()
             .map_or(0, |p| p.handles.len())
     }
@@ -554,7 +505,7 @@ impl Migrator for Inner {
         }
         let p = lock(&self.params).clone();
         let _serial = lock(&self.batch_lock);
-        let pool = lock(&self.pool);
+        let pool = self.life.resource();
         let mm_arc = self.mm.upgrade();
         let (Some(pool_ref), Some(mm_arc)) = (pool.as_ref(), mm_arc) else {
             // Switched off under us (the registry already points elsewhere): copy inline.
@@ -677,10 +628,3 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(p) = lock(&self.pool).take() {
-            p.stop();
-        }
-    }
-}
