@@ -615,4 +615,3 @@ impl Migrator for Inner {
         rc
     }
 }
-

@@ -15,8 +15,8 @@ pub mod auto;
 pub mod dcbm;
 pub mod dmaengine;
 pub mod emulated;
-pub mod mtcopy;
 mod lifecycle;
+pub mod mtcopy;
 mod params;
 mod sync;
 

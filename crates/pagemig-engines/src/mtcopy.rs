@@ -57,12 +57,18 @@ impl CpuSelect {
             CpuSelect::Fill => "fill",
         }
     }
-    fn cpu_for(self, i: usize, nr_threads: usize) -> Option<usize> {
-        let nr_cpus = pagemig::sys::nr_cpus();
+    /// The CPU of copy thread `i` of `nr_threads`, chosen among `allowed` (the CPUs this
+    /// process may run on, as `sched_getaffinity` reports them: under `taskset -c 8-11`
+    /// thread 0 goes to CPU 8, not to CPU 0).
+    fn cpu_for(self, i: usize, nr_threads: usize, allowed: &[usize]) -> Option<usize> {
+        let n = allowed.len();
+        if n == 0 {
+            return None;
+        }
         match self {
             CpuSelect::None => None,
-            CpuSelect::Fill => Some(i % nr_cpus),
-            CpuSelect::Spread => Some((i * (nr_cpus / nr_threads.min(nr_cpus)).max(1)) % nr_cpus),
+            CpuSelect::Fill => Some(allowed[i % n]),
+            CpuSelect::Spread => Some(allowed[(i * (n / nr_threads.clamp(1, n)).max(1)) % n]),
         }
     }
 }
@@ -141,12 +147,21 @@ struct WorkerSlot {
 struct Pool {
     slots: Vec<Arc<WorkerSlot>>,
     handles: Vec<JoinHandle<()>>,
+    /// The CPUs each pool thread may run on once started (after its pinning).
+    cpus: Vec<Vec<usize>>,
 }
 
 impl Pool {
+    /// Starts `nr_workers` threads, pinned as `cpuselect` says within the CPUs the calling
+    /// thread may use. A thread that cannot be pinned fails the start (the threads started
+    /// are stopped): a pool that silently runs elsewhere than asked would mislead every
+    /// measurement made with it.
     fn start(nr_workers: usize, cpuselect: CpuSelect, spin: Duration) -> Result<Pool, ParamError> {
+        let allowed = pagemig::sys::allowed_cpus()
+            .map_err(|e| ParamError::Start(format!("sched_getaffinity: {e}")))?;
         let mut slots = Vec::new();
         let mut handles = Vec::new();
+        let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
         for i in 0..nr_workers {
             let slot = Arc::new(WorkerSlot {
                 job: Mutex::new(None),
@@ -156,35 +171,76 @@ impl Pool {
             });
             let s = slot.clone();
             // The caller is thread 0; pool thread i is copy thread i + 1.
-            let cpu = cpuselect.cpu_for(i + 1, nr_workers + 1);
-            let h = std::thread::Builder::new()
+            let cpu = cpuselect.cpu_for(i + 1, nr_workers + 1, &allowed);
+            let tx = pinned_tx.clone();
+            let spawned = std::thread::Builder::new()
                 .name(format!("mtcopy/{}", i + 1))
-                .spawn(move || worker(s, cpu, spin))
-                .map_err(|e| ParamError::Start(e.to_string()))?;
-            slots.push(slot);
-            handles.push(h);
+                .spawn(move || {
+                    let pinned = match cpu {
+                        Some(c) => pagemig::sys::pin_current_thread(c)
+                            .map_err(|e| format!("pinning mtcopy/{} to CPU {c}: {e}", i + 1)),
+                        None => Ok(()),
+                    };
+                    let cpus = pinned.and_then(|()| {
+                        pagemig::sys::allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))
+                    });
+                    let ok = cpus.is_ok();
+                    let _ = tx.send((i, cpus));
+                    if ok {
+                        worker(s, spin);
+                    }
+                });
+            match spawned {
+                Ok(h) => {
+                    slots.push(slot);
+                    handles.push(h);
+                }
+                Err(e) => {
+                    Pool::stop_threads(&slots, handles);
+                    return Err(ParamError::Start(e.to_string()));
+                }
+            }
         }
-        Ok(Pool { slots, handles })
+        drop(pinned_tx);
+        let mut cpus = vec![Vec::new(); nr_workers];
+        let mut first_error = None;
+        for (i, r) in pinned_rx.iter().take(nr_workers) {
+            match r {
+                Ok(c) => cpus[i] = c,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            Pool::stop_threads(&slots, handles);
+            return Err(ParamError::Start(e));
+        }
+        Ok(Pool {
+            slots,
+            handles,
+            cpus,
+        })
     }
 
-}
-
-impl DriverResource for Pool {
-    fn release(self) {
-        for s in &self.slots {
+    fn stop_threads(slots: &[Arc<WorkerSlot>], handles: Vec<JoinHandle<()>>) {
+        for s in slots {
             s.stop.store(true, Ordering::SeqCst);
             s.parker.kick();
         }
-        for h in self.handles {
+        for h in handles {
             let _ = h.join();
         }
     }
 }
 
-fn worker(slot: Arc<WorkerSlot>, cpu: Option<usize>, spin: Duration) {
-    if let Some(c) = cpu {
-        let _ = pagemig::sys::pin_current_thread(c);
+impl DriverResource for Pool {
+    fn release(self) {
+        Pool::stop_threads(&self.slots, self.handles);
     }
+}
+
+fn worker(slot: Arc<WorkerSlot>, spin: Duration) {
     loop {
         slot.parker.wait_until(spin, || {
             slot.has_job.load(Ordering::Acquire) || slot.stop.load(Ordering::Acquire)
@@ -371,9 +427,17 @@ impl MtCopy {
 
     /// Number of live pool threads (threads - 1 while offloading, else 0).
     pub fn nr_pool_threads(&self) -> usize {
-        self.inner.life.resource()
+        self.pool_cpus().len()
+    }
+
+    /// For each pool thread, the CPUs it may run on (after its pinning); empty when no
+    /// pool runs.
+    pub fn pool_cpus(&self) -> Vec<Vec<usize>> {
+        self.inner
+            .life
+            .resource()
             .as_ref()
-            .map_or(0, |p| p.handles.len())
+            .map_or(Vec::new(), |p| p.cpus.clone())
     }
 }
 
@@ -627,4 +691,3 @@ impl Inner {
         rc
     }
 }
-
