@@ -50,7 +50,7 @@ const Z975: f64 = 1.959_963_985;
 /// where t is the normal distribution within 10⁻⁵, the normal quantile: statrs' numerical
 /// inversion does not converge for very large `df`).
 pub fn t975(df: f64) -> f64 {
-    if !(df < 1e5) {
+    if df.is_nan() || df >= 1e5 {
         return Z975;
     }
     StudentsT::new(0.0, 1.0, df.max(1.0))
