@@ -34,6 +34,23 @@
 //! * `sys` — the raw userfaultfd ABI (crate-private, the crate's only `unsafe` module).
 //!
 //! See DESIGN.md ("The live backend") for what differs from a kernel migration.
+//!
+//! The raw mappings and the userfaultfd ABI cannot be reached from outside the crate, so no
+//! caller can make a misaligned mapping and read its words:
+//!
+//! ```compile_fail
+//! let m = pagemig_live::sys::Mapping::new(8192, 3, false);
+//! ```
+//!
+//! The public mapping is aligned by construction:
+//!
+//! ```
+//! let m = pagemig_live::kernel::AnonMapping::new(5, false).unwrap();
+//! assert_eq!((m.addr() % 4096, m.len()), (0, 4096));
+//! let t = pagemig_live::kernel::AnonMapping::new(5, true).unwrap();
+//! assert_eq!((t.addr() % (2 << 20), t.len()), (0, 2 << 20));
+//! t.words()[0].store(1, std::sync::atomic::Ordering::Relaxed);
+//! ```
 
 #![deny(unsafe_code)]
 

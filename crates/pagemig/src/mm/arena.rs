@@ -10,6 +10,19 @@
 //! 2 MiB aligned, created in [`Arena::new`] and unmapped only in `Drop`; so any
 //! `[base + off, base + off + n)` with `off + n <= len_bytes` is valid for reads and
 //! writes for the whole life of the `Arena`.
+//!
+//! # Concurrency
+//! The arena is memory shared by every thread of the model and by the copy engines (the
+//! "hardware" of the model: DMA channels, copy threads), exactly as guest memory is in
+//! `vm-memory`, whose volatile accessors are the model here. No Rust reference (`&[u8]`,
+//! `&mut [u8]`) to its bytes is ever made. Byte accesses from safe code ([`Arena::read`],
+//! [`Arena::write`], [`Arena::checksum`]) are volatile, word by word where aligned: two
+//! threads that race on the same bytes read unspecified values (torn at word granularity at
+//! worst), which the migration protocol's locks and migration entries exist to prevent, but
+//! the compiler may not assume the bytes unchanged or elide an access. The bulk copy
+//! ([`Arena::copy_from`]) uses the copy primitives, whose contract
+//! ([`crate::copy::copy_bytes`]) states the same about concurrent writers. The module is
+//! private to the memory model: only [`super::Memory`]'s bounds-checked accessors reach it.
 
 #![allow(
     unsafe_code,
@@ -42,12 +55,42 @@ pub struct Arena {
     binding: NumaBinding,
 }
 
-// SAFETY: the arena is plain memory owned by this value; all access goes through raw
-// copies whose callers coordinate concurrent use (the migration protocol); the pointer is
-// never reallocated.
+// SAFETY: the arena is memory owned by this value (invariant); the pointer is never
+// reallocated, and no thread-bound state is attached to it.
 unsafe impl Send for Arena {}
-// SAFETY: as above; `&Arena` only hands out raw copies into the mapping.
+// SAFETY: `&Arena` never hands out a reference into the mapping: every access is a
+// volatile or primitive copy through raw pointers, bounds-checked (see "Concurrency").
 unsafe impl Sync for Arena {}
+
+/// Copies `n` bytes from `src` to `dst` with volatile accesses: 8-byte words where both are
+/// 8-aligned, bytes elsewhere.
+///
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of `n` bytes, and the ranges must not
+/// overlap.
+unsafe fn copy_volatile(dst: *mut u8, src: *const u8, n: usize) {
+    let mut i = 0;
+    if (dst as usize) % 8 == (src as usize) % 8 {
+        while i < n && (src as usize + i) % 8 != 0 {
+            // SAFETY: `i < n`, inside both ranges (contract).
+            unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+            i += 1;
+        }
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n`, inside both ranges, and both addresses are 8-aligned
+            // (equal alignment, advanced to a word boundary above).
+            unsafe {
+                (dst.add(i) as *mut u64).write_volatile((src.add(i) as *const u64).read_volatile())
+            };
+            i += 8;
+        }
+    }
+    while i < n {
+        // SAFETY: `i < n`, inside both ranges (contract).
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+        i += 1;
+    }
+}
 
 impl Arena {
     /// Maps `len_bytes` (rounded up to 2 MiB), advises THP, binds to `host_node` when the
@@ -140,18 +183,20 @@ impl Arena {
         );
     }
 
-    /// Copies `buf.len()` bytes at `off` into `buf`.
+    /// Copies `buf.len()` bytes at `off` into `buf` (volatile reads).
     pub fn read(&self, off: usize, buf: &mut [u8]) {
         self.check(off, buf.len());
-        // SAFETY: bounds checked against the invariant; `buf` is a distinct Rust allocation.
-        unsafe { std::ptr::copy_nonoverlapping(self.base.add(off), buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: in bounds (checked against the invariant); `buf` is a distinct Rust
+        // allocation, so the ranges do not overlap.
+        unsafe { copy_volatile(buf.as_mut_ptr(), self.base.add(off), buf.len()) };
     }
 
-    /// Copies `buf` into the arena at `off`.
+    /// Copies `buf` into the arena at `off` (volatile writes).
     pub fn write(&self, off: usize, buf: &[u8]) {
         self.check(off, buf.len());
-        // SAFETY: bounds checked against the invariant; `buf` is a distinct Rust allocation.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.base.add(off), buf.len()) };
+        // SAFETY: in bounds (checked against the invariant); `buf` is a distinct Rust
+        // allocation, so the ranges do not overlap.
+        unsafe { copy_volatile(self.base.add(off), buf.as_ptr(), buf.len()) };
     }
 
     /// Copies `n` bytes from `src` at `src_off` into `self` at `dst_off` with the best copy
@@ -171,13 +216,23 @@ impl Arena {
     }
 
     /// The project's checksum ([`crate::checksum`]) of `n` bytes at `off`, read 8 bytes at
-    /// a time with unaligned loads.
+    /// a time (volatile).
     pub fn checksum(&self, off: usize, n: usize) -> u64 {
         self.check(off, n);
         let word = |i: usize| {
-            // SAFETY: callers pass `i + 8 <= n`, and `off + n` is in bounds (checked above);
-            // an unaligned read of plain bytes.
-            unsafe { (self.base.add(off + i) as *const u64).read_unaligned() }
+            // SAFETY: callers pass `i + 8 <= n`, and `off + n` is in bounds (checked above),
+            // so the pointer stays inside the mapping.
+            let p = unsafe { self.base.add(off + i) };
+            if (p as usize) % 8 == 0 {
+                // SAFETY: in bounds (above) and 8-aligned (tested); a little-endian host
+                // reads the same value as `from_le_bytes` of the bytes.
+                u64::from_le(unsafe { (p as *const u64).read_volatile() })
+            } else {
+                let mut w = [0u8; 8];
+                // SAFETY: in bounds (above); `w` is a distinct local.
+                unsafe { copy_volatile(w.as_mut_ptr(), p, 8) };
+                u64::from_le_bytes(w)
+            }
         };
         let mut s = crate::checksum::Fnv4::new();
         let mut i = 0;

@@ -66,8 +66,13 @@ impl Memory {
                     "node {i} has zero capacity"
                 )));
             }
-            let arena = Arena::new(nc.capacity_bytes, nc.host_node.unwrap_or(i as u32))
-                .map_err(|e| MmError::Arena(e.to_string()))?;
+            let arena =
+                Arena::new(nc.capacity_bytes, nc.host_node.unwrap_or(i as u32)).map_err(|e| {
+                    MmError::Arena {
+                        node: NodeId(i as u32),
+                        source: std::sync::Arc::new(e),
+                    }
+                })?;
             let nr = arena.len_bytes() / PAGE_SIZE;
             let memmap: Vec<PageMeta> = (0..nr).map(|_| PageMeta::new_free()).collect();
             nodes.push(Node {

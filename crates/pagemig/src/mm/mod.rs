@@ -9,6 +9,14 @@
 //! (`vmstat`), `copy_mc_highpage` (`folio_copy`), the host's NUMA topology ([`numa`]) and a
 //! CPU's loads and stores ([`access`]). The hardware side of a space with real pages is the
 //! backend API ([`backend`]).
+//!
+//! A node's arena (its raw memory) is private to the memory model: the bytes are reached
+//! only through [`Memory`]'s bounds-checked, poison-aware accessors, never by a reference
+//! that two threads could race on.
+//!
+//! ```compile_fail
+//! let a = pagemig::mm::arena::Arena::new(2 << 20, 0);
+//! ```
 
 pub mod access;
 mod arena;
