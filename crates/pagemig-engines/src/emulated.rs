@@ -7,6 +7,7 @@
 //! Programmable faults ([`DmaFaults`]): a descriptor fails, a descriptor stalls (past a
 //! driver's timeout), no channel is available, completions are reordered and delayed.
 
+use pagemig::sync::IgnorePoison as _;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -288,7 +289,7 @@ impl DmaChannel for EmuChannel {
         }
         let mut st = lock(&self.state);
         while st.running > 0 {
-            st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.cond.wait(st).ignore_poison();
         }
         st.aborting = false;
     }
@@ -310,11 +311,7 @@ fn execute(ch: &EmuChannel, mut d: Descriptor, delay: Duration) {
         let mut st = lock(&ch.state);
         while !st.aborting && Instant::now() < until {
             let left = until.saturating_duration_since(Instant::now());
-            st = ch
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = ch.cond.wait_timeout(st, left).ignore_poison().0;
         }
         if st.aborting {
             result = DmaResult::Aborted;
@@ -368,7 +365,7 @@ fn engine(ch: Arc<EmuChannel>) {
                     return;
                 }
                 st.nr_sleeping += 1;
-                st = ch.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = ch.cond.wait(st).ignore_poison();
                 st.nr_sleeping -= 1;
             }
             let take = if reorder.is_zero() { 1 } else { 2 };

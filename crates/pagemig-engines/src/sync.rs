@@ -2,15 +2,14 @@
 //! drivers wait on — takes its types from `pagemig::sync::model`, so it is model-checked
 //! with loom (`RUSTFLAGS="--cfg loom" cargo test -p pagemig-engines --lib loom`).
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use pagemig::sync::IgnorePoison as _;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use pagemig::sync::model;
 
 /// Locks, ignoring poison (a panicking copy thread must not wedge the driver).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use pagemig::sync::lock;
 
 /// A counter of outstanding work with a waiter: `struct completion` plus a count.
 /// `done()` signals only when a waiter asked for the count it has now reached, so the
@@ -93,11 +92,7 @@ impl Pending {
                     }
                     #[cfg(not(loom))]
                     {
-                        g = self
-                            .cond
-                            .wait_timeout(g, d - now)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
+                        g = self.cond.wait_timeout(g, d - now).ignore_poison().0;
                     }
                     #[cfg(loom)]
                     {
@@ -140,7 +135,7 @@ impl Parker {
                 *sleeping = false;
                 return;
             }
-            sleeping = self.cond.wait(sleeping).unwrap_or_else(|p| p.into_inner());
+            sleeping = self.cond.wait(sleeping).ignore_poison();
         }
     }
 

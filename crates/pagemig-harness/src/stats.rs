@@ -1,37 +1,26 @@
 //! The statistics of the benchmark, the stress test and their reports: mean and standard
 //! deviation, median, percentile, and the ratio of two engines' means with its 95% interval.
-//! Student's t quantile comes from `statrs`.
+//! The mean, standard deviation, median and Student's t quantile are `statrs`'; the
+//! engines' `auto` takes its median from `statrs` too.
 
 #![forbid(unsafe_code)]
 
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, StudentsT};
+use statrs::statistics::{Data, Median as _, Statistics as _};
 
 /// Mean and sample standard deviation (`n - 1`; 0 for a single value). `(NaN, 0)` for none.
 pub fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
+    let sd = if v.len() > 1 { v.std_dev() } else { 0.0 };
+    (v.mean(), sd)
 }
 
 /// The median (the mean of the middle two for an even count); 0 for none.
 pub fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return 0.0;
     }
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
+    Data::new(v.to_vec()).median()
 }
 
 /// The `p` quantile (0..=1) of sorted values, nearest rank; 0 for none.

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+use pagemig::sync::IgnorePoison as _;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
@@ -239,7 +240,7 @@ impl Live {
                 .new_space_with_backend(VirtAddr(map.addr() as u64), cfg.len_bytes, Some(dynb))?;
         let _ = backend.space.set(Arc::downgrade(&space));
         {
-            let mut r = sh.regions.write().unwrap_or_else(|p| p.into_inner());
+            let mut r = sh.regions.write().ignore_poison();
             r.retain(|w| w.strong_count() > 0);
             r.push(Arc::downgrade(&backend));
         }
@@ -279,7 +280,7 @@ fn fault_handler(sh: &Shared) {
             inc(&sh.counters.faults, 1);
             let addr = msg.pf_address as usize;
             let region = {
-                let r = sh.regions.read().unwrap_or_else(|p| p.into_inner());
+                let r = sh.regions.read().ignore_poison();
                 r.iter()
                     .filter_map(|w| w.upgrade())
                     .find(|b| b.contains(addr))

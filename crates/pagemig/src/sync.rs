@@ -14,13 +14,24 @@ pub use std::sync::{
     Arc, Condvar, Mutex, MutexGuard, RwLock, Weak,
 };
 
-/// Locks a mutex, ignoring poisoning: a panic on another thread must not take the memory
-/// model down with it (the data under our locks stays consistent at every unlock point).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
+/// The project's one way of treating lock poisoning: ignore it. A panic on another thread
+/// must not take the memory model, a driver or a harness down with it (the data under our
+/// locks stays consistent at every unlock point). For any `LockResult`: `lock()`, `read()`,
+/// `write()`, a condition variable's `wait()`, std's or loom's.
+pub trait IgnorePoison<G> {
+    /// The guard, poisoned or not.
+    fn ignore_poison(self) -> G;
+}
+
+impl<G> IgnorePoison<G> for std::sync::LockResult<G> {
+    fn ignore_poison(self) -> G {
+        self.unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Locks a mutex, ignoring poisoning ([`IgnorePoison`]).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().ignore_poison()
 }
 
 /// The types of the model-checked protocols: `std`'s normally, loom's under `--cfg loom`.
@@ -37,20 +48,16 @@ pub mod model {
         Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard,
     };
 
+    use super::IgnorePoison as _;
+
     /// Locks, ignoring poisoning.
     pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-        match m.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        m.lock().ignore_poison()
     }
 
     /// Waits on a condition variable, ignoring poisoning.
     pub fn wait<'a, T>(c: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-        match c.wait(g) {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        c.wait(g).ignore_poison()
     }
 
     /// A busy-wait step: a CPU hint normally; a yield to the model checker under loom.

@@ -132,18 +132,11 @@ pub(super) struct Stat {
     pub(super) n: u64,
 }
 
+/// The median of the samples (statrs'; the mean of the middle two for an even count), or
+/// `None` for none.
 fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let k = v.len();
-    Some(if k % 2 == 1 {
-        v[k / 2]
-    } else {
-        (v[k / 2 - 1] + v[k / 2]) / 2.0
-    })
+    use statrs::statistics::{Data, Median as _};
+    (!v.is_empty()).then(|| Data::new(v.to_vec()).median())
 }
 
 /// How much a candidate's batches cost, from its samples: their mean, with each sample

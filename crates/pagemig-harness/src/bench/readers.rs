@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+use pagemig::sync::IgnorePoison as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -57,10 +58,7 @@ impl Readers {
                             }
                         }
                     }
-                    samples
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend(local);
+                    samples.lock().ignore_poison().extend(local);
                 })
             })
             .collect();
@@ -116,6 +114,6 @@ impl Readers {
         for h in self.handles {
             let _ = h.join();
         }
-        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.samples.lock().ignore_poison())
     }
 }

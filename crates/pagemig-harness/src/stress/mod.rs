@@ -2,6 +2,7 @@
 //! faults injected, checked for lost writes, torn reads, corrupted content and leaked
 //! frames — all of which must be zero.
 
+use pagemig::sync::IgnorePoison as _;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -324,7 +325,7 @@ impl Totals {
         *self
             .injected
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .ignore_poison()
             .entry(k.name().into())
             .or_default() += 1;
     }
@@ -461,7 +462,7 @@ fn migrator_loop(
         t.migrated
             .fetch_add(res.stats.nr_succeeded as u64, Ordering::Relaxed);
         {
-            let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut f = t.failed.lock().ignore_poison();
             for (e, n) in res.stats.failures_by_errno() {
                 *f.entry(e.name().into()).or_default() += n as u64;
             }
@@ -469,7 +470,7 @@ fn migrator_loop(
         if let Err(e) = res.rc {
             *t.calls_failed
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .ignore_poison()
                 .entry(e.name().into())
                 .or_default() += 1;
         }
@@ -633,11 +634,7 @@ fn injected_faults(
     spec: EngineSpec,
     engine_counters: &BTreeMap<String, u64>,
 ) -> BTreeMap<String, u64> {
-    let mut injected = totals
-        .injected
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let mut injected = totals.injected.lock().ignore_poison().clone();
     let n = hooks.injected.load(Ordering::Relaxed);
     if n > 0 {
         injected.insert("enomem".into(), n);
@@ -655,8 +652,7 @@ fn injected_faults(
 
 /// Folios failed by errno, and calls failed by errno.
 fn failures(totals: &Totals) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
-    let get =
-        |m: &Mutex<BTreeMap<String, u64>>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let get = |m: &Mutex<BTreeMap<String, u64>>| m.lock().ignore_poison().clone();
     (get(&totals.failed), get(&totals.calls_failed))
 }
 
@@ -726,19 +722,18 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stre
         }));
     }
     let t0 = Instant::now();
-    let control_error =
-        control_loop(&engine, o, &totals, 99, || {
-            format!(
+    let control_error = control_loop(&engine, o, &totals, 99, || {
+        format!(
             "[{spec} {:>5.0}s] ops {} pages migrated {} failed {:?} lost {} torn {} mismatches {}",
             t0.elapsed().as_secs_f64(),
             totals.ops.load(Ordering::Relaxed),
             totals.migrated.load(Ordering::Relaxed),
-            totals.failed.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            totals.failed.lock().ignore_poison().clone(),
             totals.lost.load(Ordering::Relaxed),
             totals.torn.load(Ordering::Relaxed),
             totals.mismatches.load(Ordering::Relaxed),
         )
-        });
+    });
     stop.store(true, Ordering::SeqCst);
     for h in handles {
         h.join()
@@ -884,7 +879,7 @@ fn live_migrator(
                 let moved = status.iter().filter(|&&s| s == node).count();
                 t.migrated
                     .fetch_add((moved * fb / PAGE_SIZE) as u64, Ordering::Relaxed);
-                let mut f = t.failed.lock().unwrap_or_else(|p| p.into_inner());
+                let mut f = t.failed.lock().ignore_poison();
                 for &s in status.iter().filter(|&&s| s < 0) {
                     *f.entry(format!("status {}", crate::stress::errno_name(-s)))
                         .or_default() += 1;
@@ -893,14 +888,14 @@ fn live_migrator(
             Ok(left) => {
                 *t.failed
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .ignore_poison()
                     .entry("not migrated (call aborted)".into())
                     .or_default() += left as u64;
             }
             Err(e) => {
                 *t.calls_failed
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .ignore_poison()
                     .entry(e.name().into())
                     .or_default() += 1;
             }

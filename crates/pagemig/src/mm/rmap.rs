@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+use crate::sync::IgnorePoison as _;
 use crate::sync::{lock, Arc, Mutex, Ordering, Weak};
 
 use super::folio::{Folio, FolioRef};
@@ -34,13 +35,13 @@ fn anon_vma_index(h: u64) -> Option<usize> {
 
 impl Memory {
     pub(crate) fn anon_vma_new(&self) -> u64 {
-        let mut t = self.anon_vmas.write().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.anon_vmas.write().ignore_poison();
         t.push(Arc::new(AnonVma::default()));
         anon_vma_handle(t.len() - 1)
     }
 
     pub(crate) fn anon_vma_get(&self, h: u64) -> Option<Arc<AnonVma>> {
-        let t = self.anon_vmas.read().unwrap_or_else(|p| p.into_inner());
+        let t = self.anon_vmas.read().ignore_poison();
         t.get(anon_vma_index(h)?).cloned()
     }
 
@@ -61,7 +62,7 @@ impl Memory {
     /// anon_vma lock (lock order: anon_vma, then a space's page-table lock).
     fn rmap_walk(&self, h: u64, mut f: impl FnMut(&Arc<AddressSpace>)) {
         let Some(i) = anon_vma_index(h) else { return };
-        let t = self.anon_vmas.read().unwrap_or_else(|p| p.into_inner());
+        let t = self.anon_vmas.read().ignore_poison();
         let Some(av) = t.get(i) else { return };
         let spaces = lock(&av.spaces);
         for w in spaces.iter() {

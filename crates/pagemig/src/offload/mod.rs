@@ -10,6 +10,7 @@ mod reason_mask;
 
 pub use reason_mask::{ReasonMask, ReasonMaskError};
 
+use crate::sync::IgnorePoison as _;
 use std::fmt;
 
 use crate::migrate_mode::Reason;
@@ -247,7 +248,7 @@ impl Registry {
             )));
         }
         let _g = model::lock(&self.reg_lock);
-        let mut d = self.dispatch.write().unwrap_or_else(|p| p.into_inner());
+        let mut d = self.dispatch.write().ignore_poison();
         if let Some(active) = d.as_ref() {
             return Err(OffloadError::Busy {
                 active: active.name().to_string(),
@@ -268,7 +269,7 @@ impl Registry {
     pub fn unregister(&self, m: &Arc<dyn Migrator>) -> Result<Arc<dyn Migrator>, OffloadError> {
         let _g = model::lock(&self.reg_lock);
         {
-            let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
+            let d = self.dispatch.read().ignore_poison();
             match d.as_ref() {
                 Some(a) if same(a, m) => {}
                 _ => {
@@ -284,7 +285,7 @@ impl Registry {
         // 2. no reason allowed.
         self.reason_mask.store(0, Ordering::SeqCst);
         // 3 + synchronize_srcu: the write side waits for in-flight readers.
-        let mut d = self.dispatch.write().unwrap_or_else(|p| p.into_inner());
+        let mut d = self.dispatch.write().ignore_poison();
         let owner = d
             .take()
             .expect("active migrator vanished under the registration lock");
@@ -298,7 +299,7 @@ impl Registry {
         mask: ReasonMask,
     ) -> Result<(), OffloadError> {
         let _g = model::lock(&self.reg_lock);
-        let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
+        let d = self.dispatch.read().ignore_poison();
         match d.as_ref() {
             Some(a) if same(a, m) => {
                 self.reason_mask
@@ -324,7 +325,7 @@ impl Registry {
 
     /// Name of the active migrator.
     pub fn active_name(&self) -> Option<String> {
-        let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
+        let d = self.dispatch.read().ignore_poison();
         d.as_ref().map(|m| m.name().to_string())
     }
 
@@ -337,7 +338,7 @@ impl Registry {
     /// `srcu_read_unlock`) with the active migrator, or `None` for the built-in copier.
     /// `unregister` does not return while such a section is open.
     pub fn with_dispatch<R>(&self, f: impl FnOnce(Option<&Arc<dyn Migrator>>) -> R) -> R {
-        let d = self.dispatch.read().unwrap_or_else(|p| p.into_inner());
+        let d = self.dispatch.read().ignore_poison();
         f(d.as_ref())
     }
 
