@@ -145,12 +145,12 @@ struct StressArgs {
     /// Engines, comma-separated, each stressed in turn.
     #[arg(long, value_delimiter = ',', value_parser = engine_arg, default_value = "batch,mtcopy:2,dcbm:2")]
     engines: Vec<EngineSpec>,
-    /// Accessor threads (reading and writing while pages migrate).
-    #[arg(long, default_value_t = 2)]
-    accessors: usize,
-    /// Migrating threads.
-    #[arg(long, default_value_t = 1)]
-    migrators: usize,
+    /// Accessor threads (reading and writing while pages migrate), 1..=64.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=64))]
+    accessors: u8,
+    /// Migrating threads, 1..=64.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+    migrators: u8,
     /// Faults: all, none, or KIND[=RATE],... with kinds eagain, lock, writeback, poison,
     /// enomem, engine, timeout, unregister, reason.
     #[arg(long, default_value = "all")]
@@ -390,14 +390,11 @@ fn stress(a: StressArgs) -> anyhow::Result<()> {
     if !(a.seconds > 0.0 && a.seconds <= 86_400.0) {
         bail!("--seconds must be in (0, 86400]");
     }
-    if a.accessors == 0 || a.accessors > 64 || a.migrators == 0 || a.migrators > 64 {
-        bail!("--accessors and --migrators must be 1..=64");
-    }
     let mut out = human(&a.json);
     let opts = stress::StressOptions {
         seconds: a.seconds,
-        accessors: a.accessors,
-        migrators: a.migrators,
+        accessors: a.accessors as usize,
+        migrators: a.migrators as usize,
         inject,
         verbose: !a.quiet,
     };

@@ -130,6 +130,8 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
             "unknown migration reason",
         ),
         (vec!["bench", "--knob", "dcbm"], "bad knob"),
+        (vec!["stress", "--accessors", "0"], "not in 1..=64"),
+        (vec!["stress", "--engines", "turbo"], "unknown engine"),
     ] {
         let out = pagemig(&args);
         assert!(!out.status.success(), "{args:?} should fail");

@@ -157,8 +157,10 @@ impl Pool {
     /// are stopped): a pool that silently runs elsewhere than asked would mislead every
     /// measurement made with it.
     fn start(nr_workers: usize, cpuselect: CpuSelect, spin: Duration) -> Result<Pool, ParamError> {
-        let allowed = pagemig::sys::allowed_cpus()
-            .map_err(|e| ParamError::Start(format!("sched_getaffinity: {e}")))?;
+        let allowed = pagemig::sys::allowed_cpus().map_err(|e| ParamError::Sys {
+            call: "sched_getaffinity".into(),
+            source: e.into(),
+        })?;
         let mut slots = Vec::new();
         let mut handles = Vec::new();
         let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
@@ -197,7 +199,10 @@ impl Pool {
                 }
                 Err(e) => {
                     Pool::stop_threads(&slots, handles);
-                    return Err(ParamError::Start(e.to_string()));
+                    return Err(ParamError::Sys {
+                        call: format!("spawning mtcopy/{}", i + 1),
+                        source: e.into(),
+                    });
                 }
             }
         }

@@ -38,6 +38,19 @@ pub enum ParamError {
     /// The engine could not start (no channel, no memory).
     #[error("cannot switch offloading on: {0}")]
     Start(String),
+    /// The memory model refused what the engine needs (its calibration's folios).
+    #[error("cannot switch offloading on: {0}")]
+    Memory(#[from] pagemig::mm::MmError),
+    /// A system call the engine needs failed (starting a thread, reading or setting its
+    /// CPU set).
+    #[error("cannot switch offloading on: {call}: {source}")]
+    Sys {
+        /// What was called.
+        call: String,
+        /// Its error.
+        #[source]
+        source: pagemig::errno::OsError,
+    },
 }
 
 impl ParamError {

@@ -95,3 +95,35 @@ impl fmt::Display for Errno {
 }
 
 impl std::error::Error for Errno {}
+
+/// An operating-system error kept as the source of a library error: an `io::Error`, shared
+/// so that the error holding it can stay `Clone`, and compared by kind and OS error number
+/// (an `io::Error` has no equality of its own).
+#[derive(Debug, Clone)]
+pub struct OsError(pub std::sync::Arc<std::io::Error>);
+
+impl From<std::io::Error> for OsError {
+    fn from(e: std::io::Error) -> OsError {
+        OsError(std::sync::Arc::new(e))
+    }
+}
+
+impl PartialEq for OsError {
+    fn eq(&self, other: &OsError) -> bool {
+        self.0.kind() == other.0.kind() && self.0.raw_os_error() == other.0.raw_os_error()
+    }
+}
+
+impl Eq for OsError {}
+
+impl fmt::Display for OsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for OsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}

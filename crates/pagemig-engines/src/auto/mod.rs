@@ -214,7 +214,7 @@ impl Auto {
                 .map(|i| {
                     let f = mm
                         .alloc_folio(NodeId(0), Order(order), 0)
-                        .map_err(|e| ParamError::Start(e.to_string()))?;
+                        .map_err(ParamError::Memory)?;
                     mm.folio_fill(f, i as u64);
                     Ok(f)
                 })
@@ -222,7 +222,7 @@ impl Auto {
             let dst: Vec<Folio> = (0..nr_full)
                 .map(|_| {
                     mm.alloc_folio(NodeId(1), Order(order), 0)
-                        .map_err(|e| ParamError::Start(e.to_string()))
+                        .map_err(ParamError::Memory)
                 })
                 .collect::<Result<_, _>>()?;
             let measure = |n: usize| -> Vec<u64> {

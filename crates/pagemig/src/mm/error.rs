@@ -3,10 +3,11 @@
 #![forbid(unsafe_code)]
 
 use super::{NodeId, VirtAddr, MAX_PAGE_ORDER};
+use crate::errno::OsError;
 use crate::Errno;
 
 /// Errors of the memory model.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MmError {
     /// No free block of the order on the node (`ENOMEM`).
@@ -63,9 +64,9 @@ pub enum MmError {
     Arena {
         /// The node whose arena failed.
         node: NodeId,
-        /// The system call's error (shared, so that the error stays `Clone`).
+        /// The system call's error.
         #[source]
-        source: std::sync::Arc<std::io::Error>,
+        source: OsError,
     },
 }
 
@@ -83,41 +84,6 @@ impl MmError {
     }
 }
 
-/// Equal variants with equal data; two arena errors are equal when they name the same node
-/// and the same OS error (an `io::Error` has no equality of its own).
-impl PartialEq for MmError {
-    fn eq(&self, other: &MmError) -> bool {
-        use MmError::*;
-        match (self, other) {
-            (NoMemory { node: a, order: x }, NoMemory { node: b, order: y }) => a == b && x == y,
-            (NoSuchNode(a), NoSuchNode(b)) => a == b,
-            (BadOrder(a), BadOrder(b)) => a == b,
-            (NotAFolio(a), NotAFolio(b)) => a == b,
-            (OutOfRange { vaddr: a }, OutOfRange { vaddr: b }) => a == b,
-            (
-                Misaligned {
-                    vaddr: a,
-                    align_bytes: x,
-                },
-                Misaligned {
-                    vaddr: b,
-                    align_bytes: y,
-                },
-            ) => a == b && x == y,
-            (AlreadyMapped { vaddr: a }, AlreadyMapped { vaddr: b }) => a == b,
-            (NotMapped { vaddr: a }, NotMapped { vaddr: b }) => a == b,
-            (Busy, Busy) => true,
-            (InvalidConfig(a), InvalidConfig(b)) => a == b,
-            (Arena { node: a, source: x }, Arena { node: b, source: y }) => {
-                a == b && x.kind() == y.kind() && x.raw_os_error() == y.raw_os_error()
-            }
-            _ => false,
-        }
-    }
-}
-
-impl Eq for MmError {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,9 +93,9 @@ mod tests {
     fn an_arena_error_keeps_its_source() {
         let e = MmError::Arena {
             node: NodeId(1),
-            source: std::sync::Arc::new(std::io::Error::from_raw_os_error(libc::ENOMEM)),
+            source: std::io::Error::from_raw_os_error(libc::ENOMEM).into(),
         };
-        let src = e.source().expect("the io::Error is the source");
+        let src = e.source().expect("the OS error is the source");
         assert!(src.to_string().contains("memory"), "{src}");
         assert_eq!(e.clone(), e);
         assert_ne!(e, MmError::Busy);

@@ -70,7 +70,7 @@ impl Memory {
                 Arena::new(nc.capacity_bytes, nc.host_node.unwrap_or(i as u32)).map_err(|e| {
                     MmError::Arena {
                         node: NodeId(i as u32),
-                        source: std::sync::Arc::new(e),
+                        source: e.into(),
                     }
                 })?;
             let nr = arena.len_bytes() / PAGE_SIZE;
