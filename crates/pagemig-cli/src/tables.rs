@@ -240,14 +240,16 @@ pub fn stress_table(reports: &[StressReport]) -> String {
                 return String::new();
             }
             let mut t = format!("\n{title}\n{:<14}", "engine");
+            let width = |k: &str| k.chars().count().max(12);
             for k in &keys {
-                t.push_str(&format!(" {:>12}", k));
+                t.push_str(&format!(" {:>w$}", k, w = width(k)));
             }
             t.push('\n');
             for r in reports {
                 t.push_str(&format!("{:<14}", r.engine));
                 for k in &keys {
-                    t.push_str(&format!(" {:>12}", get(r).get(*k).copied().unwrap_or(0)));
+                    let v = get(r).get(*k).copied().unwrap_or(0);
+                    t.push_str(&format!(" {:>w$}", v, w = width(k)));
                 }
                 t.push('\n');
             }
