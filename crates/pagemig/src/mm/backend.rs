@@ -5,6 +5,23 @@
 //! (`try_to_migrate`) and when it is mapped again (`remove_migration_ptes`), so that
 //! `migrate_pages_batch` stays one function for both.
 //!
+//! # The backend API
+//! What the core exports for a backend crate (`pagemig-live`), the way a kernel module sees
+//! only exported symbols:
+//!
+//! * [`SpaceBackend`] (here) and [`FailedUnmap`], which the backend implements;
+//! * [`Memory::new_space_with_backend`](super::Memory::new_space_with_backend), a space
+//!   whose PTE changes the backend is told of;
+//! * [`AddressSpace::map_new_with`](super::AddressSpace::map_new_with), a first-touch
+//!   mapping with a hook under the page-table lock;
+//! * [`Memory::frame_addr`](super::Memory::frame_addr) and
+//!   [`Node::arena_range`](super::Node::arena_range): where frames are, as addresses (a
+//!   backend moves pages in and out of them with its own system calls; it never reads the
+//!   bytes through the core).
+//!
+//! Everything else a backend uses is the public API any caller has (`migrate_pages`,
+//! isolation, PTE queries).
+//!
 //! Deferral mirrors the kernel's deferred TLB flush: in `MIGRATE_ASYNC` the unmaps of a
 //! batch are queued and done together by [`TlbBatch::flush`](super::TlbBatch::flush)
 //! (`try_to_unmap_flush`), and remaps are queued and done together at the end of the
