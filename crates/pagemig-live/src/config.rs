@@ -4,7 +4,7 @@
 
 use pagemig::mm::NodeId;
 
-/// Options of [`Live::new`].
+/// Options of [`Live::new`](crate::Live::new).
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
     /// Create the userfaultfd with `UFFD_USER_MODE_ONLY` (works without privilege). Faults

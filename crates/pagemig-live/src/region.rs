@@ -111,7 +111,7 @@ impl LiveRegion {
         res
     }
 
-    /// Counters of the backend (all regions of its [`Live`]).
+    /// Counters of the backend (all regions of its [`Live`](crate::Live)).
     pub fn counts(&self) -> LiveCounts {
         self.backend.shared.counters.snapshot()
     }

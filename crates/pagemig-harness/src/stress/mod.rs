@@ -3,9 +3,9 @@
 //! frames — all of which must be zero.
 //!
 //! One concept a module: fault injection ([`inject`]), `/proc` sampling ([`procfs`]), the
-//! built-in backend's runner ([`builtin`]) and the live backend's ([`live`]); here the
+//! built-in backend's runner (`builtin`) and the live backend's (`live`); here the
 //! options, the report, the totals the threads add to, the control loop and the
-//! [`Session`] both runners set up and tear down through.
+//! `Session` both runners set up and tear down through.
 
 #![forbid(unsafe_code)]
 

@@ -16,7 +16,7 @@ pub struct NodeConfig {
     pub host_node: Option<u32>,
 }
 
-/// Configuration of a [`Memory`].
+/// Configuration of a [`Memory`](super::Memory).
 #[derive(Clone, Default)]
 pub struct MemoryConfig {
     /// The nodes, in id order.

@@ -133,7 +133,7 @@ impl Memory {
     }
 
     /// Allocates a movable_ops page (a balloon page, say): not mapped, owned by its driver
-    /// with one reference, migrated through [`MovableOps`].
+    /// with one reference, migrated through [`MovableOps`](super::MovableOps).
     pub fn alloc_movable_ops_page(&self, node: NodeId) -> Result<Folio, MmError> {
         self.alloc_folio(node, Order(0), pg::MOVABLE_OPS | pg::UPTODATE)
     }

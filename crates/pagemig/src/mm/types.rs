@@ -20,7 +20,7 @@ pub const HPAGE_PMD_NR: usize = 1 << HPAGE_PMD_ORDER;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pfn(pub u64);
 
-/// A virtual address in an [`AddressSpace`].
+/// A virtual address in an [`AddressSpace`](super::AddressSpace).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VirtAddr(pub u64);
 
