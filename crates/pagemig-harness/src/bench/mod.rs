@@ -257,8 +257,8 @@ fn check_counters(
     Ok(())
 }
 
-/// A permutation of `0..n` for run `run`: Fisher–Yates driven by the harness's splitmix64 (`rng`), seeded by the
-/// run number (reproducible from run to run of the tool).
+/// A permutation of `0..n` for run `run`: Fisher–Yates driven by the harness's splitmix64
+/// (`rng`), seeded by the run number (reproducible from run to run of the tool).
 fn run_order(n: usize, run: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = Rng::new(run as u64 + 1);
