@@ -83,8 +83,9 @@ fn detect() -> CopyKind {
 /// unspecified (as for any memory copy) but do not break memory safety of the caller:
 /// both ranges lie in private anonymous mappings that are never unmapped while in use.
 pub unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
-    // SAFETY: forwarded contract.
-    unsafe { copy_bytes_with(best_kind(), dst, src, len) }
+    // SAFETY: forwarded contract; `best_kind` only returns a kind it detected on this CPU,
+    // so the per-folio hot path does not check the feature again.
+    unsafe { copy_supported(best_kind(), dst, src, len) }
 }
 
 /// Copies with an explicitly chosen primitive (for measurements). A kind this CPU cannot
@@ -96,21 +97,31 @@ pub unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
 /// ranges disjoint. Nothing is required of the CPU.
 pub unsafe fn copy_bytes_with(kind: CopyKind, dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
+    let kind = if kind == CopyKind::NtAvx2 && !std::is_x86_feature_detected!("avx2") {
+        CopyKind::NtSse2
+    } else {
+        kind
+    };
+    // SAFETY: forwarded contract; `kind` runs on this CPU (checked just above).
+    unsafe { copy_supported(kind, dst, src, len) }
+}
+
+/// The copy itself.
+///
+/// # Safety
+/// As for [`copy_bytes`], and `kind` must run on this CPU ([`CopyKind::NtAvx2`] only where
+/// AVX2 was detected).
+unsafe fn copy_supported(kind: CopyKind, dst: *mut u8, src: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
     {
-        // Checked here, not assumed: the detection is cached, one relaxed load.
-        let kind = if kind == CopyKind::NtAvx2 && !std::is_x86_feature_detected!("avx2") {
-            CopyKind::NtSse2
-        } else {
-            kind
-        };
         if kind != CopyKind::Memcpy && len >= NT_MIN_BYTES && (dst as usize) % 32 == 0 {
             let body = match kind {
                 CopyKind::NtAvx2 => len & !127,
                 _ => len & !63,
             };
             match kind {
-                // SAFETY: AVX2 was detected at runtime just above (else the kind is SSE2);
-                // the ranges are valid per this function's contract and `body <= len`;
+                // SAFETY: the kind runs on this CPU (this function's contract: AVX2 was
+                // detected); the ranges are valid per the contract and `body <= len`;
                 // `dst` is 32-byte aligned.
                 CopyKind::NtAvx2 => unsafe { x86::copy_nt_avx2(dst, src, body) },
                 // SAFETY: SSE2 is part of the x86_64 baseline; ranges as above, `dst` is

@@ -219,12 +219,15 @@ impl Arena {
     /// a time (volatile).
     pub fn checksum(&self, off: usize, n: usize) -> u64 {
         self.check(off, n);
+        // Words are read at `off + 8k`: all aligned or none (decided once, not per word).
+        let aligned = (self.base as usize + off) % 8 == 0;
         let word = |i: usize| {
             // SAFETY: callers pass `i + 8 <= n`, and `off + n` is in bounds (checked above),
             // so the pointer stays inside the mapping.
             let p = unsafe { self.base.add(off + i) };
-            if (p as usize) % 8 == 0 {
-                // SAFETY: in bounds (above) and 8-aligned (tested); a little-endian host
+            if aligned {
+                // SAFETY: in bounds (above) and 8-aligned (`aligned`, and `i` is a multiple
+                // of 8); a little-endian host
                 // reads the same value as `from_le_bytes` of the bytes.
                 u64::from_le(unsafe { (p as *const u64).read_volatile() })
             } else {
