@@ -21,6 +21,7 @@ pub(crate) struct Counters {
     pub(crate) no_memory: AtomicU64,
     pub(crate) handler_errors: AtomicU64,
     pub(crate) remap_retries: AtomicU64,
+    pub(crate) zero_page_fixups: AtomicU64,
 }
 
 /// A snapshot of the live backend's counters.
@@ -56,6 +57,10 @@ pub struct LiveCounts {
     /// Moves into the program that failed once and were queued again (they succeeded
     /// later unless `remap_errors` says otherwise).
     pub remap_retries: u64,
+    /// Pages that arrived in the program as the kernel's shared zero page (the kernel maps
+    /// zero-filled pages of a THP it splits to it) and were made real pages on their node
+    /// again.
+    pub zero_page_fixups: u64,
 }
 
 impl Counters {
@@ -76,6 +81,7 @@ impl Counters {
             no_memory: g(&self.no_memory),
             handler_errors: g(&self.handler_errors),
             remap_retries: g(&self.remap_retries),
+            zero_page_fixups: g(&self.zero_page_fixups),
         }
     }
 }

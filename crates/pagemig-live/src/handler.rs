@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     pub(crate) arenas: Vec<(usize, usize)>,
     pub(crate) regions: RwLock<Vec<Weak<RegionBackend>>>,
     pub(crate) counters: Counters,
+    /// This process's pagemap, to find pages that arrived as the shared zero page (`None`
+    /// where /proc cannot be read).
+    pub(crate) pagemap: Option<crate::kernel::Pagemap>,
 }
 
 pub(crate) struct LiveInner {
@@ -154,6 +157,7 @@ impl Live {
             arenas,
             regions: RwLock::new(Vec::new()),
             counters: Counters::default(),
+            pagemap: crate::kernel::Pagemap::open().ok(),
         });
         let s = shared.clone();
         let handler = std::thread::Builder::new()
@@ -377,6 +381,9 @@ impl RegionBackend {
                     Order(order),
                     pg::ANON | pg::UPTODATE | pg::LRU,
                     |folio| {
+                        // A frame holds the bytes of its last use: a program's new page
+                        // reads zero.
+                        mm.folio_zero(folio);
                         lock(&self.pending).inn.push(Mv {
                             va,
                             pfn: folio.0,

@@ -12,7 +12,7 @@ use crate::region::LiveRegion;
 
 /// `MPOL_MF_MOVE`: move pages mapped only by this process.
 pub const MPOL_MF_MOVE: i32 = 1 << 1;
-/// `MPOL_MF_MOVE_ALL`: move every page (needs `CAP_SYS_NICE` in the kernel).
+/// `MPOL_MF_MOVE_ALL`: move every page (needs `CAP_SYS_NICE`, as in the kernel).
 pub const MPOL_MF_MOVE_ALL: i32 = 1 << 2;
 
 impl LiveRegion {
@@ -23,7 +23,8 @@ impl LiveRegion {
     /// queued or isolated, `-EACCES` mapped by several spaces without
     /// [`MPOL_MF_MOVE_ALL`]). Returns the number of pages not migrated, as the system
     /// call does; whole-call errors: `EINVAL` (bad flags, arrays of different lengths),
-    /// `ENODEV` (a node that does not exist), `ENOMEM`.
+    /// `EPERM` ([`MPOL_MF_MOVE_ALL`] without `CAP_SYS_NICE`, queries too), `ENODEV` (a node
+    /// that does not exist), `ENOMEM`.
     ///
     /// The order of work and the abort after a failed chunk are those of the kernel's
     /// `do_pages_move()`: consecutive entries for the same node are migrated together
@@ -38,6 +39,10 @@ impl LiveRegion {
     ) -> Result<usize, Errno> {
         if flags & !(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL) != 0 || status.len() != pages.len() {
             return Err(Errno::Inval);
+        }
+        // kernel_move_pages(): checked before anything else, queries included.
+        if flags & MPOL_MF_MOVE_ALL != 0 && !crate::kernel::has_cap_sys_nice() {
+            return Err(Errno::Perm);
         }
         let Some(nodes) = nodes else {
             for (s, &a) in status.iter_mut().zip(pages) {
@@ -75,6 +80,9 @@ impl LiveRegion {
                 Ok(n) => Err(Ok(n + nr_pages - i)),
             }
         };
+        // Which pages this process maps alone (folio_likely_mapped_shared()): a page shared
+        // copy-on-write with a forked child is not, and UFFDIO_MOVE cannot move it.
+        let exclusive = self.exclusive_pages(pages);
         let mut i = 0;
         let mut err: Result<usize, Errno> = Ok(0);
         while i < nr_pages {
@@ -94,7 +102,8 @@ impl LiveRegion {
                 start = i;
                 current = Some(node);
             }
-            let r = self.add_page_for_migration(pages[i], node, &mut list, migrate_all);
+            let r =
+                self.add_page_for_migration(pages[i], node, &mut list, migrate_all, exclusive[i]);
             if r > 0 {
                 i += 1;
                 continue;
@@ -129,13 +138,33 @@ impl LiveRegion {
         }
     }
 
+    /// Per address: whether the process maps its page alone, from `/proc/self/pagemap`'s
+    /// `PM_MMAP_EXCLUSIVE` (read in runs, one `pread` per run of consecutive pages). Where
+    /// pagemap cannot be read every page counts as exclusive: the core's own mapcount still
+    /// applies, and `UFFDIO_MOVE` refuses a shared page anyway (the migration then fails
+    /// with the page left where it was).
+    fn exclusive_pages(&self, pages: &[usize]) -> Vec<bool> {
+        let pa: Vec<usize> = pages.iter().map(|a| a & !(PAGE_SIZE - 1)).collect();
+        match crate::kernel::pagemap(&pa) {
+            Ok(pm) => pm
+                .iter()
+                .map(|e| {
+                    e & crate::kernel::PM_PRESENT == 0 || e & crate::kernel::PM_MMAP_EXCLUSIVE != 0
+                })
+                .collect(),
+            Err(_) => vec![true; pages.len()],
+        }
+    }
+
     /// `add_page_for_migration()`: 1 queued, 0 already on `node`, or a negative errno.
+    /// `exclusive`: this process alone maps the page (see [`Self::exclusive_pages`]).
     fn add_page_for_migration(
         &self,
         addr: usize,
         node: NodeId,
         list: &mut Vec<Folio>,
         migrate_all: bool,
+        exclusive: bool,
     ) -> i32 {
         let mm = &self.backend.shared.mm;
         if !self.backend.contains(addr) {
@@ -148,8 +177,12 @@ impl LiveRegion {
         let f = mm.folio(folio);
         let r = if f.node() == node {
             0
-        } else if f.mapcount() > 1 && !migrate_all {
+        } else if (f.mapcount() > 1 || !exclusive) && !migrate_all {
             -(libc::EACCES)
+        } else if !exclusive {
+            // MPOL_MF_MOVE_ALL: the kernel would move a page shared with another process;
+            // UFFDIO_MOVE refuses one (DESIGN.md, "move_pages(2) against the kernel's").
+            -(libc::EBUSY)
         } else if mm.isolate_folio(folio).is_err() {
             -(libc::EBUSY)
         } else {

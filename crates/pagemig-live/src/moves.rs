@@ -57,6 +57,13 @@ pub(crate) struct RegionBackend {
     pub(crate) space: OnceLock<Weak<AddressSpace>>,
 }
 
+/// Whether a move of `len` bytes between `va` and `slot` is made of whole, aligned THPs
+/// (the kernel moves each as one PMD, never splitting it).
+fn whole_pmds(va: usize, slot: usize, len: usize) -> bool {
+    const PMD: usize = 2 << 20;
+    va % PMD == 0 && slot % PMD == 0 && len % PMD == 0 && len > 0
+}
+
 /// Direction of a run of moves.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dir {
@@ -84,8 +91,12 @@ impl RegionBackend {
         len: usize,
     ) -> Result<(), (Errno, usize)> {
         let c = &self.shared.counters;
+        // A move in that the kernel may split on the way (not one whole, aligned THP) wakes
+        // the waiting threads only after `fix_zero_pages` has looked at what arrived.
+        let check = dir == Dir::In && self.shared.pagemap.is_some() && !whole_pmds(va, slot, len);
         let (dst, src, mode) = match dir {
             Dir::Out => (slot, va, sys::UFFDIO_MOVE_MODE_DONTWAKE),
+            Dir::In if check => (va, slot, sys::UFFDIO_MOVE_MODE_DONTWAKE),
             Dir::In => (va, slot, 0),
         };
         let r = sys::move_pages(&self.shared.uffd, dst, src, len, mode);
@@ -94,6 +105,15 @@ impl RegionBackend {
             Dir::In => (&c.remap_ioctls, &c.pages_remapped),
         };
         inc(ioctls, 1);
+        if check {
+            let moved = match &r {
+                Ok(n) | Err((_, n)) => *n,
+            };
+            self.fix_zero_pages(va, slot, moved);
+            if sys::wake(&self.shared.uffd, va, len).is_err() {
+                inc(&self.shared.counters.remap_errors, 1);
+            }
+        }
         match r {
             Ok(n) if n == len => {
                 inc(pages, (len / PAGE_SIZE) as u64);
@@ -116,6 +136,69 @@ impl RegionBackend {
                 Err((errno, n))
             }
         }
+    }
+
+    /// After a move into the program of `len` bytes at `va` from the arena at `slot`: makes
+    /// every page that arrived as the kernel's shared zero page a real page on its node.
+    ///
+    /// `UFFDIO_MOVE` splits an arena THP to move part of it, and since Linux 6.12 a split
+    /// maps the zero-filled pages of the THP to the shared zero page and frees them. Such a
+    /// page in the program would be replaced on its first write by a page the kernel
+    /// allocates after the program's policy, on whatever node that gives. So it moves back
+    /// to its slot, is written there (the copy-on-write page comes from the arena's bound
+    /// node, zero-filled like the page it replaces), and moves in again, a page of its own.
+    /// A whole, aligned THP moves as one PMD and is never split, so it is not looked at.
+    ///
+    /// The pages of the move are not woken yet, but a thread that touches one without having
+    /// waited for it can still write the zero page first (the kernel then gives it a page
+    /// after the program's policy). Its write is kept: the slot's byte is read and written
+    /// back unchanged, so the page keeps its bytes whatever it holds.
+    fn fix_zero_pages(&self, va: usize, slot: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let Some(pm) = &self.shared.pagemap else {
+            return;
+        };
+        let Ok(entries) = pm.range(va, len / PAGE_SIZE) else {
+            return;
+        };
+        let uffd = &self.shared.uffd;
+        for (k, &e) in entries.iter().enumerate() {
+            if !crate::kernel::pm_shared(e) {
+                continue;
+            }
+            let (v, s) = (va + k * PAGE_SIZE, slot + k * PAGE_SIZE);
+            // A page shared with a forked child stays where it is (the move out fails).
+            if sys::move_pages(uffd, s, v, PAGE_SIZE, sys::UFFDIO_MOVE_MODE_DONTWAKE).is_err() {
+                continue;
+            }
+            // A write to the slot gives it a page of its own, from the bound node; writing
+            // back the byte just read changes no content.
+            let pfn = self.pfn_of_slot(s);
+            let mut b = [0u8];
+            if self.shared.mm.page_read(pfn, 0, &mut b).is_ok() {
+                self.shared.mm.page_write(pfn, 0, &b);
+            }
+            if sys::move_pages(uffd, v, s, PAGE_SIZE, 0).is_err() {
+                inc(&self.shared.counters.remap_errors, 1);
+            }
+            inc(&self.shared.counters.zero_page_fixups, 1);
+        }
+    }
+
+    /// The frame whose arena slot is at `slot`.
+    fn pfn_of_slot(&self, slot: usize) -> Pfn {
+        self.shared
+            .mm
+            .nodes()
+            .iter()
+            .find_map(|n| {
+                let (base, len) = n.arena_range();
+                (slot >= base && slot < base + len)
+                    .then(|| Pfn(n.first_pfn().0 + ((slot - base) / PAGE_SIZE) as u64))
+            })
+            .expect("a slot inside a node's arena")
     }
 
     /// Moves one folio's pages. Out of the program all or nothing (a partial move is moved
@@ -193,8 +276,13 @@ impl RegionBackend {
             let start = i;
             let mut len = list[i].nr * PAGE_SIZE;
             let slot0 = self.slot(list[i].pfn);
+            // Small folios never make a run that covers an aligned PMD whole: the kernel
+            // would move it as one THP, which the program's later moves of single folios
+            // would split (see `fix_zero_pages`).
+            let small = list[start].nr < 512;
             while i + 1 < list.len()
                 && list[i + 1].va == list[start].va + len
+                && !(small && (len + list[i + 1].nr * PAGE_SIZE) >= (2 << 20))
                 && self.shared.mm.node_of(list[i + 1].pfn)
                     == self.shared.mm.node_of(list[start].pfn)
                 && self.slot(list[i + 1].pfn) == slot0 + len

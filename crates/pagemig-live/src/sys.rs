@@ -416,6 +416,30 @@ pub fn sys_move_pages(
     Ok(rc as usize)
 }
 
+/// `get_mempolicy(2)` with `MPOL_F_NODE | MPOL_F_ADDR`: the node of the page at `addr`
+/// (faulting it in if it is not present, as the kernel does for this query).
+pub fn get_mempolicy_node(addr: usize) -> io::Result<i32> {
+    const MPOL_F_NODE: usize = 1 << 0;
+    const MPOL_F_ADDR: usize = 1 << 1;
+    let mut node: i32 = -1;
+    // SAFETY: `node` is a live int the kernel writes; no nodemask is passed (NULL, maxnode
+    // 0); `addr` is only looked up in the page tables, never dereferenced by us.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut node as *mut i32,
+            std::ptr::null_mut::<u64>(),
+            0usize,
+            addr,
+            MPOL_F_NODE | MPOL_F_ADDR,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(node)
+}
+
 /// `mlock(2)` (`on`) or `munlock(2)` of a range. Locking changes residency only, never
 /// contents, so any range is sound to pass; an unmapped one fails with `ENOMEM`.
 pub fn mlock_range(addr: usize, len: usize, on: bool) -> io::Result<()> {

@@ -30,11 +30,16 @@ pub enum Errno {
     TimedOut,
     /// `EIO`: the copy engine reported an error.
     Io,
+    /// `EPERM`: not permitted (`MPOL_MF_MOVE_ALL` without `CAP_SYS_NICE`).
+    Perm,
+    /// `EACCES`: access denied (a page mapped by several processes, without
+    /// `MPOL_MF_MOVE_ALL`).
+    Acces,
 }
 
 impl Errno {
     /// Every value, in declaration order.
-    pub const ALL: [Errno; 11] = [
+    pub const ALL: [Errno; 13] = [
         Errno::Again,
         Errno::Busy,
         Errno::NoMem,
@@ -46,6 +51,8 @@ impl Errno {
         Errno::NoDev,
         Errno::TimedOut,
         Errno::Io,
+        Errno::Perm,
+        Errno::Acces,
     ];
 
     /// Position in [`Errno::ALL`].
@@ -67,6 +74,8 @@ impl Errno {
             Errno::NoDev => libc::ENODEV,
             Errno::TimedOut => libc::ETIMEDOUT,
             Errno::Io => libc::EIO,
+            Errno::Perm => libc::EPERM,
+            Errno::Acces => libc::EACCES,
         }
     }
 
@@ -84,6 +93,8 @@ impl Errno {
             Errno::NoDev => "ENODEV",
             Errno::TimedOut => "ETIMEDOUT",
             Errno::Io => "EIO",
+            Errno::Perm => "EPERM",
+            Errno::Acces => "EACCES",
         }
     }
 }

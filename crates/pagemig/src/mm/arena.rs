@@ -31,7 +31,7 @@
 
 use std::io;
 
-use super::numa::host_numa_nodes;
+use super::numa::{host_numa_nodes, host_topology};
 
 /// 2 MiB: the alignment of every arena (a PMD).
 pub const ARENA_ALIGN: usize = 2 << 20;
@@ -41,7 +41,7 @@ pub const ARENA_ALIGN: usize = 2 << 20;
 pub enum NumaBinding {
     /// The host has a single NUMA node: binding skipped.
     SingleNodeHost,
-    /// Bound with `MPOL_BIND` to this host node.
+    /// Bound with `MPOL_BIND` to this host node (any node number, 64 and up included).
     Bound(u32),
     /// The host has several nodes but this one does not exist there: not bound.
     NoSuchHostNode(u32),
@@ -94,7 +94,9 @@ unsafe fn copy_volatile(dst: *mut u8, src: *const u8, n: usize) {
 
 impl Arena {
     /// Maps `len_bytes` (rounded up to 2 MiB), advises THP, binds to `host_node` when the
-    /// host has more than one NUMA node, and pre-faults every page.
+    /// host has more than one NUMA node, keeps it out of forked children
+    /// (`MADV_DONTFORK`) and pre-faults every page. An arena larger than its host node, or
+    /// one the node cannot fill (`ENOMEM` from the pre-fault), is an error.
     pub fn new(len_bytes: usize, host_node: u32) -> io::Result<Arena> {
         let len_bytes = len_bytes.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
         if len_bytes == 0 {
@@ -109,33 +111,61 @@ impl Arena {
             libc::madvise(base as *mut libc::c_void, len_bytes, libc::MADV_HUGEPAGE);
         }
         let hosts = host_numa_nodes();
+        let unmap = |e: io::Error| {
+            // SAFETY: unmapping the mapping we own before returning the error.
+            unsafe { libc::munmap(base as *mut libc::c_void, len_bytes) };
+            e
+        };
         let binding = if hosts.len() <= 1 {
             NumaBinding::SingleNodeHost
-        } else if hosts.contains(&host_node) && host_node < 64 {
-            let mask: u64 = 1 << host_node;
-            // SAFETY: mbind on our own mapping with a one-word nodemask that outlives the
-            // call; maxnode is the mask's bit width.
+        } else if hosts.contains(&host_node) {
+            // An arena larger than its node cannot be bound there: with MPOL_BIND the
+            // pre-fault below would end in the OOM killer, not in an error.
+            let total = host_topology()
+                .into_iter()
+                .find(|n| n.id == host_node)
+                .map_or(0, |n| n.mem_total_bytes);
+            if total > 0 && len_bytes as u64 > total {
+                return Err(unmap(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "host node {host_node} has {} MiB of memory in all; an arena of {} MiB \
+                         bound to it does not fit",
+                        total >> 20,
+                        len_bytes >> 20
+                    ),
+                )));
+            }
+            // A nodemask of as many 64-bit words as the node number needs (node 64 and up
+            // included); maxnode is its bit width.
+            let mut mask = vec![0u64; host_node as usize / 64 + 1];
+            mask[host_node as usize / 64] = 1 << (host_node % 64);
+            // SAFETY: mbind on our own mapping with a nodemask that outlives the call;
+            // maxnode is the mask's bit width.
             let rc = unsafe {
                 libc::syscall(
                     libc::SYS_mbind,
                     base as usize,
                     len_bytes,
                     libc::MPOL_BIND,
-                    &mask as *const u64,
-                    64usize,
+                    mask.as_ptr(),
+                    mask.len() * 64,
                     0usize,
                 )
             };
             if rc != 0 {
-                let e = io::Error::last_os_error();
-                // SAFETY: unmapping the mapping we own before returning the error.
-                unsafe { libc::munmap(base as *mut libc::c_void, len_bytes) };
-                return Err(e);
+                return Err(unmap(io::Error::last_os_error()));
             }
             NumaBinding::Bound(host_node)
         } else {
             NumaBinding::NoSuchHostNode(host_node)
         };
+        // The frames are the pools of the live backend: a forked child must not share
+        // them copy-on-write (UFFDIO_MOVE refuses pages that are not exclusive).
+        // SAFETY: as above; madvise only changes how fork treats our mapping.
+        unsafe {
+            libc::madvise(base as *mut libc::c_void, len_bytes, libc::MADV_DONTFORK);
+        }
         // Pre-fault: first touch is very slow on the reference machine.
         // SAFETY: as above; MADV_POPULATE_WRITE faults pages in without changing content.
         let rc = unsafe {
@@ -146,7 +176,12 @@ impl Arena {
             )
         };
         if rc != 0 {
-            // Older kernels: touch one byte per page.
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                // ENOMEM (the bound node is full), EFAULT, ...: no arena.
+                return Err(unmap(e));
+            }
+            // Kernels before 5.14 lack MADV_POPULATE_WRITE: touch one byte per page.
             for off in (0..len_bytes).step_by(4096) {
                 // SAFETY: `off < len_bytes`, inside the mapping (invariant).
                 unsafe { base.add(off).write_volatile(0) };

@@ -27,6 +27,15 @@ impl Memory {
         a.write(o + off, buf);
     }
 
+    /// Zero-fills every page of `folio` (`folio_zero_user`, what an anonymous fault does
+    /// before a program sees a new page): a frame keeps the bytes of its last use otherwise.
+    pub fn folio_zero(&self, folio: Folio) {
+        static ZERO: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+        for k in 0..self.folio(folio).nr_pages() as u64 {
+            self.page_write(Pfn(folio.0 .0 + k), 0, &ZERO);
+        }
+    }
+
     /// Copies `len` bytes at byte offset `off` of folio `src` to the same offset of `dst`,
     /// machine-check safe: if a source page in the range is poisoned, the bytes before it
     /// are copied and `EHWPOISON` is returned (`copy_mc_to_kernel`). The stores stream:

@@ -43,6 +43,11 @@ impl Node {
     pub fn binding(&self) -> &NumaBinding {
         self.arena.binding()
     }
+    /// The node's first pfn: frame `first_pfn + i` sits at byte `i * PAGE_SIZE` of the
+    /// arena (the backend API, with [`Node::arena_range`]).
+    pub fn first_pfn(&self) -> Pfn {
+        Pfn(self.base_pfn)
+    }
     /// Base pages managed.
     pub fn nr_pages(&self) -> usize {
         self.memmap.len()
