@@ -151,6 +151,10 @@ struct StressArgs {
     /// Migrating threads, 1..=64.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     migrators: u8,
+    /// Nodes the pages move between, 2..=64 (with the live backend on a host with that
+    /// many NUMA nodes, the kernel's placement of every page is checked at the end).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=64))]
+    nodes: u8,
     /// Faults: all, none, or KIND[=RATE],... with kinds eagain, lock, writeback, poison,
     /// enomem, engine, timeout, unregister, reason.
     #[arg(long, default_value = "all")]
@@ -230,8 +234,10 @@ struct BenchArgs {
     quick: bool,
     /// Memory backend: builtin (the memory model), live (this process's own pages, moved
     /// with userfaultfd), or kernel (move_pages(2) on a host with two or more NUMA nodes).
-    #[arg(long, value_enum, default_value_t = BackendArg::Builtin)]
-    backend: BackendArg,
+    /// Several, comma-separated (kernel,live), run one after the other on the same nodes
+    /// and sizes and are reported side by side in one table.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "builtin")]
+    backend: Vec<BackendArg>,
     /// Live backend: batch the kernel calls per contiguous run, or one call per folio.
     #[arg(long, value_enum, default_value_t = LiveMovesArg::Batched)]
     live_moves: LiveMovesArg,
@@ -316,14 +322,24 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         to_node: a.to,
         verbose: !a.quiet,
         knobs: a.knobs.clone(),
-        backend: match a.backend {
-            BackendArg::Live => bench::Backend::Live,
-            _ => bench::Backend::Builtin,
-        },
+        backend: bench::Backend::Builtin,
         live_batch_moves: a.live_moves == LiveMovesArg::Batched,
     };
+    let mut backends = a.backend.clone();
+    backends.dedup();
+    if backends.is_empty() {
+        bail!("--backend names no backend");
+    }
+    if backends.len() > 1 {
+        return side_by_side(&a, &backends, opts);
+    }
+    let mut opts = opts;
+    opts.backend = match backends[0] {
+        BackendArg::Live => bench::Backend::Live,
+        _ => bench::Backend::Builtin,
+    };
     let mut out = human(&a.json);
-    if a.backend == BackendArg::Kernel {
+    if backends[0] == BackendArg::Kernel {
         let rep = kernel::run(&opts)?;
         write!(out, "{}", crate::tables::kernel_table(&rep))?;
         if let Some(p) = &a.json {
@@ -335,7 +351,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     rep.command = command_line();
     write!(
         out,
-        "{}",
+        "{}{}",
+        crate::tables::emulation_warning(),
         crate::tables::render_table(&rep, &sizes, &engines)
     )?;
     if rep.batch_pages_list.len() > 1 || rep.accessors > 0 {
@@ -378,6 +395,67 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--backend kernel,live` (any two or more): each backend in turn on the same nodes and
+/// sizes, one table.
+fn side_by_side(
+    a: &BenchArgs,
+    backends: &[BackendArg],
+    opts: bench::BenchOptions,
+) -> anyhow::Result<()> {
+    let mut out = human(&a.json);
+    let mut kernel_rep = None;
+    let mut reports = Vec::new();
+    for (i, b) in backends.iter().enumerate() {
+        if backends[..i].contains(b) {
+            bail!("--backend names {b:?} twice");
+        }
+        match b {
+            BackendArg::Kernel => kernel_rep = Some(kernel::run(&opts)?),
+            BackendArg::Live | BackendArg::Builtin => {
+                let mut o = opts.clone();
+                o.backend = if *b == BackendArg::Live {
+                    bench::Backend::Live
+                } else {
+                    bench::Backend::Builtin
+                };
+                let mut rep = bench::run(&o)?;
+                rep.command = command_line();
+                reports.push(rep);
+            }
+        }
+    }
+    write!(
+        out,
+        "{}",
+        crate::tables::side_by_side_table(kernel_rep.as_ref(), &reports, &opts.sizes)
+    )?;
+    if let Some(p) = &a.json {
+        let doc = serde_json::json!({
+            "schema_version": pagemig_harness::bench::schema::SCHEMA_VERSION,
+            "pagemig_version": env!("CARGO_PKG_VERSION"),
+            "command": command_line(),
+            "side_by_side": backends.iter().map(|b| format!("{b:?}").to_lowercase()).collect::<Vec<_>>(),
+            "kernel": kernel_rep,
+            "reports": reports,
+        });
+        write_json(p, &doc)?;
+    }
+    let failed: usize = reports
+        .iter()
+        .flat_map(|r| &r.results)
+        .map(|r| r.nr_failed)
+        .sum::<usize>()
+        + kernel_rep
+            .iter()
+            .flat_map(|k| &k.results)
+            .map(|r| r.pages_not_migrated)
+            .sum::<usize>();
+    if failed > 0 {
+        bail!("{failed} folio(s) or page(s) failed to migrate");
+    }
+    Ok(())
+}
+
 fn stress(a: StressArgs) -> anyhow::Result<()> {
     if a.backend == BackendArg::Kernel {
         bail!("stress runs on the builtin or live backend; the kernel backend is for bench");
@@ -395,6 +473,7 @@ fn stress(a: StressArgs) -> anyhow::Result<()> {
         seconds: a.seconds,
         accessors: a.accessors as usize,
         migrators: a.migrators as usize,
+        nodes: a.nodes as usize,
         inject,
         verbose: !a.quiet,
     };

@@ -181,9 +181,105 @@ pub fn live_calls_text(rep: &BenchReport) -> String {
     s
 }
 
+/// A warning line for timings taken on an emulated CPU (empty elsewhere).
+pub fn emulation_warning() -> String {
+    match pagemig::sys::emulated_cpu() {
+        Some(cpu) => format!(
+            "note: this CPU is emulated ({cpu}): the timings below are the emulator's, not performance figures\n"
+        ),
+        None => String::new(),
+    }
+}
+
+/// `--backend kernel,live`: GB/s per folio size, one column per backend and engine, the
+/// kernel's `move_pages(2)` first and each other column also as a ratio to it.
+pub fn side_by_side_table(
+    kernel: Option<&KernelReport>,
+    reports: &[BenchReport],
+    sizes: &[usize],
+) -> String {
+    let mut s = emulation_warning();
+    let (from, to, total) = match (kernel, reports.first()) {
+        (Some(k), _) => (k.nodes.0, k.nodes.1, k.total_bytes),
+        (None, Some(r)) => (r.from_node, r.to_node, r.total_bytes),
+        (None, None) => return s,
+    };
+    s += &format!(
+        "side by side: node {from} <-> node {to}, {} per migration, GB/s{}\n\n",
+        format_size(total),
+        if kernel.is_some() {
+            " (ratio to the kernel's move_pages(2))"
+        } else {
+            ""
+        }
+    );
+    let mut cols: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+    if let Some(k) = kernel {
+        cols.push((
+            "kernel move_pages(2)".into(),
+            sizes
+                .iter()
+                .map(|&sz| {
+                    k.results
+                        .iter()
+                        .find(|r| r.folio_size == sz)
+                        .map(|r| r.gbps_mean)
+                })
+                .collect(),
+        ));
+    }
+    for rep in reports {
+        let mut engines: Vec<&str> = Vec::new();
+        for r in &rep.results {
+            if !engines.contains(&r.engine.as_str()) {
+                engines.push(&r.engine);
+            }
+        }
+        for e in engines {
+            cols.push((
+                format!("{} {e}", rep.backend),
+                sizes
+                    .iter()
+                    .map(|&sz| {
+                        rep.results
+                            .iter()
+                            .find(|r| {
+                                r.engine == e
+                                    && r.folio_size == sz
+                                    && r.batch_pages == rep.batch_pages
+                            })
+                            .map(|r| r.gbps_mean)
+                    })
+                    .collect(),
+            ));
+        }
+    }
+    s += "| folio |";
+    for (name, _) in &cols {
+        s += &format!(" {name} |");
+    }
+    s += "\n|---|";
+    s += &"---|".repeat(cols.len());
+    s += "\n";
+    for (i, &sz) in sizes.iter().enumerate() {
+        s += &format!("| {} |", format_size(sz));
+        let base = kernel.and(cols.first().and_then(|c| c.1[i]));
+        for (k, (_, v)) in cols.iter().enumerate() {
+            s += &match (v[i], base) {
+                (None, _) => " - |".to_string(),
+                (Some(x), Some(b)) if k > 0 && b > 0.0 => format!(" {x:.2} ({:.2}x) |", x / b),
+                (Some(x), _) => format!(" {x:.2} |"),
+            };
+        }
+        s += "\n";
+    }
+    s
+}
+
 /// The table.
 pub fn kernel_table(rep: &KernelReport) -> String {
-    let mut s = format!(
+    let mut s = emulation_warning();
+    s += &format!(
         "kernel move_pages(2), node {} <-> node {}, {} per migration, kernel {}\n\n| folio | kernel page | GB/s | sd | not migrated |\n|---|---|---|---|---|\n",
         rep.nodes.0,
         rep.nodes.1,

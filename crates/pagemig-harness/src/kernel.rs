@@ -25,7 +25,8 @@ pub struct KernelResult {
     pub gbps_mean: f64,
     /// Standard deviation.
     pub gbps_sd: f64,
-    /// Pages move_pages(2) reported as not migrated, over all runs.
+    /// Pages move_pages(2) did not migrate (its return value plus the pages whose status
+    /// is an error), over all runs.
     pub pages_not_migrated: usize,
     /// Runs.
     pub runs: usize,
@@ -106,7 +107,10 @@ pub fn run(opts: &BenchOptions) -> Result<KernelReport, KernelError> {
                 call: format!("move_pages(2) to node {node}"),
                 source: e,
             })?;
-            Ok((t.elapsed().as_secs_f64(), left))
+            // Pages the call could not queue have a negative status and do not count in
+            // its return value.
+            let refused = status.iter().filter(|&&st| st < 0).count();
+            Ok((t.elapsed().as_secs_f64(), left + refused))
         };
         move_to(a)?;
         let mut g = Vec::new();
@@ -115,7 +119,7 @@ pub fn run(opts: &BenchOptions) -> Result<KernelReport, KernelError> {
             let node = if run % 2 == 0 { b } else { a };
             let (secs, left) = move_to(node)?;
             not_migrated += left;
-            g.push((addrs.len() - left) as f64 * page as f64 / secs / 1e9);
+            g.push(addrs.len().saturating_sub(left) as f64 * page as f64 / secs / 1e9);
         }
         if checksum(map.words()) != sum {
             return Err(KernelError::ContentChanged(format_size(size)));

@@ -214,6 +214,13 @@ impl Live {
             cfg.folio_order == HPAGE_PMD_ORDER,
         )
         .map_err(|e| sys_err("mmap", e))?;
+        // Where pages are is pagemig's business: on a host with several nodes, the kernel's
+        // automatic NUMA balancing would migrate them to the node of the CPU that touches
+        // them, behind the core's back. A policy of the region's own (MPOL_LOCAL: the same
+        // local allocation as the default) takes it out of the balancing scans.
+        if pagemig::mm::numa::host_numa_nodes().len() > 1 {
+            sys::mbind_local(map.addr(), map.len()).map_err(|e| sys_err("mbind", e))?;
+        }
         let ioctls = sys::register_missing(&sh.uffd, map.addr(), map.len()).map_err(|e| {
             LiveError::Register {
                 what: "the region".into(),

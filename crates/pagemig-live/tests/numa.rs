@@ -159,8 +159,11 @@ fn assert_placement_agrees(r: &LiveRegion, what: &str) -> BTreeMap<i32, u64> {
     let theirs = kernel_nodes(&addrs);
     for (k, (&a, (&o, &t))) in addrs.iter().zip(ours.iter().zip(&theirs)).enumerate() {
         assert_eq!(
-            o, t,
-            "{what}: page {k} at {a:#x}: pagemig says {o}, move_pages(2) {t}"
+            o,
+            t,
+            "{what}: page {k} at {a:#x}: pagemig says {o}, move_pages(2) {t}; pagemap {:#x}; {:?}",
+            kernel::pagemap(&[a]).unwrap()[0],
+            r.counts()
         );
         let g = kernel::node_of_addr(a).unwrap();
         assert_eq!(

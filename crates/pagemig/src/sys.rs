@@ -160,3 +160,38 @@ mod tests {
         assert!(mmap_aligned(0, 4096).is_err());
     }
 }
+
+/// The CPU's model name when it is emulated in software (QEMU's TCG: "QEMU TCG CPU version
+/// 2.5+"), where every timing is the emulator's, not the hardware's; `None` on real or
+/// hardware-virtualized CPUs.
+pub fn emulated_cpu() -> Option<String> {
+    emulated_cpu_in(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+}
+
+fn emulated_cpu_in(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .filter(|m| m.contains("TCG"))
+}
+
+#[cfg(test)]
+mod emulated_tests {
+    use super::emulated_cpu_in;
+
+    #[test]
+    fn a_tcg_cpu_is_emulated_and_others_are_not() {
+        let tcg = "processor\t: 0\nmodel name\t: QEMU TCG CPU version 2.5+\nflags\t: fpu\n";
+        assert_eq!(
+            emulated_cpu_in(tcg).as_deref(),
+            Some("QEMU TCG CPU version 2.5+")
+        );
+        assert_eq!(emulated_cpu_in("model name\t: AMD EPYC\n"), None);
+        assert_eq!(
+            emulated_cpu_in("model name\t: QEMU Virtual CPU version 2.5+\n"),
+            None
+        );
+        assert_eq!(emulated_cpu_in(""), None);
+    }
+}

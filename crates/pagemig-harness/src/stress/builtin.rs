@@ -172,7 +172,8 @@ pub(super) fn migrator_loop(
         let reason = reasons[rng.below(reasons.len())];
         let mut alloc = |mm: &Memory, src: Folio| {
             let f = mm.folio(src);
-            let node = NodeId(1 - f.node().0);
+            // The next node, round the ring of nodes.
+            let node = NodeId((f.node().0 + 1) % mm.nodes().len() as u32);
             let flags = f.flags() & pagemig::mm::pg::HUGETLB;
             mm.alloc_folio(node, f.order(), flags).ok()
         };

@@ -80,6 +80,7 @@ pub(super) fn live_writer(
 /// random node.
 pub(super) fn live_migrator(
     regions: Arc<Vec<pagemig_live::LiveRegion>>,
+    nodes: usize,
     stop: Arc<AtomicBool>,
     t: Arc<Totals>,
     seed: u64,
@@ -92,7 +93,7 @@ pub(super) fn live_migrator(
         let first = rng.below(nf);
         let count = 1 + rng.below((nf - first).min(512 * PAGE_SIZE / fb).max(1));
         let addrs: Vec<usize> = (first..first + count).map(|i| r.addr() + i * fb).collect();
-        let node = rng.below(2) as i32;
+        let node = rng.below(nodes) as i32;
         let mut status = vec![0; addrs.len()];
         t.migrate_calls.fetch_add(1, Ordering::Relaxed);
         match r.move_pages(
@@ -129,6 +130,28 @@ pub(super) fn live_migrator(
     }
 }
 
+/// Pages of `regions` whose node the kernel's `move_pages(2)` query and pagemig's
+/// disagree on.
+fn placement_mismatches(regions: &[pagemig_live::LiveRegion]) -> u64 {
+    let mut n = 0;
+    for r in regions {
+        let addrs: Vec<usize> = (0..r.len())
+            .step_by(PAGE_SIZE)
+            .map(|o| r.addr() + o)
+            .collect();
+        let mut ours = vec![0; addrs.len()];
+        let mut theirs = vec![0; addrs.len()];
+        if r.move_pages(&addrs, None, &mut ours, 0).is_err()
+            || pagemig_live::kernel::move_pages(&addrs, None, &mut theirs, 0).is_err()
+        {
+            n += addrs.len() as u64;
+            continue;
+        }
+        n += ours.iter().zip(&theirs).filter(|(a, b)| a != b).count() as u64;
+    }
+    n
+}
+
 /// Runs the live-backend stress for one engine: writer threads on this process's own
 /// memory while migrating threads move its pages between nodes, with faults injected.
 pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, StressError> {
@@ -160,8 +183,9 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
     let mut handles = Vec::new();
     for i in 0..o.migrators {
         let (r, stop, t) = (regions.clone(), stop.clone(), totals.clone());
+        let nodes = o.nodes;
         handles.push(std::thread::spawn(move || {
-            live_migrator(r, stop, t, 1000 + i as u64)
+            live_migrator(r, nodes, stop, t, 1000 + i as u64)
         }));
     }
     if !o.inject.is_empty() {
@@ -218,6 +242,14 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
             }
         }
     }
+    // On a host with these nodes, the kernel must place every page where pagemig says.
+    if mm
+        .nodes()
+        .iter()
+        .all(|n| matches!(n.binding(), pagemig::mm::NumaBinding::Bound(_)))
+    {
+        *totals.placement_mismatches.lock().ignore_poison() = Some(placement_mismatches(&regions));
+    }
     let lc = live.counts();
     let mut counters = Session::engine_counters(&engine);
     for (k, v) in [
@@ -229,6 +261,7 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
         ("live.stray_faults", lc.stray_faults),
         ("live.remap_errors", lc.remap_errors),
         ("live.remap_retries", lc.remap_retries),
+        ("live.zero_page_fixups", lc.zero_page_fixups),
     ] {
         counters.insert(k.into(), v);
     }

@@ -66,6 +66,9 @@ pub struct StressOptions {
     pub accessors: usize,
     /// Migrating threads.
     pub migrators: usize,
+    /// Nodes the pages move between (2 or more; on a host with that many NUMA nodes, node
+    /// `i` is bound to host node `i`).
+    pub nodes: usize,
     /// Faults and rates.
     pub inject: Vec<(FaultKind, f64)>,
     /// Progress on stderr.
@@ -101,6 +104,10 @@ pub struct StressReport {
     pub content_mismatches: u64,
     /// Frames not free after everything was released.
     pub leaked_frames: u64,
+    /// Live backend on a host with the nodes: pages where the kernel's `move_pages(2)` query
+    /// and pagemig's disagree at the end of the run (`None`: not checked, the host lacks the
+    /// nodes or the backend is the builtin one).
+    pub placement_mismatches: Option<u64>,
     /// Resources after setup and at the end.
     pub resources_start: Resources,
     /// Resources after the run and the teardown of its engine and memory.
@@ -116,6 +123,7 @@ impl StressReport {
             && self.torn_reads == 0
             && self.content_mismatches == 0
             && self.leaked_frames == 0
+            && self.placement_mismatches.unwrap_or(0) == 0
     }
 }
 
@@ -126,6 +134,7 @@ struct Totals {
     lost: AtomicU64,
     torn: AtomicU64,
     mismatches: AtomicU64,
+    placement_mismatches: Mutex<Option<u64>>,
     migrate_calls: AtomicU64,
     migrated: AtomicU64,
     failed: Mutex<BTreeMap<String, u64>>,
@@ -255,7 +264,7 @@ impl Session {
     /// Two nodes of `capacity_bytes` each, with the allocation hook (disarmed until
     /// [`Session::start`]).
     fn memory(&self, capacity_bytes: usize) -> Result<Arc<Memory>, StressError> {
-        let mut cfg = MemoryConfig::with_nodes(2, capacity_bytes);
+        let mut cfg = MemoryConfig::with_nodes(self.o.nodes, capacity_bytes);
         cfg.hooks = Some(self.hooks.clone());
         Ok(Memory::new(cfg)?)
     }
@@ -343,6 +352,7 @@ impl Session {
             torn_reads: t.torn.load(Ordering::Relaxed),
             content_mismatches: t.mismatches.load(Ordering::Relaxed),
             leaked_frames: leaked,
+            placement_mismatches: *t.placement_mismatches.lock().ignore_poison(),
             resources_start: self.res_start,
             resources_end: resources(),
             engine_counters,
