@@ -493,6 +493,15 @@ fn stress(a: StressArgs) -> anyhow::Result<()> {
         reports.push(r);
     }
     write!(out, "{}", crate::tables::stress_table(&reports))?;
+    for r in &reports {
+        if let Some(n) = r.placement_mismatches {
+            writeln!(
+                out,
+                "{}: placement checked against the kernel's move_pages(2): {n} page(s) disagree",
+                r.engine
+            )?;
+        }
+    }
     let after = stress::process_resources();
     let summary = serde_json::json!({
         "schema_version": 2,

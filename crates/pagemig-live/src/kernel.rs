@@ -29,22 +29,28 @@ pub fn move_pages(
     sys::sys_move_pages(pages, nodes, status, flags)
 }
 
-/// `CAP_SYS_NICE` (capability 23): whether the calling thread has it in its effective set,
-/// the check `move_pages(2)` makes for `MPOL_MF_MOVE_ALL`. Read from
-/// `/proc/thread-self/status` (capabilities are per thread); false where it cannot be read.
+/// `CAP_SYS_NICE` (capability 23): whether the calling thread has it, the `capable()` check
+/// `move_pages(2)` makes for `MPOL_MF_MOVE_ALL`: in the thread's effective set (read from
+/// `/proc/thread-self/status`; capabilities are per thread) and in the initial user
+/// namespace (whose `/proc/self/ns/user` inode is the kernel's constant `0xEFFFFFFD`).
+/// False where either cannot be read.
 pub fn has_cap_sys_nice() -> bool {
     const CAP_SYS_NICE: u32 = 23;
-    std::fs::read_to_string("/proc/thread-self/status")
-        .ok()
-        .and_then(|t| {
-            let hex = t
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))?
-                .trim()
-                .to_string();
-            u64::from_str_radix(&hex, 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
+    const PROC_USER_INIT_INO: &str = "user:[4026531837]";
+    let init_ns =
+        std::fs::read_link("/proc/self/ns/user").is_ok_and(|l| l.as_os_str() == PROC_USER_INIT_INO);
+    init_ns
+        && std::fs::read_to_string("/proc/thread-self/status")
+            .ok()
+            .and_then(|t| {
+                let hex = t
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))?
+                    .trim()
+                    .to_string();
+                u64::from_str_radix(&hex, 16).ok()
+            })
+            .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
 }
 
 /// `mlock(2)` (`on`) or `munlock(2)` of `[addr, addr + len)`. Locking changes residency,

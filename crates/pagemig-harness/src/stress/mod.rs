@@ -106,7 +106,8 @@ pub struct StressReport {
     pub leaked_frames: u64,
     /// Live backend on a host with the nodes: pages where the kernel's `move_pages(2)` query
     /// and pagemig's disagree at the end of the run (`None`: not checked, the host lacks the
-    /// nodes or the backend is the builtin one).
+    /// nodes or the backend is the builtin one). Reported, not a loss figure: no data is
+    /// lost when a page is on another node than the core says.
     pub placement_mismatches: Option<u64>,
     /// Resources after setup and at the end.
     pub resources_start: Resources,
@@ -123,7 +124,6 @@ impl StressReport {
             && self.torn_reads == 0
             && self.content_mismatches == 0
             && self.leaked_frames == 0
-            && self.placement_mismatches.unwrap_or(0) == 0
     }
 }
 
