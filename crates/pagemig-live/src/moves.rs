@@ -57,13 +57,6 @@ pub(crate) struct RegionBackend {
     pub(crate) space: OnceLock<Weak<AddressSpace>>,
 }
 
-/// Whether a move of `len` bytes between `va` and `slot` is made of whole, aligned THPs
-/// (the kernel moves each as one PMD, never splitting it).
-fn whole_pmds(va: usize, slot: usize, len: usize) -> bool {
-    const PMD: usize = 2 << 20;
-    va % PMD == 0 && slot % PMD == 0 && len % PMD == 0 && len > 0
-}
-
 /// Direction of a run of moves.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dir {
@@ -91,9 +84,9 @@ impl RegionBackend {
         len: usize,
     ) -> Result<(), (Errno, usize)> {
         let c = &self.shared.counters;
-        // A move in that the kernel may split on the way (not one whole, aligned THP) wakes
-        // the waiting threads only after `fix_zero_pages` has looked at what arrived.
-        let check = dir == Dir::In && self.shared.pagemap.is_some() && !whole_pmds(va, slot, len);
+        // A move in wakes the waiting threads only after `fix_zero_pages` has looked at
+        // what arrived.
+        let check = dir == Dir::In && self.shared.pagemap.is_some();
         let (dst, src, mode) = match dir {
             Dir::Out => (slot, va, sys::UFFDIO_MOVE_MODE_DONTWAKE),
             Dir::In if check => (va, slot, sys::UFFDIO_MOVE_MODE_DONTWAKE),
@@ -112,6 +105,16 @@ impl RegionBackend {
             self.fix_zero_pages(va, slot, moved);
             if sys::wake(&self.shared.uffd, va, len).is_err() {
                 inc(&self.shared.counters.remap_errors, 1);
+            }
+        }
+        if dir == Dir::Out && self.shared.pagemap.is_some() {
+            // A move out that stopped part way may have split a THP of the program first:
+            // the pages left behind can be zero pages now.
+            let moved = match &r {
+                Ok(n) | Err((_, n)) => *n,
+            };
+            if moved < len {
+                self.fix_zero_pages(va + moved, slot + moved, len - moved);
             }
         }
         match r {
@@ -138,21 +141,25 @@ impl RegionBackend {
         }
     }
 
-    /// After a move into the program of `len` bytes at `va` from the arena at `slot`: makes
-    /// every page that arrived as the kernel's shared zero page a real page on its node.
+    /// After a move into the program of `len` bytes at `va` from the arena at `slot` (or a
+    /// move out that left them in the program): makes every page there that is the kernel's
+    /// shared zero page a real page on its node.
     ///
-    /// `UFFDIO_MOVE` splits an arena THP to move part of it, and since Linux 6.12 a split
-    /// maps the zero-filled pages of the THP to the shared zero page and frees them. Such a
-    /// page in the program would be replaced on its first write by a page the kernel
-    /// allocates after the program's policy, on whatever node that gives. So it moves back
-    /// to its slot, is written there (the copy-on-write page comes from the arena's bound
-    /// node, zero-filled like the page it replaces), and moves in again, a page of its own.
-    /// A whole, aligned THP moves as one PMD and is never split, so it is not looked at.
+    /// `UFFDIO_MOVE` splits a THP to move part of it, or to move it whole where the
+    /// destination's page table is not empty (an arena range split before), and since Linux
+    /// 6.12 a split maps the zero-filled pages of the THP to the shared zero page and frees
+    /// them: a THP the program never wrote came back from such a round trip as 512 zero-page
+    /// entries. Such a page in the program would be replaced on its first write by a page
+    /// the kernel allocates after the program's policy, on whatever node that gives. So it
+    /// moves back to its slot, is written there (the copy-on-write page comes from the
+    /// arena's bound node, zero-filled like the page it replaces), and moves in again, a
+    /// page of its own. One `pread` of the pagemap per move; a THP moved as one PMD shows
+    /// exclusive pages and costs nothing more.
     ///
     /// The pages of the move are not woken yet, but a thread that touches one without having
     /// waited for it can still write the zero page first (the kernel then gives it a page
-    /// after the program's policy). Its write is kept: the slot's byte is read and written
-    /// back unchanged, so the page keeps its bytes whatever it holds.
+    /// after the program's policy). Its write is kept: the slot is written only while the
+    /// pagemap still shows the zero page there.
     fn fix_zero_pages(&self, va: usize, slot: usize, len: usize) {
         if len == 0 {
             return;
@@ -173,12 +180,11 @@ impl RegionBackend {
             if sys::move_pages(uffd, s, v, PAGE_SIZE, sys::UFFDIO_MOVE_MODE_DONTWAKE).is_err() {
                 continue;
             }
-            // A write to the slot gives it a page of its own, from the bound node; writing
-            // back the byte just read changes no content.
-            let pfn = self.pfn_of_slot(s);
-            let mut b = [0u8];
-            if self.shared.mm.page_read(pfn, 0, &mut b).is_ok() {
-                self.shared.mm.page_write(pfn, 0, &b);
+            // Still the zero page in the slot (no program thread wrote it meanwhile; the slot
+            // is out of their reach now): a zero byte written there changes no content and
+            // gives it a page of its own, from the bound node.
+            if pm.range(s, 1).is_ok_and(|e| crate::kernel::pm_shared(e[0])) {
+                self.shared.mm.page_write(self.pfn_of_slot(s), 0, &[0]);
             }
             if sys::move_pages(uffd, v, s, PAGE_SIZE, 0).is_err() {
                 inc(&self.shared.counters.remap_errors, 1);
