@@ -525,6 +525,17 @@ fn stress(a: StressArgs) -> anyhow::Result<()> {
     if !dirty.is_empty() {
         bail!("data loss detected with {}", dirty.join(", "));
     }
+    let misplaced: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.placement_mismatches.unwrap_or(0) > 0)
+        .map(|r| r.engine.as_str())
+        .collect();
+    if !misplaced.is_empty() {
+        bail!(
+            "pages are not where pagemig says with {} (the kernel's move_pages(2) disagrees)",
+            misplaced.join(", ")
+        );
+    }
     if after.threads != before.threads || after.fds != before.fds {
         bail!(
             "resources not released: threads {} -> {}, fds {} -> {}",

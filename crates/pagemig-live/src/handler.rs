@@ -244,6 +244,9 @@ impl Live {
             batch_moves: AtomicBool::new(cfg.batch_moves),
             pending: Mutex::new(Pending::default()),
             space: OnceLock::new(),
+            frames: (0..cfg.len_bytes / PAGE_SIZE)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
         });
         let dynb: Arc<dyn SpaceBackend> = backend.clone();
         let space =

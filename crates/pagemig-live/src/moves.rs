@@ -5,7 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use pagemig::mm::{AddressSpace, FailedUnmap, Pfn, SpaceBackend, VirtAddr, PAGE_SIZE};
@@ -55,6 +55,10 @@ pub(crate) struct RegionBackend {
     pub(crate) batch_moves: AtomicBool,
     pub(crate) pending: Mutex<Pending>,
     pub(crate) space: OnceLock<Weak<AddressSpace>>,
+    /// Per base page of the region: 1 + the pfn of the frame its page came from at its last
+    /// move in (0: none yet). Right for every page the program maps now, which is all
+    /// `fix_zero_pages` asks about.
+    pub(crate) frames: Vec<AtomicU64>,
 }
 
 /// Direction of a run of moves.
@@ -98,23 +102,39 @@ impl RegionBackend {
             Dir::In => (&c.remap_ioctls, &c.pages_remapped),
         };
         inc(ioctls, 1);
+        let moved = match &r {
+            Ok(n) | Err((_, n)) => *n,
+        };
+        if dir == Dir::In && moved > 0 {
+            // The program's pages from `va` are now the frames from `slot`'s.
+            let first = self.pfn_of_slot(slot);
+            let i0 = (va - self.base) / PAGE_SIZE;
+            for k in 0..moved / PAGE_SIZE {
+                self.frames[i0 + k].store(first.0 + k as u64 + 1, Ordering::Release);
+            }
+        }
         if check {
-            let moved = match &r {
-                Ok(n) | Err((_, n)) => *n,
-            };
-            self.fix_zero_pages(va, slot, moved);
+            self.fix_zero_pages(va, moved);
             if sys::wake(&self.shared.uffd, va, len).is_err() {
                 inc(&self.shared.counters.remap_errors, 1);
             }
         }
         if dir == Dir::Out && self.shared.pagemap.is_some() {
-            // A move out that stopped part way may have split a THP of the program first:
-            // the pages left behind can be zero pages now.
-            let moved = match &r {
-                Ok(n) | Err((_, n)) => *n,
-            };
+            const PMD: usize = 2 << 20;
             if moved < len {
-                self.fix_zero_pages(va + moved, slot + moved, len - moved);
+                // A move out that stopped part way may have split a THP of the program
+                // first: the pages left behind can be zero pages now.
+                self.fix_zero_pages(va + moved, len - moved);
+            }
+            if self.order as usize == PMD.trailing_zeros() as usize - 12
+                && !(va % PMD == 0 && len % PMD == 0)
+            {
+                // Part of a THP of the program moved out (the core split its folio): the
+                // kernel split the THP, and its pages still in the program can be zero
+                // pages now.
+                let start = (va & !(PMD - 1)).max(self.base);
+                let end = (va + len).next_multiple_of(PMD).min(self.base + self.len);
+                self.fix_zero_pages(start, end - start);
             }
         }
         match r {
@@ -160,7 +180,7 @@ impl RegionBackend {
     /// waited for it can still write the zero page first (the kernel then gives it a page
     /// after the program's policy). Its write is kept: the slot is written only while the
     /// pagemap still shows the zero page there.
-    fn fix_zero_pages(&self, va: usize, slot: usize, len: usize) {
+    fn fix_zero_pages(&self, va: usize, len: usize) {
         if len == 0 {
             return;
         }
@@ -175,7 +195,14 @@ impl RegionBackend {
             if !crate::kernel::pm_shared(e) {
                 continue;
             }
-            let (v, s) = (va + k * PAGE_SIZE, slot + k * PAGE_SIZE);
+            let v = va + k * PAGE_SIZE;
+            // The frame whose page this is (its slot is a hole while the program maps it).
+            let f = self.frames[(v - self.base) / PAGE_SIZE].load(Ordering::Acquire);
+            if f == 0 {
+                continue;
+            }
+            let pfn = Pfn(f - 1);
+            let s = self.slot(pfn);
             // A page shared with a forked child stays where it is (the move out fails).
             if sys::move_pages(uffd, s, v, PAGE_SIZE, sys::UFFDIO_MOVE_MODE_DONTWAKE).is_err() {
                 continue;
@@ -184,7 +211,7 @@ impl RegionBackend {
             // is out of their reach now): a zero byte written there changes no content and
             // gives it a page of its own, from the bound node.
             if pm.range(s, 1).is_ok_and(|e| crate::kernel::pm_shared(e[0])) {
-                self.shared.mm.page_write(self.pfn_of_slot(s), 0, &[0]);
+                self.shared.mm.page_write(pfn, 0, &[0]);
             }
             if sys::move_pages(uffd, v, s, PAGE_SIZE, 0).is_err() {
                 inc(&self.shared.counters.remap_errors, 1);

@@ -106,8 +106,8 @@ pub struct StressReport {
     pub leaked_frames: u64,
     /// Live backend on a host with the nodes: pages where the kernel's `move_pages(2)` query
     /// and pagemig's disagree at the end of the run (`None`: not checked, the host lacks the
-    /// nodes or the backend is the builtin one). Reported, not a loss figure: no data is
-    /// lost when a page is on another node than the core says.
+    /// nodes or the backend is the builtin one). Not a loss figure (no data is lost when a
+    /// page is on another node than the core says), but `pagemig stress` fails on it.
     pub placement_mismatches: Option<u64>,
     /// Resources after setup and at the end.
     pub resources_start: Resources,
