@@ -145,7 +145,11 @@ impl LiveRegion {
     /// with the page left where it was).
     fn exclusive_pages(&self, pages: &[usize]) -> Vec<bool> {
         let pa: Vec<usize> = pages.iter().map(|a| a & !(PAGE_SIZE - 1)).collect();
-        match crate::kernel::pagemap(&pa) {
+        let read = match &self.backend.shared.pagemap {
+            Some(pm) => pm.entries(&pa),
+            None => crate::kernel::pagemap(&pa),
+        };
+        match read {
             Ok(pm) => pm
                 .iter()
                 .map(|e| {

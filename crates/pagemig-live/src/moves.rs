@@ -126,12 +126,10 @@ impl RegionBackend {
                 // first: the pages left behind can be zero pages now.
                 self.fix_zero_pages(va + moved, len - moved);
             }
-            if self.order as usize == PMD.trailing_zeros() as usize - 12
-                && !(va % PMD == 0 && len % PMD == 0)
-            {
-                // Part of a THP of the program moved out (the core split its folio): the
-                // kernel split the THP, and its pages still in the program can be zero
-                // pages now.
+            if !(va % PMD == 0 && len % PMD == 0) {
+                // Part of a THP of the program moved out (a run of small folios that moved
+                // in as one THP, or a THP whose folio the core split): the kernel split the
+                // THP, and its pages still in the program can be zero pages now.
                 let start = (va & !(PMD - 1)).max(self.base);
                 let end = (va + len).next_multiple_of(PMD).min(self.base + self.len);
                 self.fix_zero_pages(start, end - start);
@@ -309,13 +307,8 @@ impl RegionBackend {
             let start = i;
             let mut len = list[i].nr * PAGE_SIZE;
             let slot0 = self.slot(list[i].pfn);
-            // Small folios never make a run that covers an aligned PMD whole: the kernel
-            // would move it as one THP, which the program's later moves of single folios
-            // would split (see `fix_zero_pages`).
-            let small = list[start].nr < 512;
             while i + 1 < list.len()
                 && list[i + 1].va == list[start].va + len
-                && !(small && (len + list[i + 1].nr * PAGE_SIZE) >= (2 << 20))
                 && self.shared.mm.node_of(list[i + 1].pfn)
                     == self.shared.mm.node_of(list[start].pfn)
                 && self.slot(list[i + 1].pfn) == slot0 + len
