@@ -219,7 +219,8 @@ impl Live {
         // them, behind the core's back. A policy of the region's own (MPOL_LOCAL: the same
         // local allocation as the default) takes it out of the balancing scans.
         if pagemig::mm::numa::host_numa_nodes().len() > 1 {
-            sys::mbind_local(map.addr(), map.len()).map_err(|e| sys_err("mbind", e))?;
+            pagemig::sys::mbind(map.addr(), map.len(), pagemig::sys::MemPolicy::Local)
+                .map_err(|e| sys_err("mbind", e))?;
         }
         let ioctls = sys::register_missing(&sh.uffd, map.addr(), map.len()).map_err(|e| {
             LiveError::Register {

@@ -440,29 +440,6 @@ pub fn get_mempolicy_node(addr: usize) -> io::Result<i32> {
     Ok(node)
 }
 
-/// `mbind(2)` of a range to `MPOL_LOCAL`: an explicit policy without `MPOL_F_NUMA_BALANCING`,
-/// so the kernel's automatic NUMA balancing leaves the range's pages where they are.
-pub fn mbind_local(addr: usize, len: usize) -> io::Result<()> {
-    const MPOL_LOCAL: usize = 4;
-    // SAFETY: mbind only changes the policy of the range; no nodemask is passed (NULL,
-    // maxnode 0, as MPOL_LOCAL requires).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mbind,
-            addr,
-            len,
-            MPOL_LOCAL,
-            std::ptr::null::<u64>(),
-            0usize,
-            0usize,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// `mlock(2)` (`on`) or `munlock(2)` of a range. Locking changes residency only, never
 /// contents, so any range is sound to pass; an unmapped one fails with `ENOMEM`.
 pub fn mlock_range(addr: usize, len: usize, on: bool) -> io::Result<()> {

@@ -161,6 +161,53 @@ mod tests {
     }
 }
 
+/// A memory policy for [`mbind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemPolicy {
+    /// `MPOL_BIND` to one node (any node number: the nodemask has as many words as it needs).
+    Bind(u32),
+    /// `MPOL_LOCAL`: allocate on the node of the CPU that faults, as the default policy does,
+    /// but as a policy of the range's own, without `MPOL_F_NUMA_BALANCING`, so that the
+    /// kernel's automatic NUMA balancing leaves the range alone.
+    Local,
+}
+
+/// `mbind(2)` of `[addr, addr + len)`. The policy decides where pages are allocated from
+/// now on; pages already there stay (no `MPOL_MF_MOVE`). Changing the policy of any range
+/// is sound: the kernel checks the range and no memory is read or written.
+pub fn mbind(addr: usize, len: usize, policy: MemPolicy) -> io::Result<()> {
+    let (mode, mask) = match policy {
+        MemPolicy::Bind(node) => {
+            let mut mask = vec![0u64; node as usize / 64 + 1];
+            mask[node as usize / 64] = 1 << (node % 64);
+            (libc::MPOL_BIND, mask)
+        }
+        MemPolicy::Local => (libc::MPOL_LOCAL, Vec::new()),
+    };
+    let mask_ptr = if mask.is_empty() {
+        std::ptr::null()
+    } else {
+        mask.as_ptr()
+    };
+    // SAFETY: the nodemask (or NULL with maxnode 0, as MPOL_LOCAL requires) outlives the
+    // call and maxnode is its bit width; mbind reads no other memory of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            addr,
+            len,
+            mode,
+            mask_ptr,
+            mask.len() * 64,
+            0usize,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The CPU's model name when it is emulated in software (QEMU's TCG: "QEMU TCG CPU version
 /// 2.5+"), where every timing is the emulator's, not the hardware's; `None` on real or
 /// hardware-virtualized CPUs.

@@ -136,25 +136,12 @@ impl Arena {
                     ),
                 )));
             }
-            // A nodemask of as many 64-bit words as the node number needs (node 64 and up
-            // included); maxnode is its bit width.
-            let mut mask = vec![0u64; host_node as usize / 64 + 1];
-            mask[host_node as usize / 64] = 1 << (host_node % 64);
-            // SAFETY: mbind on our own mapping with a nodemask that outlives the call;
-            // maxnode is the mask's bit width.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_mbind,
-                    base as usize,
-                    len_bytes,
-                    libc::MPOL_BIND,
-                    mask.as_ptr(),
-                    mask.len() * 64,
-                    0usize,
-                )
-            };
-            if rc != 0 {
-                return Err(unmap(io::Error::last_os_error()));
+            if let Err(e) = crate::sys::mbind(
+                base as usize,
+                len_bytes,
+                crate::sys::MemPolicy::Bind(host_node),
+            ) {
+                return Err(unmap(e));
             }
             NumaBinding::Bound(host_node)
         } else {
