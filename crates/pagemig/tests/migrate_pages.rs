@@ -489,6 +489,42 @@ fn hugetlb_goes_first_alone_and_is_never_batch_copied() {
     assert_frames_balanced(&mm);
 }
 
+#[test]
+fn enomem_on_a_hugetlb_folio_leaves_it_and_every_later_folio_on_the_list() {
+    // migrate_hugetlbs() walks `from` in place upstream: on -ENOMEM the folio that failed
+    // and every folio after it, hugetlb or not, stay on it, isolated, for the caller's
+    // putback.
+    let hooks = Arc::new(AllocBudget {
+        left: AtomicUsize::new(0),
+        only_large: AtomicBool::new(true),
+    });
+    let mm = memory_with(16 * MB, Some(hooks), None);
+    let sp = space(&mm, 8 * MB);
+    let h1 = sp.map_hugetlb(VirtAddr(BASE), NodeId(0)).unwrap();
+    let h2 = sp
+        .map_hugetlb(VirtAddr(BASE + 2 * MB as u64), NodeId(0))
+        .unwrap();
+    let small = sp
+        .map_anon(VirtAddr(BASE + 4 * MB as u64), NodeId(0), Order(0))
+        .unwrap();
+    let folios = [h1, h2, small];
+    let mut list = isolate_all(&mm, &folios);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Sync, Reason::Syscall);
+    assert_eq!(res.rc, Err(Errno::NoMem));
+    assert_eq!(res.nr_succeeded, 0);
+    assert_eq!(
+        list,
+        folios.to_vec(),
+        "every folio stays on the list, in order"
+    );
+    for f in folios {
+        assert_eq!(mm.folio(f).node(), NodeId(0));
+    }
+    mm.putback_movable_pages(&mut list);
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
 /// A balloon-like movable_ops owner: copies, takes `dst`, drops `src`.
 #[derive(Default)]
 struct Balloon {

@@ -22,8 +22,10 @@ pub(crate) fn migrate_hugetlbs(
     while pass < NR_MAX_MIGRATE_PAGES_RETRY && retry > 0 {
         retry = 0;
         nr_retry_pages = 0;
-        let list = std::mem::take(from);
-        for folio in list {
+        // Walked as upstream walks `from` in place: every folio not taken off it stays on
+        // it, in order, including all those after an -ENOMEM.
+        let mut list = std::mem::take(from).into_iter();
+        while let Some(folio) = list.next() {
             if !mm.folio(folio).test(pg::HUGETLB) {
                 from.push(folio);
                 continue;
@@ -33,6 +35,7 @@ pub(crate) fn migrate_hugetlbs(
                 Err(Errno::NoMem) => {
                     stats.nr_failed_pages += nr_pages + nr_retry_pages;
                     from.push(folio);
+                    from.extend(list);
                     return Err(Errno::NoMem);
                 }
                 Err(Errno::Again) => {
