@@ -325,10 +325,16 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         backend: bench::Backend::Builtin,
         live_batch_moves: a.live_moves == LiveMovesArg::Batched,
     };
-    let mut backends = a.backend.clone();
-    backends.dedup();
+    let backends = a.backend.clone();
     if backends.is_empty() {
         bail!("--backend names no backend");
+    }
+    if let Some(b) = backends
+        .iter()
+        .enumerate()
+        .find_map(|(i, b)| backends[..i].contains(b).then_some(b))
+    {
+        bail!("--backend names {} twice", format!("{b:?}").to_lowercase());
     }
     if backends.len() > 1 {
         return side_by_side(&a, &backends, opts);
@@ -405,10 +411,7 @@ fn side_by_side(
     let mut out = human(&a.json);
     let mut kernel_rep = None;
     let mut reports = Vec::new();
-    for (i, b) in backends.iter().enumerate() {
-        if backends[..i].contains(b) {
-            bail!("--backend names {b:?} twice");
-        }
+    for b in backends {
         match b {
             BackendArg::Kernel => kernel_rep = Some(kernel::run(&opts)?),
             BackendArg::Live | BackendArg::Builtin => {

@@ -145,18 +145,15 @@ impl LiveRegion {
     /// with the page left where it was).
     fn exclusive_pages(&self, pages: &[usize]) -> Vec<bool> {
         let pa: Vec<usize> = pages.iter().map(|a| a & !(PAGE_SIZE - 1)).collect();
-        let read = match &self.backend.shared.pagemap {
-            Some(pm) => pm.entries(&pa),
-            None => crate::kernel::pagemap(&pa),
-        };
-        match read {
-            Ok(pm) => pm
-                .iter()
-                .map(|e| {
-                    e & crate::kernel::PM_PRESENT == 0 || e & crate::kernel::PM_MMAP_EXCLUSIVE != 0
-                })
-                .collect(),
-            Err(_) => vec![true; pages.len()],
+        match self
+            .backend
+            .shared
+            .pagemap
+            .as_ref()
+            .map(|pm| pm.entries(&pa))
+        {
+            Some(Ok(pm)) => pm.iter().map(|&e| !crate::kernel::pm_shared(e)).collect(),
+            _ => vec![true; pages.len()],
         }
     }
 

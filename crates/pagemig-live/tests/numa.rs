@@ -261,7 +261,10 @@ fn an_arena_larger_than_its_host_node_is_a_clear_error() {
         panic!("an arena larger than its node must not be made");
     };
     let msg = e.to_string();
-    assert!(msg.contains(&format!("node {}", last.id)), "{msg}");
+    assert!(
+        msg.contains(&format!("host node {} has", last.id)) && msg.contains("does not fit"),
+        "{msg}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

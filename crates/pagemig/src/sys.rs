@@ -139,28 +139,6 @@ pub fn set_allowed_cpus(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_allowed_set_is_what_was_set() {
-        let all = allowed_cpus().unwrap();
-        assert!(!all.is_empty());
-        let first = all[0];
-        // On a thread of its own, so the test's other threads keep every CPU.
-        std::thread::spawn(move || {
-            set_allowed_cpus(&[first]).unwrap();
-            assert_eq!(allowed_cpus().unwrap(), vec![first]);
-            pin_current_thread(first).unwrap();
-        })
-        .join()
-        .unwrap();
-        assert!(mmap_aligned(4096, 3).is_err());
-        assert!(mmap_aligned(0, 4096).is_err());
-    }
-}
-
 /// A memory policy for [`mbind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemPolicy {
@@ -224,8 +202,25 @@ fn emulated_cpu_in(cpuinfo: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod emulated_tests {
-    use super::emulated_cpu_in;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allowed_set_is_what_was_set() {
+        let all = allowed_cpus().unwrap();
+        assert!(!all.is_empty());
+        let first = all[0];
+        // On a thread of its own, so the test's other threads keep every CPU.
+        std::thread::spawn(move || {
+            set_allowed_cpus(&[first]).unwrap();
+            assert_eq!(allowed_cpus().unwrap(), vec![first]);
+            pin_current_thread(first).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert!(mmap_aligned(4096, 3).is_err());
+        assert!(mmap_aligned(0, 4096).is_err());
+    }
 
     #[test]
     fn a_tcg_cpu_is_emulated_and_others_are_not() {
