@@ -390,7 +390,7 @@ impl RegionBackend {
                     VirtAddr(va as u64),
                     node,
                     Order(order),
-                    pg::ANON | pg::UPTODATE | pg::LRU,
+                    pg::ANON | pg::SWAPBACKED | pg::UPTODATE | pg::LRU,
                     |folio| {
                         // A frame holds the bytes of its last use: a program's new page
                         // reads zero.

@@ -10,7 +10,10 @@
 #![forbid(unsafe_code)]
 
 pub use std::sync::{
-    atomic::{fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+    atomic::{
+        fence, AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+        Ordering,
+    },
     Arc, Condvar, Mutex, MutexGuard, RwLock, Weak,
 };
 

@@ -4,7 +4,7 @@
 use crate::mm::{pg, Folio};
 use crate::Errno;
 
-use super::undo::migrate_folio_done;
+use super::undo::folio_putback_hugetlb;
 use super::{Ctx, MigratePagesStats, Mode, NR_MAX_MIGRATE_PAGES_RETRY};
 
 pub(crate) fn migrate_hugetlbs(
@@ -69,7 +69,7 @@ fn unmap_and_move_huge_page(
     let s = mm.folio(src);
     if s.ref_count() == 1 {
         // Freed from under us.
-        migrate_folio_done(mm, src);
+        folio_putback_hugetlb(mm, src);
         return Ok(());
     }
     let dst = (ctx.get_new_folio)(mm, src).ok_or(Errno::NoMem)?;
@@ -105,7 +105,7 @@ fn unmap_and_move_huge_page(
         Ok(()) => {
             // folio_putback_active_hugetlb(src/dst): the old one is freed, the new one
             // keeps only its mappings' references.
-            migrate_folio_done(mm, src);
+            folio_putback_hugetlb(mm, src);
             d.set(pg::LRU);
             d.put();
         }

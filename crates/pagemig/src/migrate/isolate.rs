@@ -8,8 +8,9 @@ use crate::mm::{pg, Folio, Memory, MmError};
 use crate::sync::Ordering;
 
 impl Memory {
-    /// `folio_isolate_lru()` (or `isolate_movable_ops_page()`): takes the folio off the LRU
-    /// for migration, holding a reference. `Busy` if it is not on the LRU (already
+    /// `isolate_folio_to_list()`: `folio_isolate_lru()` (or `isolate_movable_ops_page()`)
+    /// takes the folio off the LRU for migration, holding a reference, and counts it in
+    /// `NR_ISOLATED_ANON` or `NR_ISOLATED_FILE`. `Busy` if it is not on the LRU (already
     /// isolated, or a destination still being migrated into); `NotAFolio` for a pfn that
     /// is no live folio.
     pub fn isolate_folio(&self, folio: Folio) -> Result<(), MmError> {
@@ -26,6 +27,10 @@ impl Memory {
             f.put();
             return Err(MmError::Busy);
         }
+        if !f.test(pg::MOVABLE_OPS) && !f.test(pg::HUGETLB) {
+            // isolate_folio_to_list(): NR_ISOLATED_ANON + folio_is_file_lru().
+            self.mod_isolated(&f, 1);
+        }
         Ok(())
     }
 
@@ -37,6 +42,9 @@ impl Memory {
             return Err(MmError::Busy);
         }
         if !f.test(pg::MOVABLE_OPS) {
+            if !f.test(pg::HUGETLB) {
+                self.mod_isolated(&f, -1);
+            }
             f.set(pg::LRU);
         }
         f.put();

@@ -2,7 +2,7 @@
 
 use crate::mm::{pg, Folio, Memory};
 
-use super::Ctx;
+use super::{Ctx, Reason};
 
 /// Restores the source: its PTEs come back (`remove_migration_ptes(src, src)`), it is
 /// unlocked and, with `ret`, put on the failed list.
@@ -38,9 +38,25 @@ pub(crate) fn migrate_folio_undo_dst(ctx: &mut Ctx<'_, '_>, dst: Folio, locked: 
     ctx.put_new(dst);
 }
 
-/// `migrate_folio_done()`: a migrated (or freed-under-us) source drops its isolation
-/// reference and is freed.
-pub(crate) fn migrate_folio_done(mm: &Memory, src: Folio) {
+/// `migrate_folio_done(src, reason)`: a migrated (or freed-under-us) source leaves the
+/// `NR_ISOLATED_*` count — except for movable_ops pages, which were never counted, and for
+/// `MR_DEMOTION`, whose caller (reclaim) accounts its isolated folios itself — and drops
+/// its isolation reference, except for `MR_MEMORY_FAILURE`: the poison handler
+/// (`page_handle_poison`, [`crate::migrate::soft_offline_page`]) releases that one.
+pub(crate) fn migrate_folio_done(mm: &Memory, src: Folio, reason: Reason) {
+    let f = mm.folio(src);
+    if !f.test(pg::MOVABLE_OPS) && reason != Reason::Demotion {
+        mm.mod_isolated(&f, -1);
+    }
+    f.clear(pg::ISOLATED);
+    if reason != Reason::MemoryFailure {
+        f.put();
+    }
+}
+
+/// `folio_putback_hugetlb()`: a migrated (or freed-under-us) hugetlb source drops its
+/// isolation reference (hugetlb folios are not counted in `NR_ISOLATED_*`).
+pub(crate) fn folio_putback_hugetlb(mm: &Memory, src: Folio) {
     let f = mm.folio(src);
     f.clear(pg::ISOLATED);
     f.put();

@@ -5,19 +5,11 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::mm::{migrate_info, pg, Folio, Memory, Pfn, TlbBatch};
+use crate::mm::{migrate_info, pg, Folio, Memory, MigrateFolioOp, Pfn, TlbBatch};
 use crate::Errno;
 
-use super::undo::{migrate_folio_done, migrate_folio_undo_dst, migrate_folio_undo_src};
+use super::undo::{migrate_folio_undo_dst, migrate_folio_undo_src};
 use super::{Ctx, Mode};
-
-/// A successful unmap.
-pub(crate) enum Unmapped {
-    /// The folio was freed under us: counts as migrated (`MIGRATEPAGE_SUCCESS`).
-    Freed,
-    /// Unmapped; here is its destination (`MIGRATEPAGE_UNMAP`).
-    Dst(Folio),
-}
 
 /// `__migrate_folio_record()`: saves the anon_vma and the old states in `dst`.
 pub(crate) fn migrate_folio_record(mm: &Memory, dst: Folio, states: u64, anon_vma: u64) {
@@ -27,30 +19,45 @@ pub(crate) fn migrate_folio_record(mm: &Memory, dst: Folio, states: u64, anon_vm
         .store(migrate_info::pack(anon_vma, states), Ordering::Release);
 }
 
-/// The series' eligibility test for the batch copy (v6 2/5): not a movable_ops page, and
-/// no reference beyond the expected ones (a GUP holder could otherwise write the source
-/// between the early copy and the move-phase refcount check).
+/// `folio_can_batch_copy()` as the series' tree has it: not a movable_ops page (they have
+/// their own path); no `PG_private` (buffer heads are written without a folio reference,
+/// and `__buffer_migrate_folio` keeps such writers out only in the move phase, after a
+/// batch copy would already have run; other private users have callbacks with checks of
+/// their own); a mapping whose `migrate_folio` is one of the generic ones that consume the
+/// copied mark (or none: the fallback ends in `migrate_folio`); and no reference beyond
+/// the expected ones (a GUP holder could otherwise write the source between the early copy
+/// and the move-phase refcount check).
 pub(crate) fn folio_can_batch_copy(mm: &Memory, src: Folio) -> bool {
     let f = mm.folio(src);
-    !f.test(pg::MOVABLE_OPS) && !f.test(pg::HUGETLB) && f.ref_count() == f.expected_ref_count()
+    if f.test(pg::MOVABLE_OPS) || f.test(pg::PRIVATE) {
+        return false;
+    }
+    if let Some(m) = mm.folio_mapping(src) {
+        match m.migrate_folio_op() {
+            Some(
+                MigrateFolioOp::Migrate
+                | MigrateFolioOp::Filemap
+                | MigrateFolioOp::Buffer
+                | MigrateFolioOp::BufferNorefs
+                | MigrateFolioOp::None,
+            ) => {}
+            Some(MigrateFolioOp::Custom(_)) | None => return false,
+        }
+    }
+    f.ref_count() == f.expected_ref_count()
 }
 
+/// `migrate_folio_unmap()`: allocate the destination, lock the source, handle writeback,
+/// establish migration entries. Returns the destination (`MIGRATEPAGE_UNMAP`).
 pub(crate) fn migrate_folio_unmap(
     ctx: &mut Ctx<'_, '_>,
     src: Folio,
     mode: Mode,
     tlb: &mut TlbBatch,
     ret: &mut Vec<Folio>,
-) -> Result<Unmapped, Errno> {
+) -> Result<Folio, Errno> {
     let mm = ctx.mm;
     let s = mm.folio(src);
-    let is_lru = !s.test(pg::MOVABLE_OPS);
-
-    if s.ref_count() == 1 {
-        // Folio was freed from under us. So we are done.
-        migrate_folio_done(mm, src);
-        return Ok(Unmapped::Freed);
-    }
 
     let dst = (ctx.get_new_folio)(mm, src).ok_or(Errno::NoMem)?;
     let d = mm.folio(dst);
@@ -58,7 +65,7 @@ pub(crate) fn migrate_folio_unmap(
 
     let mut locked = false;
     let mut dst_locked = false;
-    let mut page_was_mapped = false;
+    let mut old_state = 0u64;
     let mut anon_vma = 0u64;
 
     let rc: Errno = 'out: {
@@ -73,6 +80,9 @@ pub(crate) fn migrate_folio_unmap(
             s.lock();
         }
         locked = true;
+        if s.test(pg::MLOCKED) {
+            old_state |= migrate_info::WAS_MLOCKED;
+        }
 
         if s.test(pg::WRITEBACK) {
             // Only a full synchronous migration waits for writeback.
@@ -83,7 +93,7 @@ pub(crate) fn migrate_folio_unmap(
         }
 
         // folio_get_anon_vma(): keep the anon_vma while mapcount drops to zero.
-        if s.test(pg::ANON) {
+        if s.is_anon() {
             anon_vma = s.meta.mapping.load(Ordering::Acquire);
         }
 
@@ -92,13 +102,19 @@ pub(crate) fn migrate_folio_unmap(
         }
         dst_locked = true;
 
-        if !is_lru {
-            migrate_folio_record(mm, dst, 0, 0);
-            return Ok(Unmapped::Dst(dst));
+        if s.test(pg::MOVABLE_OPS) {
+            migrate_folio_record(mm, dst, old_state, anon_vma);
+            return Ok(dst);
         }
 
-        let was_mlocked = s.test(pg::MLOCKED);
-        if s.is_mapped() {
+        if s.meta.mapping.load(Ordering::Acquire) == 0 {
+            // An orphaned page-cache folio (truncated while isolated) may still have
+            // fs-private data: try to free it so the folio can be freed; retry later.
+            if s.test(pg::PRIVATE) {
+                mm.filemap_release_folio(src);
+                break 'out Errno::Again;
+            }
+        } else if s.is_mapped() {
             // Establish migration entries; only async mode defers the flush.
             let batch = if mode == Mode::Async {
                 Some(&mut *tlb)
@@ -106,26 +122,20 @@ pub(crate) fn migrate_folio_unmap(
                 None
             };
             mm.try_to_migrate(&s, anon_vma, batch);
-            page_was_mapped = true;
+            old_state |= migrate_info::WAS_MAPPED;
         }
 
         if !s.is_mapped() {
-            let mut states = 0;
-            if page_was_mapped {
-                states |= migrate_info::WAS_MAPPED;
-            }
-            if was_mlocked {
-                states |= migrate_info::WAS_MLOCKED;
-            }
-            migrate_folio_record(mm, dst, states, anon_vma);
-            return Ok(Unmapped::Dst(dst));
+            migrate_folio_record(mm, dst, old_state, anon_vma);
+            return Ok(dst);
         }
         Errno::Again
     };
 
     // A folio that has not been unmapped goes to the failed list unless we retry.
     let ret = if rc == Errno::Again { None } else { Some(ret) };
-    migrate_folio_undo_src(mm, src, page_was_mapped, anon_vma, locked, ret);
+    let was_mapped = old_state & migrate_info::WAS_MAPPED != 0;
+    migrate_folio_undo_src(mm, src, was_mapped, anon_vma, locked, ret);
     migrate_folio_undo_dst(ctx, dst, dst_locked);
     Err(rc)
 }
@@ -151,10 +161,12 @@ pub(crate) fn try_split_folio(
     rc
 }
 
-/// `split_folio_to_list()` for an anonymous large folio that the caller holds locked and
-/// isolated: every page becomes an order-0 folio with the same mappings, flags and its own
-/// isolation reference; the PTEs need no change (they name pages, not folios). Fails with
-/// `EAGAIN` if anyone holds an extra reference, `EINVAL` for hugetlb or order 0.
+/// `split_folio_to_list()` for a large folio (anonymous or page cache) that the caller
+/// holds locked and isolated: every page becomes an order-0 folio with its own mappings,
+/// flags and isolation reference (and its own page-cache entry and reference); the PTEs
+/// need no change (they name pages, not folios). Fails with `EAGAIN` if anyone holds an
+/// extra reference, `EBUSY` for a truncated page-cache folio or private data that cannot
+/// be released, `EINVAL` for hugetlb or order 0.
 pub(crate) fn split_folio_to_list(
     mm: &Memory,
     folio: Folio,
@@ -164,14 +176,42 @@ pub(crate) fn split_folio_to_list(
     if !f.is_large() || f.test(pg::HUGETLB) || f.test(pg::MOVABLE_OPS) {
         return Err(Errno::Inval);
     }
-    let mapcount = f.mapcount();
+    let file = mm.folio_mapping(folio);
+    if !f.is_anon() {
+        if file.is_none() {
+            return Err(Errno::Busy);
+        }
+        if !mm.filemap_release_folio(folio) {
+            return Err(Errno::Busy);
+        }
+    }
     if f.ref_count() != f.expected_ref_count() {
         return Err(Errno::Again);
     }
     let nr = f.nr_pages();
-    let flags = f.flags() & !pg::HAS_HWPOISONED;
+    // Each page's own mapcount: the mappings that map that page (a partially mapped folio
+    // has pages that no mapping maps).
+    let mut mapcounts = vec![0i32; nr];
+    let anon_vma = f.meta.mapping.load(Ordering::Acquire);
+    mm.rmap_walk_folio(&f, anon_vma, |space, first, lo, hi| {
+        for (k, m) in mapcounts.iter_mut().enumerate().take(hi).skip(lo) {
+            let slot = (first + k as isize) as usize;
+            if space.pte_at(slot)
+                == (crate::mm::Pte::Present {
+                    pfn: Pfn(folio.0 .0 + k as u64),
+                })
+            {
+                *m += 1;
+            }
+        }
+    });
+    let cache_ref = file.is_some() as i32;
+    let flags = f.flags() & !(pg::HAS_HWPOISONED | pg::PARTIALLY_MAPPED);
     let mapping = f.meta.mapping.load(Ordering::Acquire);
     let index = f.meta.index.load(Ordering::Acquire);
+    mm.unqueue_deferred_split(folio);
+    // The page cache's lock covers the whole split of a cached folio.
+    let mut cache = file.as_ref().map(|m| crate::sync::lock(&m.i_pages));
     for k in 0..nr as u64 {
         let pfn = Pfn(folio.0 .0 + k);
         let m = mm.page(pfn);
@@ -181,15 +221,21 @@ pub(crate) fn split_folio_to_list(
             0
         };
         // Tail pieces are created locked like the head and unlocked below.
+        let mc = mapcounts[k as usize];
         m.order.store(0, Ordering::Relaxed);
         m.mapping.store(mapping, Ordering::Relaxed);
         m.index.store(index + k, Ordering::Relaxed);
-        m.mapcount.store(mapcount, Ordering::Relaxed);
-        m.refcount.store(mapcount + 1, Ordering::Relaxed);
+        m.private.store(0, Ordering::Relaxed);
+        m.mapcount.store(mc, Ordering::Relaxed);
+        m.refcount.store(mc + cache_ref + 1, Ordering::Relaxed);
         m.migrate_info.store(0, Ordering::Relaxed);
         m.flags.store(flags | extra, Ordering::Release);
+        if let Some(c) = cache.as_mut() {
+            c.insert(index + k, Folio(pfn));
+        }
         list.push(Folio(pfn));
     }
+    drop(cache);
     mm.clear_compound(folio.0, nr);
     mm.mark_split_heads(folio.0, nr);
     for k in 1..nr as u64 {

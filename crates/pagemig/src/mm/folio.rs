@@ -39,6 +39,16 @@ pub mod pg {
     pub const MLOCKED: u32 = 1 << 11;
     /// `PG_lru`: on an LRU list, so it can be isolated for migration.
     pub const LRU: u32 = 1 << 14;
+    /// `PG_private`: `folio->private` holds filesystem data (buffer heads); the private
+    /// data holds one reference on the folio.
+    pub const PRIVATE: u32 = 1 << 15;
+    /// `PG_swapbacked`: anonymous and shmem memory (`!folio_is_file_lru`).
+    pub const SWAPBACKED: u32 = 1 << 16;
+    /// `PG_partially_mapped` (on a large folio): some of its pages are no longer mapped
+    /// anywhere, and it waits on the deferred split queue.
+    pub const PARTIALLY_MAPPED: u32 = 1 << 17;
+    /// On the deferred split queue (`!list_empty(&folio->_deferred_list)`).
+    pub const DEFERRED_SPLIT: u32 = 1 << 18;
     /// `PG_waiters`: someone sleeps on this folio's wait queue; unlock must wake it.
     pub const WAITERS: u32 = super::waitbit::WAITERS;
 }
@@ -86,8 +96,11 @@ pub struct PageMeta {
     /// anon_vma handle (`folio->mapping` with `PAGE_MAPPING_ANON`); 0 = none.
     pub(crate) mapping: AtomicU64,
     /// Virtual page number the folio is mapped at in every space of its anon_vma
-    /// (`folio->index` for anon folios).
+    /// (`folio->index` for anon folios), or its page offset in its file.
     pub(crate) index: AtomicU64,
+    /// `folio->private`: a handle of the filesystem data attached with `PG_private`
+    /// ([`Memory::folio_private`]); 0 = none.
+    pub(crate) private: AtomicU64,
 }
 
 impl PageMeta {
@@ -101,6 +114,7 @@ impl PageMeta {
             migrate_info: AtomicU64::new(0),
             mapping: AtomicU64::new(0),
             index: AtomicU64::new(0),
+            private: AtomicU64::new(0),
         }
     }
 }
@@ -229,10 +243,61 @@ impl<'a> FolioRef<'a> {
         self.test(pg::HAS_HWPOISONED)
     }
 
-    /// `folio_expected_ref_count() + 1` for an isolated anon folio: one reference per
-    /// mapping plus the isolation reference migration holds.
+    /// `folio_test_anon()`.
+    pub fn is_anon(&self) -> bool {
+        self.test(pg::ANON)
+    }
+
+    /// `folio_is_file_lru()`: page cache that is not swap-backed (not anon, not shmem).
+    pub fn is_file_lru(&self) -> bool {
+        !self.test(pg::SWAPBACKED)
+    }
+
+    /// `folio->index`: the page offset in its file (or the virtual page number, for anon).
+    pub fn index(&self) -> u64 {
+        self.meta.index.load(Ordering::Acquire)
+    }
+
+    /// The page-cache handle `folio->mapping` names, if this is a file folio still in its
+    /// file (`folio_mapping()`; 0 after truncation and for anon folios).
+    pub(crate) fn file_mapping_handle(&self) -> u64 {
+        if self.is_anon() {
+            0
+        } else {
+            self.meta.mapping.load(Ordering::Acquire)
+        }
+    }
+
+    /// `folio_expected_ref_count()`: the references a folio nobody else uses holds — one
+    /// per mapping, `nr_pages` from the page cache, one for `PG_private`.
+    pub fn folio_expected_ref_count(&self) -> i32 {
+        let cache = if self.file_mapping_handle() != 0 {
+            self.nr_pages() as i32
+        } else {
+            0
+        };
+        cache + self.test(pg::PRIVATE) as i32 + self.mapcount()
+    }
+
+    /// `folio_expected_ref_count() + 1`: what an isolated folio holds when nobody else
+    /// uses it (the `+ 1` is the isolation reference migration holds).
     pub fn expected_ref_count(&self) -> i32 {
-        self.mapcount() + 1
+        self.folio_expected_ref_count() + 1
+    }
+
+    /// `folio_ref_freeze(folio, count)`: the refcount becomes 0 if it is exactly `count`
+    /// (so that speculative lookups fail until it is unfrozen).
+    pub(crate) fn ref_freeze(&self, count: i32) -> bool {
+        self.meta
+            .refcount
+            .compare_exchange(count, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// `folio_ref_unfreeze(folio, count)`.
+    pub(crate) fn ref_unfreeze(&self, count: i32) {
+        let old = self.meta.refcount.swap(count, Ordering::AcqRel);
+        debug_assert_eq!(old, 0, "unfreeze of a folio that was not frozen");
     }
 
     /// `folio_trylock()`.

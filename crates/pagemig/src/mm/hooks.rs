@@ -22,6 +22,10 @@ pub trait FaultHooks: Send + Sync {
     fn before_batch_copy(&self, _mm: &Memory) {}
     /// Called right after the batch copy, before the move phase.
     fn after_batch_copy(&self, _mm: &Memory) {}
+    /// Called inside `__migrate_folio` after the copy (the CPU's, or the batch copy's that
+    /// the move consumed) and before `__folio_migrate_mapping` freezes the refcount: a
+    /// reference taken here makes the freeze fail after the copy.
+    fn after_copy_before_freeze(&self, _mm: &Memory, _src: Folio) {}
     /// Negative control only: copy the batch *before* the TLB flush, which is wrong and
     /// loses writes that accessors make through stale translations.
     fn copy_before_flush(&self) -> bool {
@@ -34,4 +38,21 @@ pub trait MovableOps: Send + Sync {
     /// `migrate_page(dst, src, mode)`: move the page's contents and ownership. On success
     /// the owner keeps `dst` (its allocation reference) and drops its reference on `src`.
     fn migrate_page(&self, mm: &Memory, dst: Folio, src: Folio, mode: Mode) -> Result<(), Errno>;
+}
+
+/// A filesystem's own `a_ops->migrate_folio` ([`super::MigrateFolioOp::Custom`]): btrfs,
+/// f2fs and nfs check state of their own and then call the generic helper, which the core
+/// passes as `filemap_migrate_folio` (it copies unless the batch copy already did, swaps
+/// the folio in the page cache and moves the private data). The series never batch-copies
+/// the folios of such a mapping: a copy made before the callback would bypass its checks.
+pub trait MigrateFolio: Send + Sync {
+    /// Migrates locked `src` into locked `dst`.
+    fn migrate_folio(
+        &self,
+        mm: &Memory,
+        dst: Folio,
+        src: Folio,
+        mode: Mode,
+        filemap_migrate_folio: &mut dyn FnMut() -> Result<(), Errno>,
+    ) -> Result<(), Errno>;
 }

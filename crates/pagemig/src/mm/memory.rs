@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -23,6 +24,13 @@ pub struct Memory {
     pub(super) nodes: Vec<Node>,
     pub(crate) wait_table: Vec<waitbit::WaitQueue>,
     pub(crate) anon_vmas: RwLock<Vec<Arc<rmap::AnonVma>>>,
+    /// Every file's mapping (`struct address_space`), named by handle from `folio->mapping`.
+    pub(crate) mappings: RwLock<Vec<Arc<super::filemap::Mapping>>>,
+    /// `folio->private` data by handle.
+    pub(crate) privates: Mutex<HashMap<u64, super::filemap::FolioPrivate>>,
+    pub(crate) next_private: AtomicU64,
+    /// The deferred split queue (`struct deferred_split`; one for the machine).
+    pub(crate) deferred_split: Mutex<std::collections::HashSet<super::Folio>>,
     next_space_id: AtomicU32,
     pub(crate) events: VmEvents,
     /// The copy-offload registry, which Linux keeps in a global of
@@ -84,6 +92,7 @@ impl Memory {
                 head_off: (0..nr).map(|_| AtomicU32::new(0)).collect(),
                 hwpoison: (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
                 live_head: (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+                stats: Default::default(),
             });
             // Node `i` owns pfns from `i << NODE_PFN_SHIFT`: `pfn_to_nid` is a shift, and
             // pfns of different nodes are never contiguous.
@@ -95,6 +104,10 @@ impl Memory {
                 .map(|_| Default::default())
                 .collect(),
             anon_vmas: RwLock::new(Vec::new()),
+            mappings: RwLock::new(Vec::new()),
+            privates: Mutex::new(HashMap::new()),
+            next_private: AtomicU64::new(0),
+            deferred_split: Mutex::new(std::collections::HashSet::new()),
             next_space_id: AtomicU32::new(1),
             events: VmEvents::default(),
             offload_slot: OnceLock::new(),
@@ -171,6 +184,7 @@ impl Memory {
             anon_vma: av,
             tlb: tlb::TlbDomain::new(),
             backend: backend.clone(),
+            vm_locked: std::sync::atomic::AtomicBool::new(false),
         });
         if let Some(b) = backend {
             let mut v = lock(&self.backends);

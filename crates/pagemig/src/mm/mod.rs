@@ -5,7 +5,8 @@
 //! Linux analogues, one module each: `struct pglist_data` ([`Memory`] in `memory`, a
 //! [`Node`] in `node`), `mm/page_alloc.c` ([`buddy`], `page_alloc`), `struct page`
 //! ([`folio`]), `struct mm_struct` + page tables ([`page_table`]), `mm/rmap.c` ([`rmap`]),
-//! `arch/x86/mm/tlb.c` ([`tlb`]), `mm/memory-failure.c` (`memory_failure`), `/proc/vmstat`
+//! `arch/x86/mm/tlb.c` ([`tlb`]), a file's `struct address_space` and the page cache
+//! ([`filemap`]), buffer heads ([`buffer_head`]), `mm/memory-failure.c` (`memory_failure`), `/proc/vmstat`
 //! (`vmstat`), `copy_mc_highpage` (`folio_copy`), the host's NUMA topology ([`numa`]) and a
 //! CPU's loads and stores ([`access`]). The hardware side of a space with real pages is the
 //! backend API ([`backend`]).
@@ -22,11 +23,14 @@ pub mod access;
 mod arena;
 pub mod backend;
 pub mod buddy;
+pub mod buffer_head;
 mod config;
 mod error;
+pub mod filemap;
 pub mod folio;
 mod folio_copy;
 mod hooks;
+mod huge_memory;
 mod memory;
 mod memory_failure;
 mod node;
@@ -43,10 +47,12 @@ pub use access::Accessor;
 pub use arena::NumaBinding;
 pub use backend::{FailedUnmap, SpaceBackend};
 pub use buddy::{Buddy, BuddyError, MAX_PAGE_ORDER};
+pub use buffer_head::Buffers;
 pub use config::{MemoryConfig, NodeConfig};
 pub use error::MmError;
+pub use filemap::{File, FileKind, FolioPrivate, Mapping, MigrateFolioOp};
 pub use folio::{migrate_info, pg, Folio, FolioRef, PageMeta};
-pub use hooks::{FaultHooks, MovableOps};
+pub use hooks::{FaultHooks, MigrateFolio, MovableOps};
 pub use memory::{Memory, NR_MAX_BATCHED_MIGRATION};
 pub use node::Node;
 pub use page_table::{AddressSpace, Pte};
@@ -54,4 +60,4 @@ pub use tlb::{flush_tlb_space, TlbBatch};
 pub use types::{
     NodeId, Order, Pfn, VirtAddr, HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT, PAGE_SIZE,
 };
-pub use vmstat::{VmEventCounts, VmEvents};
+pub use vmstat::{NodeStat, VmEventCounts, VmEvents};

@@ -25,6 +25,8 @@ pub struct Node {
     pub(super) hwpoison: Vec<AtomicU64>,
     /// Per page: the page is the head of an allocated folio.
     pub(super) live_head: Vec<AtomicU64>,
+    /// The per-node page counters.
+    pub(super) stats: super::vmstat::NodeStats,
 }
 
 impl Node {

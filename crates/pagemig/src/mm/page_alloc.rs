@@ -61,6 +61,7 @@ impl Memory {
         m.migrate_info.store(0, Ordering::Relaxed);
         m.mapping.store(0, Ordering::Relaxed);
         m.index.store(0, Ordering::Relaxed);
+        m.private.store(0, Ordering::Relaxed);
         m.refcount.store(1, Ordering::Relaxed);
         m.flags.store(
             flags & !(pg::BUDDY | pg::LOCKED | pg::HAS_HWPOISONED),
@@ -83,11 +84,17 @@ impl Memory {
         let idx = self.node_index_of(folio.0).expect("pfn outside every node");
         let n = &self.nodes[idx];
         let m = self.page(folio.0);
+        self.unqueue_deferred_split(folio);
         let order = m.order.load(Ordering::Acquire);
         debug_assert_eq!(
             m.mapcount.load(Ordering::Acquire),
             0,
             "freeing a mapped folio"
+        );
+        debug_assert_eq!(
+            m.private.load(Ordering::Acquire),
+            0,
+            "freeing a folio with private data"
         );
         m.flags.store(pg::BUDDY, Ordering::Release);
         m.mapping.store(0, Ordering::Relaxed);

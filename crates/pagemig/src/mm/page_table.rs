@@ -72,6 +72,8 @@ pub struct AddressSpace {
     pub(crate) tlb: TlbDomain,
     /// Real pages behind this space (the live backend), if any.
     pub(crate) backend: Option<std::sync::Arc<dyn super::SpaceBackend>>,
+    /// `VM_LOCKED` on the whole space (`mlockall(MCL_CURRENT | MCL_FUTURE)`).
+    pub(crate) vm_locked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AddressSpace {
@@ -145,6 +147,25 @@ impl AddressSpace {
         hit
     }
 
+    /// `mlockall(MCL_CURRENT | MCL_FUTURE)`: the space becomes `VM_LOCKED`; every folio
+    /// it maps, and every folio mapped into it later, is `PG_mlocked` (`mlock_vma_folio`).
+    pub fn mlock_all(&self) {
+        let _g = lock(&self.ptl);
+        self.vm_locked.store(true, Ordering::Release);
+        for i in 0..self.ptes.len() {
+            if let Pte::Present { pfn } = self.pte_at(i) {
+                self.mm
+                    .folio(Folio(self.mm.compound_head(pfn)))
+                    .set(pg::MLOCKED);
+            }
+        }
+    }
+
+    /// Whether the space is `VM_LOCKED`.
+    pub fn vm_locked(&self) -> bool {
+        self.vm_locked.load(Ordering::Acquire)
+    }
+
     pub(crate) fn set_pte_at(&self, i: usize, pte: Pte) {
         self.ptes[i].store(pte.encode(), Ordering::Release);
     }
@@ -191,7 +212,12 @@ impl AddressSpace {
     /// Allocates an anonymous folio of `order` on `node` and maps it at `vaddr` (an
     /// anonymous fault). The mapping owns the allocation reference: refcount 1, mapcount 1.
     pub fn map_anon(&self, vaddr: VirtAddr, node: NodeId, order: Order) -> Result<Folio, MmError> {
-        self.map_new(vaddr, node, order, pg::ANON | pg::UPTODATE | pg::LRU)
+        self.map_new(
+            vaddr,
+            node,
+            order,
+            pg::ANON | pg::SWAPBACKED | pg::UPTODATE | pg::LRU,
+        )
     }
 
     /// Maps a new hugetlb folio (order 9) at `vaddr`.
@@ -200,7 +226,7 @@ impl AddressSpace {
             vaddr,
             node,
             Order(super::HPAGE_PMD_ORDER),
-            pg::ANON | pg::UPTODATE | pg::HUGETLB | pg::LRU,
+            pg::ANON | pg::SWAPBACKED | pg::UPTODATE | pg::HUGETLB | pg::LRU,
         )
     }
 
@@ -234,6 +260,9 @@ impl AddressSpace {
         let folio = self.mm.alloc_folio(node, order, flags)?;
         install(folio);
         let f = self.mm.folio(folio);
+        if self.vm_locked() {
+            f.set(pg::MLOCKED);
+        }
         f.meta.mapping.store(self.anon_vma, Ordering::Release);
         f.meta.index.store(vaddr.0 >> PAGE_SHIFT, Ordering::Release);
         f.meta.mapcount.store(1, Ordering::Release);

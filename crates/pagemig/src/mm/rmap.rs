@@ -72,8 +72,30 @@ impl Memory {
         }
     }
 
+    /// `rmap_walk()`: for every live space that may map `folio`, under the anon_vma or
+    /// `i_mmap` lock, calls `f(space, first, lo, hi)`: pages `lo..hi` of the folio would be
+    /// at slots `first + k`. Anonymous folios are found through `anon_vma` (at
+    /// `folio->index` in each space), page-cache folios through their file's mappings.
+    pub(crate) fn rmap_walk_folio(
+        &self,
+        folio: &FolioRef<'_>,
+        anon_vma: u64,
+        mut f: impl FnMut(&Arc<AddressSpace>, isize, usize, usize),
+    ) {
+        if !folio.is_anon() {
+            return self.rmap_walk_file(folio, f);
+        }
+        let nr = folio.nr_pages();
+        let vpn = folio.meta.index.load(Ordering::Acquire);
+        self.rmap_walk(anon_vma, |space| {
+            if let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) {
+                f(space, i as isize, 0, nr.min(space.ptes.len() - i));
+            }
+        });
+    }
+
     /// `try_to_migrate()`: replaces every present PTE of `folio` with a migration entry,
-    /// dropping one mapcount and one reference per space. With `batch` the TLB flush is
+    /// dropping one mapcount and one reference per mapping. With `batch` the TLB flush is
     /// deferred to it (`TTU_BATCH_FLUSH`), otherwise each space is flushed at once.
     /// Returns whether anything was unmapped.
     pub(crate) fn try_to_migrate(
@@ -84,33 +106,23 @@ impl Memory {
     ) -> bool {
         let nr = folio.nr_pages();
         let head = folio.pfn();
-        let vpn = folio.meta.index.load(Ordering::Acquire);
         let mut any = false;
-        self.rmap_walk(anon_vma, |space| {
-            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else {
-                return;
-            };
+        self.rmap_walk_folio(folio, anon_vma, |space, first, lo, hi| {
             let g = lock(&space.ptl);
             let mut hit = false;
-            for k in 0..nr.min(space.ptes.len() - i) {
-                if space.pte_at(i + k)
-                    == (Pte::Present {
-                        pfn: Pfn(head.0 + k as u64),
-                    })
-                {
-                    space.set_pte_at(
-                        i + k,
-                        Pte::Migration {
-                            pfn: Pfn(head.0 + k as u64),
-                        },
-                    );
+            for k in lo..hi {
+                let slot = (first + k as isize) as usize;
+                let p = Pfn(head.0 + k as u64);
+                if space.pte_at(slot) == (Pte::Present { pfn: p }) {
+                    space.set_pte_at(slot, Pte::Migration { pfn: p });
                     hit = true;
                 }
             }
             if hit {
                 if let Some(be) = &space.backend {
                     // The real pages leave the program too (deferred with the flush).
-                    let va = super::VirtAddr(vpn << PAGE_SHIFT);
+                    let i = first as usize;
+                    let va = super::VirtAddr(space.base.0 + ((i as u64) << PAGE_SHIFT));
                     let defer = batch.as_deref().map(TlbBatch::id);
                     if be.unmap(va, head, nr, defer).is_err() {
                         space.migration_to_present(i, head, nr);
@@ -133,27 +145,31 @@ impl Memory {
         any
     }
 
-    /// `remove_migration_ptes(src, dst)`: every migration entry for `src` in the spaces of
-    /// `anon_vma` becomes a present PTE to the same page of `dst` (`dst == src` on undo).
+    /// `remove_migration_ptes(src, dst)`: every migration entry for `src` in the spaces
+    /// that map it becomes a present PTE to the same page of `dst` (`dst == src` on undo).
     pub(crate) fn remove_migration_ptes(&self, src: Folio, dst: Folio, anon_vma: u64) {
         let s = self.folio(src);
         let d = self.folio(dst);
         let nr = s.nr_pages();
-        let vpn = s.meta.index.load(Ordering::Acquire);
-        self.rmap_walk(anon_vma, |space| {
-            let Some(i) = space.slot(super::VirtAddr(vpn << PAGE_SHIFT)) else {
-                return;
-            };
+        // The walk goes by the folio that is in the file now: `dst` after a move (the
+        // cache holds it and `src` has lost its mapping), `src` on undo.
+        let walk = if !s.is_anon() && s.file_mapping_handle() == 0 {
+            d
+        } else {
+            s
+        };
+        self.rmap_walk_folio(&walk, anon_vma, |space, first, lo, hi| {
             let g = lock(&space.ptl);
             let mut hit = false;
-            for k in 0..nr.min(space.ptes.len() - i) {
-                if space.pte_at(i + k)
+            for k in lo..hi {
+                let slot = (first + k as isize) as usize;
+                if space.pte_at(slot)
                     == (Pte::Migration {
                         pfn: Pfn(src.0 .0 + k as u64),
                     })
                 {
                     space.set_pte_at(
-                        i + k,
+                        slot,
                         Pte::Present {
                             pfn: Pfn(dst.0 .0 + k as u64),
                         },
@@ -165,7 +181,13 @@ impl Memory {
                 d.meta.mapcount.fetch_add(1, Ordering::AcqRel);
                 d.meta.refcount.fetch_add(1, Ordering::AcqRel);
                 if let Some(be) = &space.backend {
-                    be.remap(super::VirtAddr(vpn << PAGE_SHIFT), src.0, dst.0, nr);
+                    let va = super::VirtAddr(space.base.0 + ((first as u64) << PAGE_SHIFT));
+                    be.remap(va, src.0, dst.0, nr);
+                }
+                if space.vm_locked() {
+                    // mlock_vma_folio() from the rmap add: a VM_LOCKED mapping mlocks the
+                    // folio it maps.
+                    d.set(super::pg::MLOCKED);
                 }
             }
             drop(g);
