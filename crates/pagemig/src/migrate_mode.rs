@@ -74,11 +74,8 @@ impl Reason {
         }
     }
 
-    /// Parses a kernel name (`syscall` is accepted for `syscall_or_cpuset`).
+    /// Parses a kernel name (`migrate_reason_names[]`, exactly).
     pub fn from_name(s: &str) -> Option<Reason> {
-        if s == "syscall" {
-            return Some(Reason::Syscall);
-        }
         Reason::ALL.into_iter().find(|r| r.name() == s)
     }
 }
@@ -112,6 +109,9 @@ impl std::str::FromStr for Reason {
     /// A kernel name (`numa_misplaced`), the same with dashes (`numa-misplaced`), or
     /// `syscall` for `syscall_or_cpuset`.
     fn from_str(s: &str) -> Result<Reason, String> {
+        if s == "syscall" {
+            return Ok(Reason::Syscall);
+        }
         Reason::from_name(&s.replace('-', "_")).ok_or_else(|| {
             let names: Vec<String> = Reason::ALL
                 .iter()

@@ -132,3 +132,41 @@ fn registry_swap_waits_for_the_in_flight_copy() {
         assert!(!reg.is_enabled());
     });
 }
+
+/// The registry's read side is SRCU's: a driver's copy may open a nested read section
+/// while an unregister waits for it (with a reader-writer lock the queued writer would
+/// block the nested reader, and the two would wait for each other), a section that begins
+/// during the wait does not wait, and no section is in the driver after unregister returns.
+#[test]
+fn registry_read_sections_nest_and_never_wait_for_unregister() {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(|| {
+        let reg = Arc::new(Registry::new());
+        let m: Arc<dyn Migrator> = Arc::new(Dummy);
+        reg.register(m.clone(), ReasonMask::ALL).unwrap();
+        let unregistered = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (reg, unregistered) = (reg.clone(), unregistered.clone());
+            thread::spawn(move || {
+                reg.with_dispatch(|d| {
+                    let outer = d.is_some();
+                    // The driver re-enters the read side.
+                    reg.with_dispatch(|inner| {
+                        if outer || inner.is_some() {
+                            assert!(
+                                !unregistered.load(SeqCst),
+                                "driver running after unregister returned"
+                            );
+                        }
+                    });
+                });
+            })
+        };
+        let owner = reg.unregister(&m).unwrap();
+        unregistered.store(true, SeqCst);
+        drop(owner);
+        reader.join().unwrap();
+        assert_eq!(reg.active_name(), None);
+    });
+}

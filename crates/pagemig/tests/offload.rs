@@ -253,3 +253,125 @@ fn unregister_waits_for_in_flight_copies_and_new_batches_stop_using_the_driver()
     drop(sp);
     assert_frames_balanced(&mm);
 }
+
+/// Holds the batch of the thread named "late" between the gate and the dispatch until an
+/// unregister has begun waiting.
+struct LateBatch {
+    unregistering: Arc<AtomicBool>,
+}
+
+impl pagemig::mm::FaultHooks for LateBatch {
+    fn before_batch_copy(&self, _mm: &pagemig::mm::Memory) {
+        if std::thread::current().name() == Some("late") {
+            while !self.unregistering.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Let unregister reach its wait for the in-flight copy.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_batch_copy_that_begins_while_unregister_waits_runs_the_default_copier_at_once() {
+    let unregistering = Arc::new(AtomicBool::new(false));
+    let mm = memory_with(
+        16 * MB,
+        Some(Arc::new(LateBatch {
+            unregistering: unregistering.clone(),
+        })),
+        None,
+    );
+    let sp = space(&mm, MB);
+    let first = map_filled(&sp, 8, 0, 23);
+    let sp2 = mm
+        .new_space(pagemig::mm::VirtAddr(BASE + (1 << 30)), MB)
+        .unwrap();
+    let acc2 = sp2.accessor();
+    let late: Vec<_> = (0..8u64)
+        .map(|i| {
+            let va = pagemig::mm::VirtAddr(BASE + (1 << 30) + i * 4096);
+            let f = sp2
+                .map_anon(va, pagemig::mm::NodeId(0), pagemig::mm::Order(0))
+                .unwrap();
+            acc2.write(va, &pattern(24, i as usize)).unwrap();
+            f
+        })
+        .collect();
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let gated = Arc::new(Gated {
+        entered: Mutex::new(Some(entered_tx)),
+        release: Mutex::new(Some(release_rx)),
+        in_copy: AtomicBool::new(false),
+        finished: AtomicUsize::new(0),
+        dropped_in_flight: Arc::new(AtomicBool::new(false)),
+    });
+    let m: Arc<dyn Migrator> = gated.clone();
+    mm.offload().register(m.clone(), ReasonMask::ALL).unwrap();
+    // The slow DMA batch.
+    let slow = {
+        let mm = mm.clone();
+        let list = isolate_all(&mm, &first);
+        std::thread::spawn(move || {
+            let mut list = list;
+            migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall)
+        })
+    };
+    entered_rx.recv().unwrap();
+    // A batch that passes the gate now and reaches the dispatch during the unregister.
+    let (late_tx, late_rx) = mpsc::channel();
+    let late_batch = {
+        let mm = mm.clone();
+        let list = isolate_all(&mm, &late);
+        std::thread::Builder::new()
+            .name("late".into())
+            .spawn(move || {
+                let mut list = list;
+                let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+                late_tx.send(()).unwrap();
+                res
+            })
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let unregistering_thread = {
+        let mm = mm.clone();
+        let unregistering = unregistering.clone();
+        std::thread::spawn(move || {
+            unregistering.store(true, Ordering::SeqCst);
+            mm.offload()
+                .unregister(&m)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    };
+    let done_early = late_rx.recv_timeout(Duration::from_secs(3)).is_ok();
+    let still_in_driver = gated.finished.load(Ordering::SeqCst) == 0;
+    release_tx.send(()).unwrap();
+    let late_res = late_batch.join().unwrap();
+    assert!(
+        done_early && still_in_driver,
+        "the late batch waited for the unregister (done early: {done_early})"
+    );
+    assert_eq!(late_res.rc, Ok(0));
+    assert_eq!(
+        late_res.stats.nr_copied_by_batch, 8,
+        "the late batch ran the built-in copier"
+    );
+    assert_eq!(slow.join().unwrap().rc, Ok(0));
+    unregistering_thread.join().unwrap().unwrap();
+    assert_eq!(gated.finished.load(Ordering::SeqCst), 1);
+    drop(acc2);
+    check_filled(&sp, 8, 0, 23);
+    let acc = sp2.accessor();
+    let mut buf = vec![0u8; 4096];
+    for i in 0..8u64 {
+        acc.read(pagemig::mm::VirtAddr(BASE + (1 << 30) + i * 4096), &mut buf)
+            .unwrap();
+        assert!(buf == pattern(24, i as usize));
+    }
+    drop(acc);
+    drop((sp, sp2));
+    assert_frames_balanced(&mm);
+}

@@ -343,6 +343,58 @@ pub fn migrate_folios_to_node(
     migrate_pages(mm, from, &mut alloc, None, mode, reason)
 }
 
+/// `soft_offline_page(pfn)` (`mm/memory-failure.c`, `soft_offline_in_use_page`): moves
+/// the contents of the page at `pfn` to another frame of the same node with
+/// `MR_MEMORY_FAILURE`, then takes the old page out of use for good
+/// (`page_handle_poison`). A large folio is split first and only that page migrates. The
+/// page must be in use and on the LRU: `EBUSY` otherwise (`EINVAL` for a pfn of no node), or when the migration fails
+/// (the page is put back, still in use).
+pub fn soft_offline_page(mm: &Memory, pfn: crate::mm::Pfn) -> Result<(), Errno> {
+    if !mm.pfn_valid(pfn) {
+        return Err(Errno::Inval);
+    }
+    let head = Folio(mm.compound_head(pfn));
+    mm.isolate_folio(head).map_err(|_| Errno::Busy)?;
+    let mut folio = head;
+    let f = mm.folio(head);
+    if f.is_large() {
+        // try_to_split_thp_page(): only the page that failed goes.
+        f.lock();
+        let mut pieces = Vec::new();
+        let rc = unmap::split_folio_to_list(mm, head, &mut pieces);
+        f.unlock();
+        if rc.is_err() {
+            let _ = mm.putback_folio(head);
+            return Err(Errno::Busy);
+        }
+        for p in pieces {
+            if p.0 == pfn {
+                folio = p;
+            } else {
+                let _ = mm.putback_folio(p);
+            }
+        }
+    }
+    let node = mm.folio(folio).node();
+    let mut list = vec![folio];
+    let mut alloc = alloc_on_node(node);
+    let res = migrate_pages(
+        mm,
+        &mut list,
+        &mut alloc,
+        None,
+        Mode::Sync,
+        Reason::MemoryFailure,
+    )
+    .map_err(|e| e.errno())?;
+    if res.rc != Ok(0) || !list.is_empty() {
+        mm.putback_movable_pages(&mut list);
+        return Err(Errno::Busy);
+    }
+    mm.page_handle_poison(pfn);
+    Ok(())
+}
+
 /// `migrate_pages_sync()`: first the whole chunk as one ASYNC batch with 3 passes, then
 /// every failure one folio at a time in the caller's mode with 7 passes.
 fn migrate_pages_sync(

@@ -24,6 +24,8 @@ pub(crate) const BH_DIRTY: u32 = 1 << 1;
 pub(crate) const BH_UPTODATE: u32 = 1 << 2;
 /// `BH_Migrate`: `buffer_migrate_folio_norefs` is checking the buffers' users.
 pub(crate) const BH_MIGRATE: u32 = 1 << 3;
+/// `b_folio` of detached buffers (pfn 0 is a frame like any other).
+pub(crate) const DETACHED: u64 = u64::MAX;
 
 /// One block of a folio (`struct buffer_head`).
 #[derive(Debug)]
@@ -31,7 +33,7 @@ pub struct BufferHead {
     pub(crate) state: crate::sync::model::AtomicU32,
     /// `b_count`: users holding the buffer head (`get_bh` / `put_bh`).
     pub(crate) count: AtomicI32,
-    /// `b_folio`: the folio the block lives in (its head pfn), 0 once detached.
+    /// `b_folio`: the folio the block lives in (its head pfn), [`DETACHED`] once detached.
     pub(crate) folio: AtomicU64,
     /// `bh_offset()`: the block's byte offset in the folio.
     pub(crate) offset: usize,
@@ -136,10 +138,10 @@ impl Buffers {
     /// The folio the buffers point at (`bh->b_folio`).
     pub fn folio(&self) -> Option<Folio> {
         let pfn = self.bhs.first()?.folio.load(Ordering::Acquire);
-        (pfn != 0).then_some(Folio(Pfn(pfn)))
+        (pfn != DETACHED).then_some(Folio(Pfn(pfn)))
     }
 
-    /// `folio_set_bh()` for every block: the buffers now live in `folio` (0: detached).
+    /// `folio_set_bh()` for every block: the buffers now live in `folio` ([`DETACHED`]).
     pub(crate) fn set_folio(&self, folio: u64) {
         for b in &self.bhs {
             b.folio.store(folio, Ordering::Release);
@@ -156,7 +158,7 @@ impl Buffers {
         }
         self.lock(i);
         let head = self.bhs[i].folio.load(Ordering::Acquire);
-        if head == 0 {
+        if head == DETACHED {
             self.unlock(i);
             return Err(Errno::NoEnt);
         }
@@ -183,7 +185,7 @@ impl Buffers {
         }
         self.lock(i);
         let head = self.bhs[i].folio.load(Ordering::Acquire);
-        let rc = if head == 0 {
+        let rc = if head == DETACHED {
             Err(Errno::NoEnt)
         } else {
             let mut at = self.bhs[i].offset + off;

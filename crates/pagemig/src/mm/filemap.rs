@@ -245,7 +245,7 @@ impl Memory {
         let id = self.folio_detach_private(folio);
         if id != 0 {
             if let Some(FolioPrivate::Buffers(b)) = lock(&self.privates).remove(&id) {
-                b.set_folio(0);
+                b.set_folio(super::buffer_head::DETACHED);
             }
         }
     }
@@ -472,8 +472,9 @@ impl File {
     }
 
     /// Writeback begins for the folio caching `index` (`folio_clear_dirty_for_io` +
-    /// `folio_start_writeback`, under the folio lock). Returns the folio, with a reference
-    /// that [`File::end_writeback`] drops when the I/O completes. `EINVAL` for shmem.
+    /// `folio_start_writeback`, under the folio lock). Returns the folio, which stays in
+    /// the cache, unmigrated and untruncated, until [`File::end_writeback`] (both wait for
+    /// writeback, or refuse it). `EINVAL` for shmem, `EBUSY` if writeback is under way.
     pub fn start_writeback(&self, index: u64) -> Result<Folio, Errno> {
         if !self.mapping.can_writeback() {
             return Err(Errno::Inval);
@@ -494,15 +495,20 @@ impl File {
         }
         f.start_writeback();
         f.unlock();
+        f.put();
         Ok(folio)
     }
 
     /// The write-out of a folio from [`File::start_writeback`] completed
-    /// (`folio_end_writeback`): clears `PG_writeback`, wakes waiters, drops the reference.
-    pub fn end_writeback(&self, folio: Folio) {
-        let f = self.mm.folio(folio);
+    /// (`folio_end_writeback`): clears `PG_writeback` and wakes waiters. `EINVAL` if the
+    /// folio is not under writeback in this file.
+    pub fn end_writeback(&self, folio: Folio) -> Result<(), Errno> {
+        let f = self.mm.folio_checked(folio).map_err(|_| Errno::Inval)?;
+        if !f.test(pg::WRITEBACK) || f.file_mapping_handle() != self.mapping.handle {
+            return Err(Errno::Inval);
+        }
         f.end_writeback();
-        f.put();
+        Ok(())
     }
 
     /// `create_empty_buffers()`: attaches buffer heads of `block_size` bytes to the folio
@@ -548,6 +554,7 @@ impl File {
     /// nothing is cached there.
     pub fn truncate(&self, index: u64) -> Result<(), Errno> {
         let folio = self.lock_folio(index)?;
+        self.mm.folio(folio).wait_writeback();
         self.mm.delete_from_page_cache(&self.mapping, folio);
         let f = self.mm.folio(folio);
         f.unlock();

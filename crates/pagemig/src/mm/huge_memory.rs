@@ -44,6 +44,28 @@ impl Memory {
         self.folio(folio).test(pg::DEFERRED_SPLIT)
     }
 
+    /// Whether some page of a mapped large folio is mapped by no space (the folio's
+    /// mapcount counts mappings that map any of its pages).
+    pub(crate) fn folio_partially_mapped(&self, folio: Folio) -> bool {
+        let f = self.folio(folio);
+        let nr = f.nr_pages();
+        let mut mapped = vec![false; nr];
+        let anon_vma = f.meta.mapping.load(crate::sync::Ordering::Acquire);
+        self.rmap_walk_folio(&f, anon_vma, |space, first, lo, hi| {
+            for (k, m) in mapped.iter_mut().enumerate().take(hi).skip(lo) {
+                let slot = (first + k as isize) as usize;
+                if space.pte_at(slot)
+                    == (super::Pte::Present {
+                        pfn: super::Pfn(folio.0 .0 + k as u64),
+                    })
+                {
+                    *m = true;
+                }
+            }
+        });
+        mapped.iter().any(|m| !m)
+    }
+
     /// Folios on the deferred split queue.
     pub fn deferred_split_queue_len(&self) -> usize {
         lock(&self.deferred_split).len()

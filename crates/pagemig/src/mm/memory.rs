@@ -29,6 +29,8 @@ pub struct Memory {
     /// `folio->private` data by handle.
     pub(crate) privates: Mutex<HashMap<u64, super::filemap::FolioPrivate>>,
     pub(crate) next_private: AtomicU64,
+    /// Pages soft-offlined for good (`num_poisoned_pages`).
+    pub(crate) nr_poisoned: AtomicU64,
     /// The deferred split queue (`struct deferred_split`; one for the machine).
     pub(crate) deferred_split: Mutex<std::collections::HashSet<super::Folio>>,
     next_space_id: AtomicU32,
@@ -107,6 +109,7 @@ impl Memory {
             mappings: RwLock::new(Vec::new()),
             privates: Mutex::new(HashMap::new()),
             next_private: AtomicU64::new(0),
+            nr_poisoned: AtomicU64::new(0),
             deferred_split: Mutex::new(std::collections::HashSet::new()),
             next_space_id: AtomicU32::new(1),
             events: VmEvents::default(),

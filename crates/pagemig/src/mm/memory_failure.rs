@@ -1,5 +1,6 @@
 //! Hardware poison (`mm/memory-failure.c`): `PG_hwpoison` per page, `PG_has_hwpoisoned` on
-//! the head, injected and cleared for fault injection.
+//! the head, injected and cleared for fault injection, and `page_handle_poison()`, which
+//! takes a soft-offlined page out of use for good.
 
 #![forbid(unsafe_code)]
 
@@ -50,5 +51,27 @@ impl Memory {
         }
         self.set_hwpoison_range(pfn, 1, false);
         Ok(())
+    }
+
+    /// `page_handle_poison(page, false, true)`, after an `MR_MEMORY_FAILURE` migration
+    /// moved the contents away (`migrate_folio_done` left the source its isolation
+    /// reference): the page is marked hwpoisoned, and where the kernel drops that
+    /// reference (the free keeps a poisoned page out of the buddy) and takes one for good,
+    /// the model keeps it — the frame stays allocated and is never handed out again.
+    pub(crate) fn page_handle_poison(&self, pfn: Pfn) {
+        self.set_hwpoison_range(pfn, 1, true);
+        self.page(pfn)
+            .flags
+            .fetch_or(pg::HAS_HWPOISONED, Ordering::AcqRel);
+        self.nr_poisoned
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `num_poisoned_pages`: pages taken out of use by [`page_handle_poison`]
+    /// (soft offline).
+    ///
+    /// [`page_handle_poison`]: Memory::page_handle_poison
+    pub fn nr_poisoned_pages(&self) -> usize {
+        self.nr_poisoned.load(std::sync::atomic::Ordering::Relaxed) as usize
     }
 }

@@ -342,6 +342,71 @@ impl AddressSpace {
         }
     }
 
+    /// `zap_page_range_single()` (`MADV_DONTNEED` of part of a mapping): unmaps the
+    /// `nr_pages` pages from `vaddr`, which may cover part of a large folio. A folio this
+    /// space no longer maps at all loses the mapping's reference; an anonymous large folio
+    /// left with pages that no space maps is queued for a deferred split as partially
+    /// mapped (`__folio_remove_rmap`). Migration entries are cleared like PTEs.
+    pub fn zap_range(&self, vaddr: VirtAddr, nr_pages: usize) -> Result<(), MmError> {
+        let first = self.slot(vaddr).ok_or(MmError::OutOfRange { vaddr })?;
+        if vaddr.0 % PAGE_SIZE as u64 != 0 {
+            return Err(MmError::Misaligned {
+                vaddr,
+                align_bytes: PAGE_SIZE,
+            });
+        }
+        if first + nr_pages > self.ptes.len() {
+            return Err(MmError::OutOfRange { vaddr });
+        }
+        let g = lock(&self.ptl);
+        let mut touched: Vec<Pfn> = Vec::new();
+        for i in first..first + nr_pages {
+            match self.pte_at(i) {
+                Pte::Present { pfn } => {
+                    let head = self.mm.compound_head(pfn);
+                    if touched.last() != Some(&head) {
+                        touched.push(head);
+                    }
+                    self.set_pte_at(i, Pte::None);
+                }
+                Pte::Migration { .. } => self.set_pte_at(i, Pte::None),
+                Pte::None => {}
+            }
+        }
+        // Which touched folios does this space still map somewhere?
+        let mut gone = Vec::new();
+        let mut partial = Vec::new();
+        for &head in &touched {
+            let f = self.mm.folio(Folio(head));
+            let nr = f.nr_pages() as u64;
+            // A folio's pages sit at consecutive slots: look within a folio of the range.
+            let lo = first.saturating_sub(nr as usize);
+            let hi = (first + nr_pages + nr as usize).min(self.ptes.len());
+            let still = (lo..hi).any(|i| {
+                matches!(self.pte_at(i), Pte::Present { pfn } if pfn.0 >= head.0 && pfn.0 < head.0 + nr)
+            });
+            if still {
+                partial.push(head);
+            } else {
+                gone.push(head);
+            }
+        }
+        drop(g);
+        super::tlb::flush_tlb_space(self);
+        for head in gone {
+            let f = self.mm.folio(Folio(head));
+            f.meta.mapcount.fetch_sub(1, Ordering::AcqRel);
+            f.put();
+        }
+        for head in partial {
+            let f = self.mm.folio(Folio(head));
+            if f.is_anon() && f.is_large() && self.mm.folio_partially_mapped(Folio(head)) {
+                self.mm.deferred_split_folio(Folio(head), true);
+            }
+        }
+        Ok(())
+    }
+
     /// A new accessor: a handle reading and writing this space from one thread, with its
     /// own TLB that shootdowns of this space invalidate.
     pub fn accessor(self: &Arc<Self>) -> Accessor {

@@ -7,10 +7,10 @@
 #![forbid(unsafe_code)]
 
 mod reason_mask;
+mod srcu;
 
 pub use reason_mask::{ReasonMask, ReasonMaskError};
 
-use crate::sync::IgnorePoison as _;
 use std::fmt;
 
 use crate::migrate_mode::Reason;
@@ -18,7 +18,7 @@ use crate::mm::{Folio, Memory};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use crate::sync::model::{self, AtomicBool, AtomicU32, Mutex, Ordering, RwLock};
+use crate::sync::model::{self, AtomicBool, AtomicU32, Mutex, Ordering};
 use crate::Errno;
 
 impl Memory {
@@ -191,16 +191,23 @@ pub struct OffloadStats {
 
 /// The registry: one active migrator, a gate, a reason mask and the dispatch.
 ///
-/// The dispatch slot is an `RwLock` used the way the series uses SRCU: every batch copy
-/// holds a read section for the whole call; unregister closes the gate, then takes the
-/// write side — which waits for every in-flight call (`synchronize_srcu`) — to reset the
-/// dispatch to the built-in copier, and only then gives the owner reference back.
+/// The dispatch is protected as the series protects its static call, with SRCU: every
+/// batch copy holds a read section for the whole call, and reads the dispatch inside it.
+/// Unregister, under the registration mutex, closes the gate, clears the mask and resets
+/// the dispatch to the built-in copier; it drops the mutex and only then waits for the
+/// read sections that may still be in the driver (`synchronize_srcu`), and gives the owner
+/// reference back. Readers never wait: a batch that starts during that wait runs the
+/// built-in copier, and a driver whose copy re-enters the registry's read side (a nested
+/// section) does not deadlock.
 pub struct Registry {
     /// `migrate_offload_enabled` (a static key in the kernel).
     enabled: AtomicBool,
     reason_mask: AtomicU32,
-    /// `None`: the built-in `migrate_folios_mc_copy`.
-    dispatch: RwLock<Option<Arc<dyn Migrator>>>,
+    /// `None`: the built-in `migrate_folios_mc_copy` (the static call's target). The
+    /// mutex is held only to read or swap the pointer, never across a copy.
+    dispatch: Mutex<Option<Arc<dyn Migrator>>>,
+    /// `migrate_offload_srcu`.
+    srcu: srcu::Srcu,
     /// The registration mutex.
     reg_lock: Mutex<()>,
     nr_batches: AtomicU64,
@@ -232,7 +239,8 @@ impl Registry {
         Registry {
             enabled: AtomicBool::new(false),
             reason_mask: AtomicU32::new(0),
-            dispatch: RwLock::new(None),
+            dispatch: Mutex::new(None),
+            srcu: srcu::Srcu::new(),
             reg_lock: Mutex::new(()),
             nr_batches: AtomicU64::new(0),
             nr_folios_offered: AtomicU64::new(0),
@@ -248,7 +256,7 @@ impl Registry {
             )));
         }
         let _g = model::lock(&self.reg_lock);
-        let mut d = self.dispatch.write().ignore_poison();
+        let mut d = model::lock(&self.dispatch);
         if let Some(active) = d.as_ref() {
             return Err(OffloadError::Busy {
                 active: active.name().to_string(),
@@ -267,28 +275,29 @@ impl Registry {
     /// built-in copier, waits for every in-flight copy to finish, and returns the owner
     /// reference. Only the active migrator may unregister (`EINVAL` otherwise).
     pub fn unregister(&self, m: &Arc<dyn Migrator>) -> Result<Arc<dyn Migrator>, OffloadError> {
-        let _g = model::lock(&self.reg_lock);
-        {
-            let d = self.dispatch.read().ignore_poison();
-            match d.as_ref() {
-                Some(a) if same(a, m) => {}
-                _ => {
-                    return Err(OffloadError::Invalid(format!(
-                        "{} is not the active migrator",
-                        m.name()
-                    )))
-                }
+        let g = model::lock(&self.reg_lock);
+        let mut d = model::lock(&self.dispatch);
+        match d.as_ref() {
+            Some(a) if same(a, m) => {}
+            _ => {
+                return Err(OffloadError::Invalid(format!(
+                    "{} is not the active migrator",
+                    m.name()
+                )))
             }
         }
         // 1. static key off: new batches stop taking the batch path.
         self.enabled.store(false, Ordering::SeqCst);
         // 2. no reason allowed.
         self.reason_mask.store(0, Ordering::SeqCst);
-        // 3 + synchronize_srcu: the write side waits for in-flight readers.
-        let mut d = self.dispatch.write().ignore_poison();
+        // 3. static_call_update() back to the built-in copier.
         let owner = d
             .take()
             .expect("active migrator vanished under the registration lock");
+        drop(d);
+        drop(g);
+        // 4. synchronize_srcu(), outside the mutex: wait for the copies still in the driver.
+        self.srcu.synchronize();
         Ok(owner)
     }
 
@@ -299,7 +308,7 @@ impl Registry {
         mask: ReasonMask,
     ) -> Result<(), OffloadError> {
         let _g = model::lock(&self.reg_lock);
-        let d = self.dispatch.read().ignore_poison();
+        let d = model::lock(&self.dispatch);
         match d.as_ref() {
             Some(a) if same(a, m) => {
                 self.reason_mask
@@ -325,8 +334,9 @@ impl Registry {
 
     /// Name of the active migrator.
     pub fn active_name(&self) -> Option<String> {
-        let d = self.dispatch.read().ignore_poison();
-        d.as_ref().map(|m| m.name().to_string())
+        model::lock(&self.dispatch)
+            .as_ref()
+            .map(|m| m.name().to_string())
     }
 
     /// `migrate_should_offload(reason)`: gate on and reason allowed.
@@ -336,10 +346,12 @@ impl Registry {
 
     /// Runs `f` inside a read section of the dispatch (`srcu_read_lock` ..
     /// `srcu_read_unlock`) with the active migrator, or `None` for the built-in copier.
-    /// `unregister` does not return while such a section is open.
+    /// `unregister` does not return while such a section is open; sections nest and never
+    /// wait for an unregister.
     pub fn with_dispatch<R>(&self, f: impl FnOnce(Option<&Arc<dyn Migrator>>) -> R) -> R {
-        let d = self.dispatch.read().ignore_poison();
-        f(d.as_ref())
+        let _section = self.srcu.read_lock();
+        let m = model::lock(&self.dispatch).clone();
+        f(m.as_ref())
     }
 
     /// `migrate_offload_batch_copy(dst, src, n)`: the only place a driver is entered.

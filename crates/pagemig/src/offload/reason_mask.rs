@@ -14,7 +14,7 @@ pub struct ReasonMask(u32);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReasonMaskError {
-    /// An unknown reason name.
+    /// An unknown reason name (`-EINVAL`).
     #[error("unknown migration reason {name:?} (known: all, none, {known})")]
     UnknownReason {
         /// the offending word
@@ -22,19 +22,24 @@ pub enum ReasonMaskError {
         /// the valid names
         known: String,
     },
-    /// A raw mask with bits beyond the known reasons.
-    #[error("mask {mask:#x} has bits beyond the {nr} known reasons (allowed {allowed:#x})")]
-    BitsOutOfRange {
-        /// the mask given
-        mask: u64,
-        /// number of reasons
-        nr: usize,
-        /// `MIGRATE_OFFLOAD_REASONS_ALLOWED`
-        allowed: u32,
-    },
-    /// Empty input.
-    #[error("empty reason mask (use \"none\")")]
-    Empty,
+}
+
+/// `kstrtoul(s, 0, &v)`: an optional `+`, then `0x`/`0X` for hex, a leading `0` for
+/// octal, decimal otherwise, the whole string (one trailing newline allowed), no overflow.
+fn kstrtoul_base0(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('\n').unwrap_or(s);
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let (digits, radix) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (h, 16)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (&s[1..], 8)
+    } else {
+        (s, 10)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
 }
 
 impl ReasonMask {
@@ -72,48 +77,42 @@ impl ReasonMask {
 impl FromStr for ReasonMask {
     type Err = ReasonMaskError;
 
-    /// Accepts `all`, `none`, a raw mask (`0x1f`, `12`) or a comma-separated list of
-    /// reason names (`compaction,demotion`).
+    /// `migrate_offload_reason_mask_parse()`: a number (`kstrtoul` base 0: `0x101`, `12`,
+    /// `012` is octal) is a raw mask; otherwise a comma-separated list of the kernel's
+    /// reason names (`compaction,demotion`), each token trimmed, empty tokens skipped,
+    /// `none` clearing and `all` setting every allowed reason where they stand. The result
+    /// is clamped to the allowed reasons, so `""` is the empty mask and stray bits of a raw
+    /// mask are dropped.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(ReasonMaskError::Empty);
-        }
-        match s {
-            "all" => return Ok(ReasonMask::ALL),
-            "none" => return Ok(ReasonMask::NONE),
-            _ => {}
-        }
-        let raw = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            u64::from_str_radix(h, 16).ok()
-        } else if s.bytes().all(|b| b.is_ascii_digit()) {
-            s.parse::<u64>().ok()
-        } else {
-            None
-        };
-        if let Some(v) = raw {
-            if v & !(ReasonMask::ALL.0 as u64) != 0 {
-                return Err(ReasonMaskError::BitsOutOfRange {
-                    mask: v,
-                    nr: Reason::ALL.len(),
-                    allowed: ReasonMask::ALL.0,
-                });
+        let mask = match kstrtoul_base0(s) {
+            Some(v) => v,
+            None => {
+                let mut mask = 0u64;
+                for tok in s.trim().split(',') {
+                    let tok = tok.trim();
+                    match tok {
+                        "" => continue,
+                        "none" => mask = 0,
+                        "all" => mask = ReasonMask::ALL.0 as u64,
+                        _ => {
+                            let r = Reason::from_name(tok).ok_or_else(|| {
+                                ReasonMaskError::UnknownReason {
+                                    name: tok.to_string(),
+                                    known: Reason::ALL
+                                        .iter()
+                                        .map(|r| r.name())
+                                        .collect::<Vec<_>>()
+                                        .join(", "),
+                                }
+                            })?;
+                            mask |= 1 << r as u32;
+                        }
+                    }
+                }
+                mask
             }
-            return Ok(ReasonMask(v as u32));
-        }
-        let mut m = ReasonMask::NONE;
-        for word in s.split(',').map(str::trim) {
-            let r = Reason::from_name(word).ok_or_else(|| ReasonMaskError::UnknownReason {
-                name: word.to_string(),
-                known: Reason::ALL
-                    .iter()
-                    .map(|r| r.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-            m = m.with(r);
-        }
-        Ok(m)
+        };
+        Ok(ReasonMask((mask & ReasonMask::ALL.0 as u64) as u32))
     }
 }
 
@@ -158,16 +157,50 @@ mod tests {
     }
 
     #[test]
-    fn bad_masks_are_errors() {
+    fn bad_names_are_errors() {
         assert!(matches!(
             "compaction,bogus".parse::<ReasonMask>(),
             Err(ReasonMaskError::UnknownReason { .. })
         ));
-        assert!(matches!(
-            "0xffff".parse::<ReasonMask>(),
-            Err(ReasonMaskError::BitsOutOfRange { .. })
-        ));
-        assert_eq!("".parse::<ReasonMask>(), Err(ReasonMaskError::Empty));
         assert!("0xzz".parse::<ReasonMask>().is_err());
+        // The kernel knows only its own names: `syscall` is the CLI's alias, not a reason.
+        assert!("syscall".parse::<ReasonMask>().is_err());
+        assert!("-1".parse::<ReasonMask>().is_err());
+    }
+
+    /// Each case is what `migrate_offload_reason_mask_parse()` returns for the input.
+    #[test]
+    fn parses_as_the_kernel_does() {
+        let all = ReasonMask::ALL.bits();
+        let syscall = 1 << Reason::Syscall as u32;
+        let demotion = 1 << Reason::Demotion as u32;
+        for (input, want) in [
+            // A raw mask is clamped, not refused.
+            ("0xffff", all),
+            ("0xffffffffffffffff", all),
+            // Base 0: a leading 0 is octal, 0x hex, a sign and a newline are allowed.
+            ("012", 0o12),
+            ("12", 12),
+            ("0x9", 9),
+            ("+8", 8),
+            ("8\n", 8),
+            ("0", 0),
+            // The empty string and empty tokens are the empty mask.
+            ("", 0),
+            (" , ,", 0),
+            // Tokens are trimmed; none/all act where they stand in the list.
+            (" syscall_or_cpuset , demotion ", syscall | demotion),
+            ("all,none", 0),
+            ("none,demotion", demotion),
+            ("demotion,all", all),
+            ("all,none,syscall_or_cpuset", syscall),
+            ("syscall_or_cpuset,,demotion,", syscall | demotion),
+        ] {
+            assert_eq!(
+                input.parse::<ReasonMask>().map(ReasonMask::bits),
+                Ok(want),
+                "{input:?}"
+            );
+        }
     }
 }
