@@ -241,9 +241,23 @@ struct BenchArgs {
     /// Live backend: batch the kernel calls per contiguous run, or one call per folio.
     #[arg(long, value_enum, default_value_t = LiveMovesArg::Batched)]
     live_moves: LiveMovesArg,
+    /// What the folios are: anonymous memory, a file's page cache (filemap_migrate_folio),
+    /// or shmem. The builtin backend only.
+    #[arg(long, value_enum, default_value_t = KindArg::Anon)]
+    kind: KindArg,
     /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum KindArg {
+    /// Anonymous memory.
+    Anon,
+    /// Page cache of a regular file, mapped shared.
+    File,
+    /// shmem (tmpfs), mapped shared.
+    Shmem,
 }
 
 /// The command line as typed, for the JSON's `command`.
@@ -324,6 +338,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         knobs: a.knobs.clone(),
         backend: bench::Backend::Builtin,
         live_batch_moves: a.live_moves == LiveMovesArg::Batched,
+        kind: match a.kind {
+            KindArg::Anon => bench::FolioKind::Anon,
+            KindArg::File => bench::FolioKind::File,
+            KindArg::Shmem => bench::FolioKind::Shmem,
+        },
     };
     let backends = a.backend.clone();
     if backends.is_empty() {
@@ -335,6 +354,15 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         .find_map(|(i, b)| backends[..i].contains(b).then_some(b))
     {
         bail!("--backend names {} twice", format!("{b:?}").to_lowercase());
+    }
+    if opts.kind != bench::FolioKind::Anon {
+        if let Some(b) = backends.iter().find(|b| **b != BackendArg::Builtin) {
+            bail!(
+                "--kind {}: the {} backend migrates anonymous memory only (use the builtin backend)",
+                opts.kind.name(),
+                format!("{b:?}").to_lowercase()
+            );
+        }
     }
     if backends.len() > 1 {
         return side_by_side(&a, &backends, opts);

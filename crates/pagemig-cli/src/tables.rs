@@ -26,8 +26,9 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
         limits.join(", ")
     ));
     s.push_str(&format!(
-        "backend {}, moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the single-thread copy limit)\n",
+        "backend {}, {} folios, moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the single-thread copy limit)\n",
         rep.backend,
+        rep.kind,
         format_size(rep.total_bytes),
         rep.batch_pages,
         rep.mode

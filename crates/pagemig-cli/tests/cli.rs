@@ -684,3 +684,59 @@ fn completions_and_the_man_page_come_from_the_command_definition() {
     );
     assert!(text.contains("bench") && text.contains("completions"));
 }
+
+#[test]
+fn bench_migrates_page_cache_and_shmem_folios_with_the_same_tables() {
+    for kind in ["file", "shmem"] {
+        let out = pagemig(&[
+            "bench",
+            "--quick",
+            "--quiet",
+            "--kind",
+            kind,
+            "--sizes",
+            "4K,2M",
+            "--engines",
+            "vanilla,batch,mtcopy:2",
+            "--json",
+            "-",
+        ]);
+        assert!(
+            out.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(&format!("{kind} folios")), "{kind}: {text}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kind"], kind);
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 6);
+        for r in results {
+            assert_eq!(r["kind"], kind);
+            assert_eq!(r["nr_failed"], 0, "{kind}: every folio migrated, verified");
+            assert!(r["gbps_mean"].as_f64().unwrap() > 0.0);
+        }
+        let batch_copied: u64 = results
+            .iter()
+            .filter(|r| r["engine"] == "batch")
+            .map(|r| r["nr_copied_by_batch"].as_u64().unwrap())
+            .sum();
+        assert!(
+            batch_copied > 0,
+            "{kind}: page-cache folios take the batch path"
+        );
+    }
+    for backend in ["live", "kernel"] {
+        let out = pagemig(&["bench", "--quick", "--kind", "file", "--backend", backend]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("anonymous memory only") && !err.contains("panicked"),
+            "{backend}: {err}"
+        );
+    }
+    let out = pagemig(&["bench", "--kind", "swap"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("swap"));
+}

@@ -721,3 +721,257 @@ fn a_folio_mapped_by_two_spaces_moves_in_both() {
     drop(b);
     assert_frames_balanced(&mm);
 }
+
+#[test]
+fn soft_offline_moves_the_contents_within_the_node_and_keeps_the_old_page_out_of_use() {
+    let mm = memory(8 * MB);
+    let sp = space(&mm, 4 * MB);
+    let small = map_filled(&sp, 2, 0, 30);
+    let thp_va = BASE + 2 * MB as u64;
+    let thp = sp.map_anon(VirtAddr(thp_va), NodeId(0), Order(9)).unwrap();
+    let acc = sp.accessor();
+    for k in 0..512u64 {
+        acc.write(VirtAddr(thp_va + k * 4096), &pattern(31, k as usize))
+            .unwrap();
+    }
+    // An order-0 page.
+    let old = small[0];
+    pagemig::migrate::soft_offline_page(&mm, old.pfn()).unwrap();
+    let now = sp.folio_at(VirtAddr(BASE)).unwrap();
+    assert_ne!(now, old);
+    assert_eq!(
+        mm.folio(now).node(),
+        NodeId(0),
+        "soft offline stays on the node"
+    );
+    check_filled(&sp, 2, 0, 30);
+    assert!(mm.page_is_hwpoison(old.pfn()));
+    let o = mm.folio(old);
+    assert_eq!(
+        (o.ref_count(), o.test(pg::BUDDY), o.test(pg::ISOLATED)),
+        (1, false, false),
+        "MR_MEMORY_FAILURE: the poison handler keeps the old page's reference"
+    );
+    // One page of a THP: split, and only that page moves.
+    let bad = Pfn(thp.pfn().0 + 5);
+    pagemig::migrate::soft_offline_page(&mm, bad).unwrap();
+    for k in 0..512u64 {
+        let f = sp.folio_at(VirtAddr(thp_va + k * 4096)).unwrap();
+        assert_eq!(mm.folio(f).nr_pages(), 1);
+        if k == 5 {
+            assert_ne!(f.pfn(), bad);
+        } else {
+            assert_eq!(f.pfn(), Pfn(thp.pfn().0 + k), "page {k} stayed");
+        }
+        let mut buf = vec![0u8; PAGE_SIZE];
+        acc.read(VirtAddr(thp_va + k * 4096), &mut buf).unwrap();
+        assert!(buf == pattern(31, k as usize), "page {k}");
+    }
+    assert_eq!(mm.nr_poisoned_pages(), 2);
+    for n in 0..2 {
+        assert_eq!(
+            mm.node_stat(NodeId(n), pagemig::mm::NodeStat::IsolatedAnon),
+            0
+        );
+    }
+    // Bad input.
+    assert_eq!(
+        pagemig::migrate::soft_offline_page(&mm, Pfn(u64::MAX)),
+        Err(Errno::Inval)
+    );
+    let free = mm.alloc_folio(NodeId(1), Order(0), 0).unwrap();
+    mm.folio_put(free);
+    assert_eq!(
+        pagemig::migrate::soft_offline_page(&mm, free.pfn()),
+        Err(Errno::Busy),
+        "a free page is not in use"
+    );
+    drop(acc);
+    drop(sp);
+    assert_eq!(
+        mm.nr_free_pages_total(),
+        mm.nr_pages_total() - 2,
+        "the soft-offlined frames stay out of use"
+    );
+}
+
+#[test]
+fn mlocked_folios_are_mlocked_again_by_their_vm_locked_mapping_not_by_copying_the_flag() {
+    let mm = memory(8 * MB);
+    let locked = space(&mm, MB);
+    locked.mlock_all();
+    let fl = map_filled(&locked, 1, 0, 33)[0];
+    assert!(
+        mm.folio(fl).test(pg::MLOCKED),
+        "mapped into a VM_LOCKED space"
+    );
+    let plain = mm.new_space(VirtAddr(BASE + (1 << 30)), MB).unwrap();
+    let fp = plain
+        .map_anon(VirtAddr(BASE + (1 << 30)), NodeId(0), Order(0))
+        .unwrap();
+    // PG_mlocked left from a VM_LOCKED mapping that is gone.
+    mm.folio(fp).set(pg::MLOCKED);
+    let mut list = isolate_all(&mm, &[fl, fp]);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+    assert_eq!(res.rc, Ok(0));
+    let nl = locked.folio_at(VirtAddr(BASE)).unwrap();
+    let np = plain.folio_at(VirtAddr(BASE + (1 << 30))).unwrap();
+    assert!(
+        mm.folio(nl).test(pg::MLOCKED),
+        "its VM_LOCKED mapping mlocks it"
+    );
+    assert!(
+        !mm.folio(np).test(pg::MLOCKED),
+        "folio_migrate_flags does not copy PG_mlocked"
+    );
+    check_filled(&locked, 1, 0, 33);
+    drop((locked, plain));
+    assert_frames_balanced(&mm);
+}
+
+/// A balloon that knows which pages it owns: a page it released is left alone (the core
+/// owns it then); a migrated page's owner reference moves to the new page — or, with
+/// `keep_old`, it also keeps one on the old page for a while.
+#[derive(Default)]
+struct OwningBalloon {
+    owned: std::sync::Mutex<std::collections::HashSet<Folio>>,
+    calls: AtomicUsize,
+    keep_old: bool,
+}
+
+impl MovableOps for OwningBalloon {
+    fn migrate_page(&self, mm: &Memory, dst: Folio, src: Folio, _mode: Mode) -> Result<(), Errno> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut owned = self.owned.lock().unwrap();
+        if !owned.remove(&src) {
+            // Released by its owner: migration succeeds, the core owns both pages.
+            return Ok(());
+        }
+        mm.folio_mc_copy(dst, src)?;
+        mm.folio(dst).set(pg::MOVABLE_OPS);
+        mm.folio(dst).get();
+        owned.insert(dst);
+        if !self.keep_old {
+            mm.folio(src).put();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_migrated_movable_ops_page_keeps_its_type_until_freed_and_is_no_longer_isolated() {
+    let balloon = Arc::new(OwningBalloon {
+        keep_old: true,
+        ..Default::default()
+    });
+    let mm = memory_with(8 * MB, None, Some(balloon.clone()));
+    let page = mm.alloc_movable_ops_page(NodeId(0)).unwrap();
+    balloon.owned.lock().unwrap().insert(page);
+    let mut list = isolate_all(&mm, &[page]);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Compaction);
+    assert_eq!(res.rc, Ok(0));
+    let p = mm.folio(page);
+    assert_eq!(p.ref_count(), 1, "the owner still holds the old page");
+    assert!(
+        p.test(pg::MOVABLE_OPS),
+        "the page type is sticky until the page is freed"
+    );
+    assert!(!p.test(pg::ISOLATED), "no longer isolated");
+    assert!(mm.putback_folio(page).is_err(), "nothing to put back");
+    mm.folio_put(page);
+    assert!(mm.folio(page).test(pg::BUDDY));
+    let new = *balloon.owned.lock().unwrap().iter().next().unwrap();
+    mm.folio_put(new);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn a_movable_ops_page_its_owner_released_still_goes_through_its_callback() {
+    let balloon = Arc::new(OwningBalloon::default());
+    let mm = memory_with(8 * MB, None, Some(balloon.clone()));
+    let page = mm.alloc_movable_ops_page(NodeId(0)).unwrap();
+    let mut list = isolate_all(&mm, &[page]);
+    // The owner lets go of it while it is isolated: only the isolation reference is left.
+    mm.folio_put(page);
+    assert_eq!(mm.folio(page).ref_count(), 1);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Compaction);
+    assert_eq!(res.rc, Ok(0));
+    assert_eq!(
+        balloon.calls.load(Ordering::SeqCst),
+        1,
+        "not 'freed under us': movable_ops pages always reach migrate_page"
+    );
+    assert!(mm.folio(page).test(pg::BUDDY));
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn a_partially_mapped_thp_is_split_before_migration_and_only_its_mapped_pages_move() {
+    let mm = memory(8 * MB);
+    let copier = Arc::new(CountingCopier::default());
+    let m: Arc<dyn Migrator> = copier.clone();
+    mm.offload().register(m, ReasonMask::ALL).unwrap();
+    let sp = space(&mm, 2 * MB);
+    let thp = map_filled(&sp, 1, 9, 34)[0];
+    // MADV_DONTNEED of the second half.
+    sp.zap_range(VirtAddr(BASE + 256 * 4096), 256).unwrap();
+    assert!(mm.on_deferred_split_queue(thp));
+    assert!(mm.folio(thp).test(pg::PARTIALLY_MAPPED));
+    assert_eq!(mm.folio(thp).mapcount(), 1, "still mapped by the space");
+    let mut list = isolate_all(&mm, &[thp]);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+    assert_eq!(res.rc, Ok(0));
+    assert!(list.is_empty());
+    assert_eq!((res.stats.nr_split, res.stats.nr_thp_split), (1, 1));
+    assert_eq!(res.stats.nr_thp_failed, 1, "a split THP counts as failed");
+    assert_eq!(res.nr_succeeded, 512, "256 moved, 256 freed under us");
+    assert_eq!(
+        copier.nr_copied.load(Ordering::SeqCst),
+        256,
+        "only the mapped pages were copied"
+    );
+    assert_eq!(mm.deferred_split_queue_len(), 0);
+    let acc = sp.accessor();
+    let mut buf = vec![0u8; PAGE_SIZE];
+    for k in 0..512u64 {
+        let va = VirtAddr(BASE + k * 4096);
+        if k < 256 {
+            assert_eq!(node_at(&sp, va.0), 1);
+            acc.read(va, &mut buf).unwrap();
+            assert!(buf == pattern(34, k as usize));
+        } else {
+            assert_eq!(sp.pte(va).unwrap(), Pte::None);
+        }
+    }
+    drop(acc);
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+#[test]
+fn a_queued_thp_that_is_wholly_mapped_migrates_whole_and_its_destination_is_requeued() {
+    let mm = memory(8 * MB);
+    let sp = space(&mm, 2 * MB);
+    let thp = map_filled(&sp, 1, 9, 35)[0];
+    mm.deferred_split_folio(thp, false);
+    let mut list = isolate_all(&mm, &[thp]);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall);
+    assert_eq!(res.rc, Ok(0));
+    assert_eq!((res.stats.nr_split, res.stats.nr_thp_succeeded), (0, 1));
+    let new = sp.folio_at(VirtAddr(BASE)).unwrap();
+    assert!(mm.on_deferred_split_queue(new), "requeued");
+    assert!(!mm.folio(new).test(pg::PARTIALLY_MAPPED));
+    assert_eq!(
+        mm.deferred_split_queue_len(),
+        1,
+        "the source left the queue"
+    );
+    check_filled(&sp, 1, 9, 35);
+    drop(sp);
+    assert_eq!(
+        mm.deferred_split_queue_len(),
+        0,
+        "a freed folio leaves the queue"
+    );
+    assert_frames_balanced(&mm);
+}

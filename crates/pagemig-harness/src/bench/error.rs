@@ -6,6 +6,14 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BenchError {
+    /// The backend cannot migrate this kind of folio.
+    #[error("the {backend} backend migrates anonymous memory only, not {kind} folios (use --kind anon, or the builtin backend)")]
+    KindUnsupported {
+        /// backend
+        backend: &'static str,
+        /// kind asked
+        kind: &'static str,
+    },
     /// `--from` and `--to` name the same node.
     #[error("--from and --to are both node {0}: a migration needs two different nodes")]
     SameNode(u32),

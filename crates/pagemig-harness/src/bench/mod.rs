@@ -75,6 +75,32 @@ pub struct BenchOptions {
     /// Live backend: batch the kernel calls (one `UFFDIO_MOVE` per contiguous run) or make
     /// one per folio.
     pub live_batch_moves: bool,
+    /// What the folios are: anonymous memory, a file's page cache, or shmem (built-in
+    /// backend only).
+    pub kind: FolioKind,
+}
+
+/// What kind of folios the benchmark migrates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FolioKind {
+    /// Anonymous memory (`migrate_folio`, no mapping).
+    #[default]
+    Anon,
+    /// Page cache of a regular file (`filemap_migrate_folio`), mapped shared.
+    File,
+    /// shmem / tmpfs (`migrate_folio` on a swap-backed mapping), mapped shared.
+    Shmem,
+}
+
+impl FolioKind {
+    /// `anon`, `file` or `shmem`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FolioKind::Anon => "anon",
+            FolioKind::File => "file",
+            FolioKind::Shmem => "shmem",
+        }
+    }
 }
 
 /// Which memory the benchmark migrates.
@@ -327,6 +353,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     if opts.from_node == opts.to_node {
         return Err(BenchError::SameNode(opts.from_node.0));
     }
+    if opts.backend == Backend::Live && opts.kind != FolioKind::Anon {
+        return Err(BenchError::KindUnsupported {
+            backend: opts.backend.name(),
+            kind: opts.kind.name(),
+        });
+    }
     let slack = 8 << 20;
     let mm = Memory::new(bench_memory_config(opts, 2 * opts.total_bytes + slack))?;
     let pb = progress_bar(opts);
@@ -361,7 +393,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 opts.live_batch_moves,
                 opts.from_node,
             )?,
-            None => Workload::new(&mm, size, opts.total_bytes, opts.from_node)?,
+            None => Workload::new(&mm, size, opts.total_bytes, opts.from_node, opts.kind)?,
         };
         let readers = (opts.accessors > 0).then(|| match &w.region {
             Some(r) => Readers::start_live(r, opts.accessors),
@@ -466,6 +498,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             results.push(BenchResult {
                 live: live_stats,
                 backend: opts.backend.name().into(),
+                kind: opts.kind.name().into(),
                 engine: e.to_string(),
                 width: e.width(),
                 folio_size: size,
@@ -547,6 +580,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         pagemig_version: env!("CARGO_PKG_VERSION").into(),
         command: String::new(),
         backend: opts.backend.name().into(),
+        kind: opts.kind.name().into(),
         explain,
         results,
         auto_ratios,

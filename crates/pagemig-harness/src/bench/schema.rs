@@ -59,6 +59,8 @@ pub struct PhasesNs {
 pub struct BenchResult {
     /// `builtin`.
     pub backend: String,
+    /// `anon`, `file` or `shmem` (added in version 2 without a bump: fields are only added).
+    pub kind: String,
     /// Engine name.
     pub engine: String,
     /// Threads or channels.
@@ -142,6 +144,8 @@ pub struct BenchReport {
     pub to_node: u32,
     /// `builtin` or `live`.
     pub backend: String,
+    /// What the folios are: `anon`, `file` (page cache) or `shmem`.
+    pub kind: String,
     /// Results.
     pub results: Vec<BenchResult>,
     /// `auto` against the fixed engines of this run, per folio size (main batch size);

@@ -7,10 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use pagemig::checksum::checksum_words as words_checksum;
-use pagemig::mm::{AddressSpace, Folio, Memory, NodeId, Order, VirtAddr};
+use pagemig::mm::{
+    AddressSpace, File, FileKind, Folio, Memory, MigrateFolioOp, NodeId, Order, VirtAddr, PAGE_SIZE,
+};
 use pagemig_live::{Live, LiveRegion, RegionConfig};
 
-use super::{BenchError, SPACE_BASE};
+use super::{BenchError, FolioKind, SPACE_BASE};
 
 pub(crate) struct Workload {
     pub(crate) space: Arc<AddressSpace>,
@@ -21,27 +23,48 @@ pub(crate) struct Workload {
     pub(crate) nr_folios: usize,
     pub(crate) sums: Vec<u64>,
     pub(crate) node: NodeId,
+    /// The file whose page cache the folios are (`--kind file|shmem`), mapped into
+    /// `space`; dropped after it (which truncates it).
+    #[expect(dead_code, reason = "held for its drop, which truncates the file")]
+    pub(crate) file: Option<File>,
 }
 
 impl Workload {
-    /// `total` bytes of folios of `folio_size` on node `node`, filled and checksummed.
+    /// `total` bytes of folios of `folio_size` on node `node`, filled and checksummed:
+    /// anonymous folios, or a file's (or shmem's) page cache mapped shared.
     pub(crate) fn new(
         mm: &Arc<Memory>,
         folio_size: usize,
         total: usize,
         node: NodeId,
+        kind: FolioKind,
     ) -> Result<Workload, BenchError> {
         let order = Order::from_bytes(folio_size).expect("validated folio size");
         let nr_folios = total / folio_size;
         let space = mm.new_space(VirtAddr(SPACE_BASE), total)?;
+        let file = match kind {
+            FolioKind::Anon => None,
+            FolioKind::File => Some(mm.create_file(FileKind::Regular(MigrateFolioOp::Filemap))),
+            FolioKind::Shmem => Some(mm.create_file(FileKind::Shmem)),
+        };
         let mut sums = Vec::with_capacity(nr_folios);
+        let per = (folio_size / PAGE_SIZE) as u64;
         for i in 0..nr_folios {
-            let va = VirtAddr(SPACE_BASE + (i * folio_size) as u64);
-            let f = space.map_anon(va, node, order)?;
+            let f = match &file {
+                None => {
+                    let va = VirtAddr(SPACE_BASE + (i * folio_size) as u64);
+                    space.map_anon(va, node, order)?
+                }
+                Some(file) => file.add_folio(i as u64 * per, node, order)?,
+            };
             mm.folio_fill(f, 0x5eed ^ i as u64);
             sums.push(mm.folio_checksum(f));
         }
+        if let Some(file) = &file {
+            space.map_file(VirtAddr(SPACE_BASE), file, 0, total / PAGE_SIZE)?;
+        }
         Ok(Workload {
+            file,
             space,
             region: None,
             base: SPACE_BASE,
@@ -89,6 +112,7 @@ impl Workload {
             nr_folios,
             sums,
             node,
+            file: None,
         })
     }
 

@@ -243,3 +243,78 @@ pub(crate) fn split_folio_to_list(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::{alloc_on_node, Reason};
+    use crate::mm::{MemoryConfig, NodeId, Order, VirtAddr};
+    use std::sync::Arc;
+
+    fn unmap_one(mm: &Arc<Memory>, src: Folio, mode: Mode) -> (Folio, u64) {
+        let mut alloc = alloc_on_node(NodeId(1));
+        let mut ctx = Ctx {
+            mm,
+            get_new_folio: &mut alloc,
+            put_new_folio: None,
+            reason: Reason::Syscall,
+        };
+        let mut tlb = TlbBatch::new();
+        let mut ret = Vec::new();
+        let dst = migrate_folio_unmap(&mut ctx, src, mode, &mut tlb, &mut ret).unwrap();
+        tlb.flush();
+        let (_, states) = migrate_info::unpack(mm.folio(dst).migrate_info());
+        // Undo: the source is mapped again and unlocked, the destination freed.
+        let was_mapped = states & migrate_info::WAS_MAPPED != 0;
+        let anon_vma = mm.folio(src).meta.mapping.load(Ordering::Acquire);
+        let anon_vma = if mm.folio(src).is_anon() { anon_vma } else { 0 };
+        migrate_folio_undo_src(mm, src, was_mapped, anon_vma, true, None);
+        migrate_folio_undo_dst(&mut ctx, dst, true);
+        (dst, states)
+    }
+
+    #[test]
+    fn was_mlocked_is_sampled_right_after_the_lock_not_after_the_writeback_wait() {
+        let mm = Memory::new(MemoryConfig::with_nodes(2, 4 << 20)).unwrap();
+        let space = mm.new_space(VirtAddr(0x1000_0000), 1 << 20).unwrap();
+        let src = space
+            .map_anon(VirtAddr(0x1000_0000), NodeId(0), Order(0))
+            .unwrap();
+        mm.isolate_folio(src).unwrap();
+        let f = mm.folio(src);
+        f.set(pg::MLOCKED);
+        f.start_writeback();
+        // munlock races with the writeback wait.
+        let t = {
+            let mm = mm.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                mm.folio(src).clear(pg::MLOCKED);
+                mm.folio(src).end_writeback();
+            })
+        };
+        let (_, states) = unmap_one(&mm, src, Mode::Sync);
+        t.join().unwrap();
+        assert_eq!(
+            states & migrate_info::OLD_STATES,
+            migrate_info::WAS_MAPPED | migrate_info::WAS_MLOCKED,
+            "mlocked when the folio was locked"
+        );
+        mm.putback_folio(src).unwrap();
+        drop(space);
+        assert_eq!(mm.nr_free_pages_total(), mm.nr_pages_total());
+    }
+
+    #[test]
+    fn a_movable_ops_page_records_its_old_state() {
+        let mm = Memory::new(MemoryConfig::with_nodes(2, 4 << 20)).unwrap();
+        let page = mm.alloc_movable_ops_page(NodeId(0)).unwrap();
+        mm.isolate_folio(page).unwrap();
+        mm.folio(page).set(pg::MLOCKED);
+        let (_, states) = unmap_one(&mm, page, Mode::Async);
+        assert_eq!(states & migrate_info::OLD_STATES, migrate_info::WAS_MLOCKED);
+        mm.putback_folio(page).unwrap();
+        mm.folio_put(page);
+        assert_eq!(mm.nr_free_pages_total(), mm.nr_pages_total());
+    }
+}
