@@ -715,6 +715,14 @@ fn bench_migrates_page_cache_and_shmem_folios_with_the_same_tables() {
         for r in results {
             assert_eq!(r["kind"], kind);
             assert_eq!(r["nr_failed"], 0, "{kind}: every folio migrated, verified");
+            // The mm_migrate_pages tracepoint: one event per run, all pages migrated.
+            let t = &r["trace"];
+            let events = t["events"].as_u64().unwrap();
+            assert_eq!(events, r["gbps_runs"].as_array().unwrap().len() as u64);
+            let per_run =
+                r["nr_folios"].as_u64().unwrap() * r["folio_size"].as_u64().unwrap() / 4096;
+            assert_eq!(t["succeeded"].as_u64().unwrap(), events * per_run, "{kind}");
+            assert_eq!(t["failed"], 0);
             assert!(r["gbps_mean"].as_f64().unwrap() > 0.0);
         }
         let batch_copied: u64 = results

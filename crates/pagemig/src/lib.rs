@@ -15,7 +15,8 @@
 //! * [`migrate_mode`] — `Mode` and `Reason`, the leaf every layer names.
 //!
 //! Dependencies point one way: `migrate` → `offload` → `mm` → `copy`, all of them naming
-//! the leaves `migrate_mode`, `errno`, `sync` and `sys`. Backends with real pages behind an
+//! the leaves `migrate_mode`, `errno`, `sync`, `sys` and `trace` (the `mm_migrate_pages`
+//! tracepoint). Backends with real pages behind an
 //! address space (the `pagemig-live` crate) use only the backend API of [`mm::backend`].
 //!
 //! ```
@@ -51,6 +52,7 @@ pub mod migrate_mode;
 pub mod mm;
 pub mod offload;
 pub mod sync;
+pub mod trace;
 
 pub use errno::Errno;
 pub mod sys;

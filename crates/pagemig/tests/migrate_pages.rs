@@ -975,3 +975,59 @@ fn a_queued_thp_that_is_wholly_mapped_migrates_whole_and_its_destination_is_requ
     );
     assert_frames_balanced(&mm);
 }
+
+#[test]
+fn the_mm_migrate_pages_tracepoint_records_each_call_once_when_enabled() {
+    let hooks = Arc::new(AllocBudget {
+        left: AtomicUsize::new(0),
+        only_large: AtomicBool::new(true),
+    });
+    let mm = memory_with(16 * MB, Some(hooks), None);
+    let sp = space(&mm, 4 * MB);
+    let small = map_filled(&sp, 4, 0, 36);
+    let mut list = isolate_all(&mm, &small);
+    assert_eq!(
+        migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Syscall).rc,
+        Ok(0)
+    );
+    assert!(mm.trace().take().is_empty(), "off by default");
+    mm.trace().enable();
+    // Back to node 0 (SYNC, MR_DEMOTION), then a THP that splits (no large allocation).
+    let now: Vec<Folio> = (0..4)
+        .map(|i| sp.folio_at(VirtAddr(BASE + i * PAGE_SIZE as u64)).unwrap())
+        .collect();
+    let mut list = isolate_all(&mm, &now);
+    let a = migrate_to(&mm, &mut list, 0, Mode::Sync, Reason::Demotion);
+    let thp = sp
+        .map_anon(VirtAddr(BASE + 2 * MB as u64), NodeId(0), Order(9))
+        .unwrap();
+    let mut list = isolate_all(&mm, &[thp]);
+    let b = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Compaction);
+    mm.trace().disable();
+    let ev = mm.trace().take();
+    assert_eq!(ev.len(), 2);
+    for (e, r, mode, reason) in [
+        (&ev[0], &a, Mode::Sync, Reason::Demotion),
+        (&ev[1], &b, Mode::Async, Reason::Compaction),
+    ] {
+        assert_eq!(
+            *e,
+            pagemig::trace::MmMigratePages {
+                succeeded: r.stats.nr_succeeded,
+                failed: r.stats.nr_failed_pages,
+                thp_succeeded: r.stats.nr_thp_succeeded,
+                thp_failed: r.stats.nr_thp_failed,
+                thp_split: r.stats.nr_thp_split,
+                large_folio_split: r.stats.nr_split,
+                mode,
+                reason,
+            }
+        );
+    }
+    assert_eq!(ev[0].succeeded, 4);
+    assert_eq!((ev[1].thp_split, ev[1].large_folio_split), (1, 1));
+    assert!(mm.trace().take().is_empty(), "each event is read once");
+    assert_eq!(mm.trace().lost(), 0);
+    drop(sp);
+    assert_frames_balanced(&mm);
+}

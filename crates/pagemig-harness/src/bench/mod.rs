@@ -134,6 +134,8 @@ struct RunOutcome {
     first_usable_ns: u64,
     last_usable_ns: u64,
     last_usable_ns_max: u64,
+    /// The run's `mm_migrate_pages` event.
+    trace: pagemig::trace::MmMigratePages,
 }
 
 fn migrate_once(
@@ -160,6 +162,26 @@ fn migrate_once(
     let res = migrate_pages(mm, &mut list, &mut alloc, None, mode, reason)
         .expect("bench input lists are valid");
     let secs = t.elapsed().as_secs_f64();
+    // The tracepoint saw the same call (its totals are the kernel's trace fields).
+    let events = mm.trace().take();
+    let trace = match events[..] {
+        [ev] if ev.succeeded == res.stats.nr_succeeded
+            && ev.failed == res.stats.nr_failed_pages
+            && ev.mode == mode
+            && ev.reason == reason =>
+        {
+            ev
+        }
+        _ => {
+            return Err(BenchError::Counters {
+                engine: engine.into(),
+                detail: format!(
+                    "mm_migrate_pages recorded {events:?} for a call that migrated {} pages",
+                    res.stats.nr_succeeded
+                ),
+            })
+        }
+    };
     let live = w.region.as_ref().zip(live0).map(|(r, a)| {
         let b = r.counts();
         LiveCounts {
@@ -236,6 +258,7 @@ fn migrate_once(
         first_usable_ns: res.stats.first_usable_ns_sum,
         last_usable_ns: res.stats.last_usable_ns_sum,
         last_usable_ns_max: res.stats.last_usable_ns_max,
+        trace,
     })
 }
 
@@ -361,6 +384,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let slack = 8 << 20;
     let mm = Memory::new(bench_memory_config(opts, 2 * opts.total_bytes + slack))?;
+    mm.trace().enable();
     let pb = progress_bar(opts);
     pb.set_message("measuring the copy limit");
     // The limit is sampled before the table and again between runs, so that it sees the
@@ -518,6 +542,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                     r#move: ph.move_ns / n,
                 },
                 nr_copied_by_batch: o.iter().map(|o| o.nr_copied_by_batch).sum(),
+                trace: TraceTotals::of(o.iter().map(|o| &o.trace)),
                 tlb_flushes_per_run: o.iter().map(|o| o.nr_tlb_flushes as f64).sum::<f64>()
                     / n as f64,
                 first_usable_us: o.iter().map(|o| o.first_usable_ns).sum::<u64>() as f64

@@ -90,6 +90,8 @@ pub struct BenchResult {
     pub phases_ns: PhasesNs,
     /// Folios whose copy came from the batch copy, summed over runs.
     pub nr_copied_by_batch: usize,
+    /// The `mm_migrate_pages` tracepoint's fields, summed over runs.
+    pub trace: TraceTotals,
     /// TLB flushes per migration (mean).
     pub tlb_flushes_per_run: f64,
     /// Mean time per batch from its first unmap until its first folio was usable again.
@@ -166,4 +168,39 @@ pub struct AutoRatios {
     pub vs_best: Ratio,
     /// auto ÷ `batch`, where `batch` was measured.
     pub vs_batch: Option<Ratio>,
+}
+
+/// The `migrate:mm_migrate_pages` events of a result's runs, summed field by field.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct TraceTotals {
+    /// Events (one per `migrate_pages()` call).
+    pub events: usize,
+    /// `succeeded` (base pages).
+    pub succeeded: usize,
+    /// `failed` (base pages).
+    pub failed: usize,
+    /// `thp_succeeded`.
+    pub thp_succeeded: usize,
+    /// `thp_failed`.
+    pub thp_failed: usize,
+    /// `thp_split`.
+    pub thp_split: usize,
+    /// `large_folio_split`.
+    pub large_folio_split: usize,
+}
+
+impl TraceTotals {
+    /// Sums events.
+    pub fn of<'a>(events: impl Iterator<Item = &'a pagemig::trace::MmMigratePages>) -> Self {
+        events.fold(TraceTotals::default(), |mut t, e| {
+            t.events += 1;
+            t.succeeded += e.succeeded;
+            t.failed += e.failed;
+            t.thp_succeeded += e.thp_succeeded;
+            t.thp_failed += e.thp_failed;
+            t.thp_split += e.thp_split;
+            t.large_folio_split += e.large_folio_split;
+            t
+        })
+    }
 }

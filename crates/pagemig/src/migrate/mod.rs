@@ -312,6 +312,16 @@ pub fn migrate_pages<'b>(
         .fetch_add(stats.nr_thp_failed as u64, Relaxed);
     e.thp_migration_split
         .fetch_add(stats.nr_thp_split as u64, Relaxed);
+    mm.trace.mm_migrate_pages(crate::trace::MmMigratePages {
+        succeeded: stats.nr_succeeded,
+        failed: stats.nr_failed_pages,
+        thp_succeeded: stats.nr_thp_succeeded,
+        thp_failed: stats.nr_thp_failed,
+        thp_split: stats.nr_thp_split,
+        large_folio_split: stats.nr_split,
+        mode,
+        reason,
+    });
     stats.nr_tlb_flushes = (mm.vm_events().nr_tlb_flushes - flushes_before) as usize;
     Ok(MigratePagesResult {
         rc: rc_gather,

@@ -31,6 +31,8 @@ pub struct Memory {
     pub(crate) next_private: AtomicU64,
     /// Pages soft-offlined for good (`num_poisoned_pages`).
     pub(crate) nr_poisoned: AtomicU64,
+    /// The tracepoints' buffer.
+    pub(crate) trace: crate::trace::TraceBuffer,
     /// The deferred split queue (`struct deferred_split`; one for the machine).
     pub(crate) deferred_split: Mutex<std::collections::HashSet<super::Folio>>,
     next_space_id: AtomicU32,
@@ -110,6 +112,7 @@ impl Memory {
             privates: Mutex::new(HashMap::new()),
             next_private: AtomicU64::new(0),
             nr_poisoned: AtomicU64::new(0),
+            trace: Default::default(),
             deferred_split: Mutex::new(std::collections::HashSet::new()),
             next_space_id: AtomicU32::new(1),
             events: VmEvents::default(),
@@ -224,6 +227,11 @@ impl Memory {
         for b in live {
             b.flush_remaps();
         }
+    }
+
+    /// The tracepoints (`migrate:mm_migrate_pages`).
+    pub fn trace(&self) -> &crate::trace::TraceBuffer {
+        &self.trace
     }
 
     /// The fault hooks, if any.
