@@ -1,6 +1,7 @@
 //! Property tests: random sequences of writes, reads and migrations of random subsets
 //! between nodes, with injected faults and every copy engine, checked after every step
-//! against a plain reference model.
+//! against a plain reference model. The folios are anonymous, page cache
+//! (`filemap_migrate_folio`) and shmem, mapped side by side in one space.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use pagemig::migrate::{migrate_pages, Mode, Reason};
 use pagemig::mm::{
-    AddressSpace, FaultHooks, Folio, Memory, MemoryConfig, NodeId, Order, Pfn, Pte, VirtAddr,
-    PAGE_SIZE,
+    AddressSpace, FaultHooks, File, FileKind, Folio, Memory, MemoryConfig, MigrateFolioOp, NodeId,
+    Order, Pfn, Pte, VirtAddr, PAGE_SIZE,
 };
 use pagemig::offload::{CopyBatch, DefaultCopier, Migrator, ReasonMask};
 use pagemig::Errno;
@@ -19,6 +20,8 @@ use proptest::prelude::*;
 const BASE: u64 = 0x10_0000_0000;
 /// The space: folios of these orders, back to back.
 const ORDERS: [u8; 8] = [0, 0, 1, 2, 0, 4, 0, 9];
+/// What each of them is: 0 anonymous, 1 a regular file's page cache, 2 shmem.
+const KINDS: [u8; 8] = [0, 1, 2, 1, 2, 0, 0, 1];
 
 fn layout() -> Vec<(u64, u8)> {
     let mut v = Vec::new();
@@ -260,9 +263,29 @@ fn stop(mm: &Memory, r: Running) {
 struct World {
     mm: Arc<Memory>,
     sp: Arc<AddressSpace>,
+    /// The regular file and the shmem file whose folios are mapped into `sp`.
+    files: Vec<File>,
     hooks: Arc<TestHooks>,
     /// The reference model: every word ever written, by virtual address.
     words: BTreeMap<u64, u64>,
+}
+
+impl Drop for World {
+    /// A case that failed midway leaves its injected faults: end them, so that truncating
+    /// the files (which waits for locks and writeback) cannot hang the shrinking.
+    fn drop(&mut self) {
+        for file in &self.files {
+            for (_, f) in file.folios() {
+                let fr = self.mm.folio(f);
+                if fr.test(pagemig::mm::pg::WRITEBACK) {
+                    fr.end_writeback();
+                }
+                if fr.test(pagemig::mm::pg::LOCKED) {
+                    fr.unlock();
+                }
+            }
+        }
+    }
 }
 
 impl World {
@@ -272,12 +295,25 @@ impl World {
         cfg.hooks = Some(hooks.clone());
         let mm = Memory::new(cfg).unwrap();
         let sp = mm.new_space(VirtAddr(BASE), space_len()).unwrap();
-        for (va, o) in layout() {
-            sp.map_anon(VirtAddr(va), NodeId(0), Order(o)).unwrap();
+        let files = vec![
+            mm.create_file(FileKind::Regular(MigrateFolioOp::Filemap)),
+            mm.create_file(FileKind::Shmem),
+        ];
+        for ((va, o), kind) in layout().into_iter().zip(KINDS) {
+            if kind == 0 {
+                sp.map_anon(VirtAddr(va), NodeId(0), Order(o)).unwrap();
+            } else {
+                // The file page index is the page's offset in the space.
+                let file = &files[kind as usize - 1];
+                let index = (va - BASE) / PAGE_SIZE as u64;
+                file.add_folio(index, NodeId(0), Order(o)).unwrap();
+                sp.map_file(VirtAddr(va), file, index, 1 << o).unwrap();
+            }
         }
         World {
             mm,
             sp,
+            files,
             hooks,
             words: BTreeMap::new(),
         }
@@ -319,9 +355,24 @@ impl World {
                 Pte::Present { .. } => {
                     let f = self.sp.folio_at(va).unwrap();
                     if seen.insert(f) {
-                        mapped_pages += self.mm.folio(f).nr_pages();
-                        prop_assert_eq!(self.mm.folio(f).ref_count(), 1, "folio {:?} refcount", f);
-                        prop_assert_eq!(self.mm.folio(f).mapcount(), 1);
+                        let fr = self.mm.folio(f);
+                        mapped_pages += fr.nr_pages();
+                        // The mapping's reference, and the page cache's for a file folio.
+                        let cache = if fr.is_anon() {
+                            0
+                        } else {
+                            let m = self.mm.folio_mapping(f);
+                            prop_assert!(m.is_some(), "file folio {:?} left its file", f);
+                            let file = self
+                                .files
+                                .iter()
+                                .find(|x| Arc::ptr_eq(x.mapping(), m.as_ref().unwrap()))
+                                .unwrap();
+                            prop_assert_eq!(file.folio_at(fr.index()), Some(f), "cache slot");
+                            fr.nr_pages() as i32
+                        };
+                        prop_assert_eq!(fr.ref_count(), 1 + cache, "folio {:?} refcount", f);
+                        prop_assert_eq!(fr.mapcount(), 1);
                     }
                 }
             }
@@ -515,8 +566,8 @@ proptest! {
             w.check_contents()?;
             w.check_structure()?;
         }
-        let World { mm, sp, .. } = w;
-        drop(sp);
+        let mm = w.mm.clone();
+        drop(w);
         prop_assert_eq!(mm.nr_free_pages_total(), mm.nr_pages_total(), "no leak, no double free");
     }
 }

@@ -723,3 +723,34 @@ fn bad_page_cache_input_is_an_error_not_a_panic() {
     drop((file, shm, big));
     assert_frames_balanced(&mm);
 }
+
+#[test]
+fn a_large_folio_under_writeback_is_not_split() {
+    // Found by the property test: split pieces kept PG_writeback that nobody would end.
+    let mm = memory_with(8 * MB, Some(Arc::new(FailOrder(2))), None);
+    let file = mm.create_file(FileKind::Regular(MigrateFolioOp::Filemap));
+    let folios = fill_file(&file, &[2], 15);
+    let wb = file.start_writeback(0).unwrap();
+    let mut list = isolate_all(&mm, &[folios[0].1]);
+    let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Compaction);
+    let nr_split = res.stats.nr_split;
+    if nr_split > 0 {
+        // End the I/O on every piece so that the failure below does not hang the drop.
+        for (_, f) in file.folios() {
+            let _ = file.end_writeback(f);
+        }
+    }
+    assert_eq!(nr_split, 0, "a folio under writeback is EBUSY to split");
+    assert_eq!(res.stats.failures_by_errno(), vec![(Errno::NoMem, 1)]);
+    assert_eq!(list, vec![folios[0].1]);
+    assert_eq!(mm.folio(file.folio_at(3).unwrap()).nr_pages(), 4);
+    mm.putback_movable_pages(&mut list);
+    file.end_writeback(wb).unwrap();
+    assert_eq!(
+        file.end_writeback(wb),
+        Err(Errno::Inval),
+        "not under writeback"
+    );
+    drop(file);
+    assert_frames_balanced(&mm);
+}

@@ -165,8 +165,8 @@ pub(crate) fn try_split_folio(
 /// holds locked and isolated: every page becomes an order-0 folio with its own mappings,
 /// flags and isolation reference (and its own page-cache entry and reference); the PTEs
 /// need no change (they name pages, not folios). Fails with `EAGAIN` if anyone holds an
-/// extra reference, `EBUSY` for a truncated page-cache folio or private data that cannot
-/// be released, `EINVAL` for hugetlb or order 0.
+/// extra reference, `EBUSY` under writeback, for a truncated page-cache folio or for
+/// private data that cannot be released, `EINVAL` for hugetlb or order 0.
 pub(crate) fn split_folio_to_list(
     mm: &Memory,
     folio: Folio,
@@ -175,6 +175,10 @@ pub(crate) fn split_folio_to_list(
     let f = mm.folio(folio);
     if !f.is_large() || f.test(pg::HUGETLB) || f.test(pg::MOVABLE_OPS) {
         return Err(Errno::Inval);
+    }
+    // A folio under writeback is not split (its I/O covers the whole folio).
+    if f.test(pg::WRITEBACK) {
+        return Err(Errno::Busy);
     }
     let file = mm.folio_mapping(folio);
     if !f.is_anon() {
