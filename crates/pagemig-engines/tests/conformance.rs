@@ -1,4 +1,5 @@
 //! The conformance suite every copy engine passes: the default copier, mtcopy and dcbm.
+//! The migrated folios are anonymous, page cache and shmem in turn (`mapped`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -6,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use pagemig::migrate::{alloc_on_node, migrate_pages, MigratePagesResult, Mode, Reason};
 use pagemig::mm::{
-    migrate_info, AddressSpace, Folio, Memory, MemoryConfig, NodeId, Order, Pfn, VirtAddr,
-    PAGE_SIZE,
+    migrate_info, AddressSpace, File, FileKind, Folio, Memory, MemoryConfig, MigrateFolioOp,
+    NodeId, Order, Pfn, VirtAddr, PAGE_SIZE,
 };
 use pagemig::offload::{CopyBatch, DefaultCopier, Migrator, ReasonMask};
 use pagemig_engines::dcbm::Dcbm;
@@ -117,6 +118,8 @@ impl Rig {
     fn finish(self, spaces: Vec<Arc<AddressSpace>>) {
         self.stop();
         drop(spaces);
+        // Then the files whose folios the spaces mapped (truncated on drop).
+        drop_files();
         assert_eq!(
             self.mm.nr_free_pages_total(),
             self.mm.nr_pages_total(),
@@ -136,20 +139,42 @@ fn fill(mm: &Memory, f: Folio, seed: u64) {
     mm.folio_fill(f, seed);
 }
 
-/// Maps `n` folios of `order` on node 0 in a fresh space (starting at BASE + `off`).
+thread_local! {
+    /// The files `mapped` created, kept until `Rig::finish` has dropped the spaces.
+    static FILES: std::cell::RefCell<Vec<File>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Drops the files `mapped` created (after their spaces).
+fn drop_files() {
+    drop(FILES.with(|f| std::mem::take(&mut *f.borrow_mut())));
+}
+
+/// Maps `n` folios of `order` on node 0 in a fresh space from BASE: folio `i` is
+/// anonymous, a regular file's page cache or shmem as `i % 3` is 0, 1 or 2.
 fn mapped(mm: &Arc<Memory>, n: usize, order: u8) -> (Arc<AddressSpace>, Vec<u64>) {
     let size = PAGE_SIZE << order;
     let sp = mm
         .new_space(VirtAddr(BASE), (n * size).max(PAGE_SIZE))
         .unwrap();
+    let file = mm.create_file(FileKind::Regular(MigrateFolioOp::Filemap));
+    let shmem = mm.create_file(FileKind::Shmem);
     let mut sums = Vec::new();
     for i in 0..n {
-        let f = sp
-            .map_anon(VirtAddr(BASE + (i * size) as u64), NodeId(0), Order(order))
-            .unwrap();
+        let va = VirtAddr(BASE + (i * size) as u64);
+        let f = match i % 3 {
+            0 => sp.map_anon(va, NodeId(0), Order(order)).unwrap(),
+            k => {
+                let file = if k == 1 { &file } else { &shmem };
+                let index = (i << order) as u64;
+                let f = file.add_folio(index, NodeId(0), Order(order)).unwrap();
+                sp.map_file(va, file, index, 1 << order).unwrap();
+                f
+            }
+        };
         fill(mm, f, i as u64 * 31 + order as u64);
         sums.push(mm.folio_checksum(f));
     }
+    FILES.with(|f| f.borrow_mut().extend([file, shmem]));
     (sp, sums)
 }
 
@@ -491,6 +516,7 @@ fn unregister_while_a_batch_is_in_flight() {
         assert_eq!((res.rc, res.stats.nr_copied_by_batch), (Ok(0), 0));
         check(&mm, &sp, &sums, 9);
         drop(sp);
+        drop_files();
         assert_eq!(mm.nr_free_pages_total(), mm.nr_pages_total());
         if let Some(d) = &rig.dev {
             assert_eq!(d.nr_channels_in_use(), 0);

@@ -754,3 +754,46 @@ fn a_large_folio_under_writeback_is_not_split() {
     drop(file);
     assert_frames_balanced(&mm);
 }
+
+#[test]
+fn page_cache_lookups_racing_with_splits_keep_every_reference() {
+    // Found by the stress run: a lookup's reference taken between the split's refcount
+    // check and the pieces' new counts was lost, and the folio was freed while mapped.
+    let mm = memory_with(16 * MB, Some(Arc::new(FailOrder(2))), None);
+    let file = Arc::new(mm.create_file(FileKind::Regular(MigrateFolioOp::Filemap)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (file, stop) = (file.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..64u64 {
+                    if let Some(f) = file.get_folio(i) {
+                        file.memory().folio_put(f);
+                        n += 1;
+                    }
+                }
+            }
+            n
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    let mut splits = 0;
+    while std::time::Instant::now() < deadline {
+        let folios = fill_file(&file, &[2; 16], 16);
+        let srcs: Vec<Folio> = folios.iter().map(|x| x.1).collect();
+        let mut list = isolate_all(&mm, &srcs);
+        let res = migrate_to(&mm, &mut list, 1, Mode::Async, Reason::Compaction);
+        mm.putback_movable_pages(&mut list);
+        // (A split fails with EAGAIN while the reader holds the folio.)
+        splits += res.stats.nr_split;
+        check_file(&file, &folios, &mm, 16);
+        // (The reader may hold a truncated folio a moment longer: frames are counted at
+        // the end.)
+        file.truncate_all();
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(reader.join().unwrap() > 0 && splits > 0);
+    drop(file);
+    assert_frames_balanced(&mm);
+}

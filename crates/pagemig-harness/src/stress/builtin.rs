@@ -1,6 +1,9 @@
 //! The stress test on the built-in backend: accessor threads read and write a space of
-//! mixed folio sizes (self-checking records on every fourth page, a fixed pattern on the
-//! others) while migrating threads move random subsets in random modes and reasons.
+//! mixed folio sizes and kinds — of each size a third anonymous, a third a regular file's
+//! page cache, a third shmem, the files mapped shared — (self-checking records on every
+//! fourth page, a fixed pattern on the others) while migrating threads move random subsets
+//! in random modes and reasons, and a reader reads the files' pattern pages through the
+//! page cache (`read(2)`, racing with the refcount freeze of their migration).
 
 #![forbid(unsafe_code)]
 
@@ -9,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pagemig::migrate::{migrate_pages, Mode, Reason};
-use pagemig::mm::{AddressSpace, Folio, Memory, NodeId, Order, VirtAddr, PAGE_SIZE};
+use pagemig::mm::{
+    AddressSpace, File, FileKind, Folio, Memory, MigrateFolioOp, NodeId, Order, VirtAddr, PAGE_SIZE,
+};
 use pagemig::sync::IgnorePoison as _;
 use pagemig::Errno;
 use pagemig_engines::EngineSpec;
@@ -22,6 +27,24 @@ use super::{Session, StressError, StressOptions, StressReport, Totals};
 pub(super) const BASE: u64 = 0x20_0000_0000;
 /// Folios of the stressed space: (order, count), laid out back to back.
 pub(super) const LAYOUT: &[(u8, usize)] = &[(9, 2), (4, 64), (0, 1024), (2, 256)];
+
+/// What a folio of the layout is: 0 anonymous, 1 page cache, 2 shmem — by thirds of each
+/// size group, so that each kind is a few runs of contiguous folios.
+pub(super) fn folio_kinds() -> Vec<u8> {
+    let mut v = Vec::new();
+    for &(_, n) in LAYOUT {
+        for pos in 0..n {
+            v.push(if pos * 3 < n {
+                0
+            } else if pos * 3 < 2 * n {
+                1
+            } else {
+                2
+            });
+        }
+    }
+    v
+}
 
 pub(super) fn folio_starts() -> Vec<(u64, u8)> {
     let mut v = Vec::new();
@@ -199,14 +222,80 @@ pub(super) fn migrator_loop(
     }
 }
 
+/// Reads the files' pattern pages through the page cache until stopped.
+fn cache_reader_loop(
+    files: Arc<[File; 2]>,
+    pages: Vec<(u8, usize)>,
+    stop: Arc<AtomicBool>,
+    t: Arc<Totals>,
+    seed: u64,
+) {
+    let rng = SharedRng::new(seed);
+    let mut buf = vec![0u8; PAGE_SIZE];
+    while !stop.load(Ordering::Relaxed) && !pages.is_empty() {
+        let (kind, p) = pages[rng.below(pages.len())];
+        match files[kind as usize - 1].read((p * PAGE_SIZE) as u64, &mut buf) {
+            Ok(()) => {
+                let bad = buf.chunks_exact(8).enumerate().any(|(w, c)| {
+                    u64::from_le_bytes(c.try_into().expect("8")) != pattern_word(p, w)
+                });
+                if bad {
+                    t.mismatches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(Errno::HwPoison) => {
+                t.poisoned_reads.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => panic!("page-cache read failed: {e}"),
+        }
+        t.ops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Maps the layout into `sp`: anonymous folios, and the page cache of the two files
+/// (file page = page offset in the space), each run of one kind as one shared mapping.
+fn map_layout(mm: &Arc<Memory>, sp: &Arc<AddressSpace>) -> Result<Arc<[File; 2]>, StressError> {
+    let files = Arc::new([
+        mm.create_file(FileKind::Regular(MigrateFolioOp::Filemap)),
+        mm.create_file(FileKind::Shmem),
+    ]);
+    let starts = folio_starts();
+    let kinds = folio_kinds();
+    let index = |va: u64| (va - BASE) / PAGE_SIZE as u64;
+    for (&(va, order), &kind) in starts.iter().zip(&kinds) {
+        match kind {
+            0 => {
+                sp.map_anon(VirtAddr(va), NodeId(0), Order(order))?;
+            }
+            k => {
+                files[k as usize - 1].add_folio(index(va), NodeId(0), Order(order))?;
+            }
+        }
+    }
+    let mut j = 0;
+    while j < starts.len() {
+        let kind = kinds[j];
+        let mut end = j;
+        while end < starts.len() && kinds[end] == kind {
+            end += 1;
+        }
+        if kind != 0 {
+            let (va, _) = starts[j];
+            let (last, order) = starts[end - 1];
+            let nr = (last + (PAGE_SIZE << order) as u64 - va) as usize / PAGE_SIZE;
+            sp.map_file(VirtAddr(va), &files[kind as usize - 1], index(va), nr)?;
+        }
+        j = end;
+    }
+    Ok(files)
+}
+
 /// Runs the stress for one engine on the built-in backend.
 pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, StressError> {
     let s = Session::new(spec.to_string(), spec, o, 0x1234);
     let mm = s.memory(2 * space_len() + (16 << 20))?;
     let sp = mm.new_space(VirtAddr(BASE), space_len())?;
-    for &(va, order) in &folio_starts() {
-        sp.map_anon(VirtAddr(va), NodeId(0), Order(order))?;
-    }
+    let files = map_layout(&mm, &sp)?;
     {
         let acc = sp.accessor();
         let mut buf = vec![0u8; PAGE_SIZE];
@@ -240,6 +329,22 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stre
         let (mm, sp, stop, t) = (mm.clone(), sp.clone(), stop.clone(), totals.clone());
         handles.push(std::thread::spawn(move || {
             migrator_loop(mm, sp, stop, t, 1000 + i as u64)
+        }));
+    }
+    {
+        // The pattern pages of the files, read through the cache.
+        let mut pages = Vec::new();
+        for (&(va, order), &kind) in folio_starts().iter().zip(&folio_kinds()) {
+            let first = ((va - BASE) / PAGE_SIZE as u64) as usize;
+            for p in first..first + (1 << order) {
+                if kind != 0 && !is_writer_page(p) {
+                    pages.push((kind, p));
+                }
+            }
+        }
+        let (files, stop, t) = (files.clone(), stop.clone(), totals.clone());
+        handles.push(std::thread::spawn(move || {
+            cache_reader_loop(files, pages, stop, t, 4242)
         }));
     }
     if !o.inject.is_empty() {
@@ -281,5 +386,9 @@ pub fn run_one(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Stre
         }
     }
     let counters = Session::engine_counters(&engine);
-    s.finish(seconds, engine, counters, mm, || drop(sp))
+    s.finish(seconds, engine, counters, mm, move || {
+        // The mappings go first, then the files' page cache.
+        drop(sp);
+        drop(files);
+    })
 }

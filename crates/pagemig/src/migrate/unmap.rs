@@ -189,7 +189,8 @@ pub(crate) fn split_folio_to_list(
             return Err(Errno::Busy);
         }
     }
-    if f.ref_count() != f.expected_ref_count() {
+    let expected = f.expected_ref_count();
+    if f.ref_count() != expected {
         return Err(Errno::Again);
     }
     let nr = f.nr_pages();
@@ -213,9 +214,15 @@ pub(crate) fn split_folio_to_list(
     let flags = f.flags() & !(pg::HAS_HWPOISONED | pg::PARTIALLY_MAPPED);
     let mapping = f.meta.mapping.load(Ordering::Acquire);
     let index = f.meta.index.load(Ordering::Acquire);
-    mm.unqueue_deferred_split(folio);
-    // The page cache's lock covers the whole split of a cached folio.
+    // The page cache's lock covers the whole split of a cached folio, and the refcount is
+    // frozen (as `__folio_split` freezes it): a speculative `folio_try_get` (a page-cache
+    // lookup, a pfn walker) fails until every piece has its own count, instead of taking
+    // a reference on the whole folio that the split would then lose.
     let mut cache = file.as_ref().map(|m| crate::sync::lock(&m.i_pages));
+    if !f.ref_freeze(expected) {
+        return Err(Errno::Again);
+    }
+    mm.unqueue_deferred_split(folio);
     for k in 0..nr as u64 {
         let pfn = Pfn(folio.0 .0 + k);
         let m = mm.page(pfn);
