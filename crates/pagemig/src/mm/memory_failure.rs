@@ -67,10 +67,8 @@ impl Memory {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// `num_poisoned_pages`: pages taken out of use by [`page_handle_poison`]
-    /// (soft offline).
-    ///
-    /// [`page_handle_poison`]: Memory::page_handle_poison
+    /// `num_poisoned_pages`: pages taken out of use by `page_handle_poison`
+    /// ([`crate::migrate::soft_offline_page`]).
     pub fn nr_poisoned_pages(&self) -> usize {
         self.nr_poisoned.load(std::sync::atomic::Ordering::Relaxed) as usize
     }
