@@ -797,3 +797,31 @@ fn page_cache_lookups_racing_with_splits_keep_every_reference() {
     drop(file);
     assert_frames_balanced(&mm);
 }
+
+#[test]
+fn a_write_through_a_buffer_head_dirties_the_folio_and_counts_it() {
+    let mm = memory(8 * MB);
+    let file = mm.create_file(FileKind::Regular(MigrateFolioOp::Buffer));
+    let folios = fill_file(&file, &[0], 17);
+    let f = file.start_writeback(0).unwrap();
+    file.end_writeback(f).unwrap();
+    assert_eq!(mm.node_stat(NodeId(0), NodeStat::FileDirty), 0, "clean");
+    let b = file.attach_buffers(0, 1024).unwrap();
+    b.write(&mm, 2, 0, b"journal").unwrap();
+    assert!(b.is_dirty(2) && !b.is_dirty(1));
+    assert!(mm.folio(folios[0].1).test(pagemig::mm::pg::DIRTY));
+    assert_eq!(
+        mm.node_stat(NodeId(0), NodeStat::FileDirty),
+        1,
+        "mark_buffer_dirty"
+    );
+    b.write(&mm, 3, 0, b"again").unwrap();
+    assert_eq!(
+        mm.node_stat(NodeId(0), NodeStat::FileDirty),
+        1,
+        "counted once"
+    );
+    drop(file);
+    assert_eq!(mm.node_stat(NodeId(0), NodeStat::FileDirty), 0);
+    assert_frames_balanced(&mm);
+}

@@ -779,6 +779,16 @@ fn soft_offline_moves_the_contents_within_the_node_and_keeps_the_old_page_out_of
         pagemig::migrate::soft_offline_page(&mm, Pfn(u64::MAX)),
         Err(Errno::Inval)
     );
+    let hsp = mm.new_space(VirtAddr(BASE + (1 << 30)), 2 * MB).unwrap();
+    let huge = hsp
+        .map_hugetlb(VirtAddr(BASE + (1 << 30)), NodeId(1))
+        .unwrap();
+    assert_eq!(
+        pagemig::migrate::soft_offline_page(&mm, huge.pfn()),
+        Err(Errno::NotSupported),
+        "hugetlb soft offline is not modelled"
+    );
+    drop(hsp);
     let free = mm.alloc_folio(NodeId(1), Order(0), 0).unwrap();
     mm.folio_put(free);
     assert_eq!(

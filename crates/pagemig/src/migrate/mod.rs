@@ -357,13 +357,18 @@ pub fn migrate_folios_to_node(
 /// the contents of the page at `pfn` to another frame of the same node with
 /// `MR_MEMORY_FAILURE`, then takes the old page out of use for good
 /// (`page_handle_poison`). A large folio is split first and only that page migrates. The
-/// page must be in use and on the LRU: `EBUSY` otherwise (`EINVAL` for a pfn of no node), or when the migration fails
+/// page must be in use and on the LRU: `EBUSY` otherwise (`EINVAL` for a pfn of no node,
+/// `EOPNOTSUPP` for hugetlb), or when the migration fails
 /// (the page is put back, still in use).
 pub fn soft_offline_page(mm: &Memory, pfn: crate::mm::Pfn) -> Result<(), Errno> {
     if !mm.pfn_valid(pfn) {
         return Err(Errno::Inval);
     }
     let head = Folio(mm.compound_head(pfn));
+    if mm.folio(head).test(pg::HUGETLB) {
+        // The hugetlb path (dissolving the free huge page) is not modelled.
+        return Err(Errno::NotSupported);
+    }
     mm.isolate_folio(head).map_err(|_| Errno::Busy)?;
     let mut folio = head;
     let f = mm.folio(head);

@@ -173,7 +173,7 @@ impl Buffers {
             at += n;
         }
         self.bhs[i].state.fetch_or(BH_DIRTY, Ordering::AcqRel);
-        mm.folio(Folio(Pfn(head))).set(super::pg::DIRTY);
+        mm.folio_mark_dirty(&mm.folio(Folio(Pfn(head))));
         self.unlock(i);
         Ok(())
     }

@@ -213,6 +213,18 @@ impl Memory {
         lock(&self.privates).get(&id).cloned()
     }
 
+    /// `folio_mark_dirty()`: `PG_dirty`, counted in `NR_FILE_DIRTY` when the folio's file
+    /// writes back.
+    pub(crate) fn folio_mark_dirty(&self, f: &FolioRef<'_>) {
+        if f.meta.flags.fetch_or(pg::DIRTY, Ordering::AcqRel) & pg::DIRTY == 0
+            && self
+                .mapping(f.file_mapping_handle())
+                .is_some_and(|m| m.can_writeback())
+        {
+            self.mod_node_stat(f.node(), NodeStat::FileDirty, f.nr_pages() as i64);
+        }
+    }
+
     /// `folio_buffers()`.
     pub fn folio_buffers(&self, folio: Folio) -> Option<Arc<Buffers>> {
         match self.folio_private(folio)? {
@@ -460,15 +472,8 @@ impl File {
         })
     }
 
-    /// `folio_mark_dirty()`: `PG_dirty`, counted in `NR_FILE_DIRTY` for files that write
-    /// back.
     fn folio_mark_dirty(&self, f: &FolioRef<'_>) {
-        if f.meta.flags.fetch_or(pg::DIRTY, Ordering::AcqRel) & pg::DIRTY == 0
-            && self.mapping.can_writeback()
-        {
-            self.mm
-                .mod_node_stat(f.node(), NodeStat::FileDirty, f.nr_pages() as i64);
-        }
+        self.mm.folio_mark_dirty(f);
     }
 
     /// Writeback begins for the folio caching `index` (`folio_clear_dirty_for_io` +
