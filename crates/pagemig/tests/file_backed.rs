@@ -690,6 +690,17 @@ fn bad_page_cache_input_is_an_error_not_a_panic() {
         "cached already"
     );
     assert!(file.add_folio(8, NodeId(7), Order(0)).is_err(), "no node 7");
+    assert!(
+        file.add_folio(u64::MAX, NodeId(0), Order(0)).is_err(),
+        "overflow"
+    );
+    assert!(
+        file.add_folio(pagemig::mm::filemap::MAX_FILE_PAGES, NodeId(0), Order(0))
+            .is_err(),
+        "beyond the largest file"
+    );
+    assert_eq!(file.write(u64::MAX, b"xy"), Err(Errno::Inval));
+    assert_eq!(file.read(u64::MAX - 1, &mut [0u8; 4]), Err(Errno::Inval));
     assert_eq!(file.write(PAGE_SIZE as u64, b"x"), Err(Errno::NoEnt));
     let mut b = [0u8; 1];
     assert_eq!(file.read(5 * PAGE_SIZE as u64, &mut b), Err(Errno::NoEnt));
@@ -707,6 +718,10 @@ fn bad_page_cache_input_is_an_error_not_a_panic() {
     let sp = space(&mm, MB);
     assert!(sp.map_file(VirtAddr(BASE + 1), &file, 0, 1).is_err());
     assert!(sp.map_file(VirtAddr(BASE), &file, 0, 1 << 20).is_err());
+    assert!(sp.map_file(VirtAddr(BASE), &file, u64::MAX, 1).is_err());
+    assert!(sp.map_file(VirtAddr(BASE), &file, 0, usize::MAX).is_err());
+    assert!(sp.zap_range(VirtAddr(BASE), usize::MAX).is_err());
+    assert!(sp.zap_range(VirtAddr(BASE + 1), 1).is_err(), "misaligned");
     sp.map_file(VirtAddr(BASE), &file, 0, 1).unwrap();
     assert!(
         sp.map_file(VirtAddr(BASE), &shm, 0, 1).is_err(),

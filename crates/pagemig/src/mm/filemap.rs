@@ -141,6 +141,9 @@ impl Mapping {
     }
 }
 
+/// The largest file, in pages (`MAX_LFS_FILESIZE` / 4 KiB on 64-bit: 2^63 bytes).
+pub const MAX_FILE_PAGES: u64 = 1 << 51;
+
 /// Handle of the mapping at table index `i` (8-aligned like an anon_vma handle).
 fn mapping_handle(i: usize) -> u64 {
     ((i as u64) + 1) << 3
@@ -369,6 +372,11 @@ impl File {
     /// on `node` for pages `index..index + 2^order` (aligned) and inserts it.
     pub fn add_folio(&self, index: u64, node: NodeId, order: Order) -> Result<Folio, MmError> {
         let nr = 1u64 << order.0;
+        if index.checked_add(nr).is_none_or(|end| end > MAX_FILE_PAGES) {
+            return Err(MmError::InvalidConfig(format!(
+                "index {index} is beyond the largest file ({MAX_FILE_PAGES} pages)"
+            )));
+        }
         if index % nr != 0 {
             return Err(MmError::InvalidConfig(format!(
                 "index {index} is not aligned to a folio of {nr} pages"
@@ -431,6 +439,9 @@ impl File {
         len: usize,
         mut f: impl FnMut(Pfn, usize, usize, usize) -> Result<T, Errno>,
     ) -> Result<(), Errno> {
+        if offset.checked_add(len as u64).is_none() {
+            return Err(Errno::Inval);
+        }
         let mut done = 0;
         while done < len {
             let at = offset + done as u64;
@@ -679,8 +690,20 @@ impl AddressSpace {
             });
         }
         let first = self.slot(vaddr).ok_or(MmError::OutOfRange { vaddr })?;
-        if nr_pages == 0 || first + nr_pages > self.ptes.len() {
+        if nr_pages == 0
+            || first
+                .checked_add(nr_pages)
+                .is_none_or(|e| e > self.ptes.len())
+        {
             return Err(MmError::OutOfRange { vaddr });
+        }
+        if pgoff
+            .checked_add(nr_pages as u64)
+            .is_none_or(|end| end > MAX_FILE_PAGES)
+        {
+            return Err(MmError::InvalidConfig(format!(
+                "file pages {pgoff}.. are beyond the largest file ({MAX_FILE_PAGES} pages)"
+            )));
         }
         for (i, folio) in file.folios() {
             let n = self.mm.folio(folio).nr_pages() as u64;

@@ -355,7 +355,10 @@ impl AddressSpace {
                 align_bytes: PAGE_SIZE,
             });
         }
-        if first + nr_pages > self.ptes.len() {
+        if first
+            .checked_add(nr_pages)
+            .is_none_or(|end| end > self.ptes.len())
+        {
             return Err(MmError::OutOfRange { vaddr });
         }
         let g = lock(&self.ptl);
