@@ -245,6 +245,12 @@ struct BenchArgs {
     /// or shmem. The builtin backend only.
     #[arg(long, value_enum, default_value_t = KindArg::Anon)]
     kind: KindArg,
+    /// Also run every engine that has a batch copy pipelined (beyond the series): the batch
+    /// unmapped and flushed once, then copied and moved in growing sub-batches that
+    /// overlap, so the first folio is usable early. Reported beside the series' path of
+    /// the same run as ENGINE+pipeline ("pipeline": true in the JSON)
+    #[arg(long)]
+    pipeline: bool,
     /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
@@ -343,6 +349,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             KindArg::File => bench::FolioKind::File,
             KindArg::Shmem => bench::FolioKind::Shmem,
         },
+        pipeline: a.pipeline,
     };
     let backends = a.backend.clone();
     if backends.is_empty() {

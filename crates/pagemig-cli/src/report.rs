@@ -76,7 +76,7 @@ fn ordered<T: Clone + PartialEq>(it: impl Iterator<Item = T>) -> Vec<T> {
 }
 
 fn engines(rep: &BenchReport) -> Vec<String> {
-    ordered(rep.results.iter().map(|r| r.engine.clone()))
+    ordered(rep.results.iter().map(|r| r.label()))
 }
 
 fn sizes(rep: &BenchReport) -> Vec<usize> {
@@ -86,7 +86,7 @@ fn sizes(rep: &BenchReport) -> Vec<usize> {
 fn find<'a>(rep: &'a BenchReport, e: &str, size: usize, bp: usize) -> Option<&'a BenchResult> {
     rep.results
         .iter()
-        .find(|r| r.engine == e && r.folio_size == size && r.batch_pages == bp)
+        .find(|r| r.label() == e && r.folio_size == size && r.batch_pages == bp)
 }
 
 /// Copy's share of the migration time and the Amdahl bound on the speedup a faster copy

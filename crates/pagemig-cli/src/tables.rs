@@ -25,51 +25,81 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
         rep.machine.copy_limit_samples_1t.len(),
         limits.join(", ")
     ));
+    // The limits every cell is read against: one thread, and every CPU of the machine.
+    let one = rep.machine.copy_limit_gbps.get("1").copied().unwrap_or(0.0);
+    let all = rep
+        .machine
+        .copy_limit_gbps
+        .iter()
+        .filter_map(|(t, g)| Some((t.parse::<usize>().ok()?, *g)))
+        .max_by_key(|(t, _)| *t)
+        .unwrap_or((1, one));
     s.push_str(&format!(
-        "backend {}, {} folios, moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the single-thread copy limit)\n",
+        "backend {}, {} folios, moved {} per run, batch {} pages, mode {}; GB/s mean±sd (fraction of the copy limit with 1 thread | with all {} threads)\n",
         rep.backend,
         rep.kind,
         format_size(rep.total_bytes),
         rep.batch_pages,
-        rep.mode
+        rep.mode,
+        all.0
     ));
-    for (title, fam) in [
-        ("baseline", &["vanilla", "batch"][..]),
-        ("mtcopy, by threads", &["mtcopy"][..]),
-        ("dcbm, by channels", &["dcbm"][..]),
-        ("auto", &["auto"][..]),
+    let any_piped = rep.results.iter().any(|r| r.pipeline);
+    for (title, fam, piped) in [
+        ("baseline", &["vanilla", "batch"][..], false),
+        ("mtcopy, by threads", &["mtcopy"][..], false),
+        ("dcbm, by channels", &["dcbm"][..], false),
+        ("auto", &["auto"][..], false),
+        (
+            "pipelined (--pipeline, beyond the series)",
+            &["batch", "mtcopy", "dcbm", "auto"][..],
+            true,
+        ),
     ] {
         let rows: Vec<&EngineSpec> = engines
             .iter()
-            .filter(|e| fam.contains(&e.family()))
+            .filter(|e| fam.contains(&e.family()) && (!piped || any_piped))
             .collect();
         if rows.is_empty() {
             continue;
         }
-        s.push_str(&format!("\n{title}\n{:<12}", "engine"));
+        s.push_str(&format!(
+            "\n{title} — copy limit {one:.2} GB/s with 1 thread, {:.2} GB/s with {}\n{:<18}",
+            all.1, all.0, "engine"
+        ));
         for &z in sizes {
-            s.push_str(&format!(" {:>20}", format_size(z)));
+            s.push_str(&format!(" {:>24}", format_size(z)));
         }
         s.push('\n');
         for e in rows {
-            s.push_str(&format!("{:<12}", e.to_string()));
+            let name = if piped {
+                format!("{e}+pipeline")
+            } else {
+                e.to_string()
+            };
+            s.push_str(&format!("{name:<18}"));
             for &z in sizes {
                 let cell = rep
                     .results
                     .iter()
                     .find(|r| {
                         r.engine == e.to_string()
+                            && r.pipeline == piped
                             && r.folio_size == z
                             && r.batch_pages == rep.batch_pages
                     })
                     .map(|r| {
+                        let of_all = if all.1 > 0.0 {
+                            r.gbps_mean / all.1
+                        } else {
+                            0.0
+                        };
                         format!(
-                            "{:.2}±{:.2} ({:.2})",
-                            r.gbps_mean, r.gbps_sd, r.frac_of_limit
+                            "{:.2}±{:.2} ({:.2} | {:.2})",
+                            r.gbps_mean, r.gbps_sd, r.frac_of_limit, of_all
                         )
                     })
                     .unwrap_or_else(|| "-".into());
-                s.push_str(&format!(" {:>20}", cell));
+                s.push_str(&format!(" {:>24}", cell));
             }
             s.push('\n');
         }
@@ -81,9 +111,9 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
             ("auto ÷ best", best),
             ("auto ÷ batch", batch),
         ] {
-            s.push_str(&format!("\n{label:<12}"));
+            s.push_str(&format!("\n{label:<18}"));
             for c in cells {
-                s.push_str(&format!(" {c:>20}"));
+                s.push_str(&format!(" {c:>24}"));
             }
         }
         s.push('\n');

@@ -46,6 +46,15 @@ struct Rig {
 impl Rig {
     fn new(kind: Kind, capacity: usize, cfg: EmulatedConfig) -> Rig {
         let mm = Memory::new(MemoryConfig::with_nodes(2, capacity)).unwrap();
+        // `PAGEMIG_TEST_PIPELINE=BYTES`: the same suite over the pipelined batch copy,
+        // sub-batches from BYTES up (CI runs it both ways).
+        if let Ok(v) = std::env::var("PAGEMIG_TEST_PIPELINE") {
+            let first = v.parse().expect("PAGEMIG_TEST_PIPELINE is a size in bytes");
+            mm.offload()
+                .set_pipeline(Some(pagemig::offload::PipelineConfig {
+                    first_sub_batch_bytes: first,
+                }));
+        }
         let mut r = Rig {
             mm: mm.clone(),
             kind,
@@ -278,6 +287,9 @@ fn a_declined_batch_is_still_copied_exactly_once() {
             .set_param("min_batch_bytes", &(64 * MB).to_string())
             .unwrap();
         let mm = rig.mm.clone();
+        // One declined call: the series' one call per batch (pipelined, each sub-batch
+        // is a call and is declined on its own; `pipelined_calls_...` below counts those).
+        mm.offload().set_pipeline(None);
         let (sp, sums) = mapped(&mm, 32, 2);
         let (res, _) = migrate_all(&mm, &sp, 32, 2, 1, Mode::Async);
         assert_eq!(res.rc, Ok(0));
@@ -704,4 +716,75 @@ fn the_typed_configuration_matches_the_named_knobs() {
         "channels change only while off"
     );
     d.set_param("offloading", "0").unwrap();
+}
+
+/// The counts of `migrate_pages()` a test compares between the two paths.
+fn counts(res: &MigratePagesResult) -> [usize; 8] {
+    let s = &res.stats;
+    [
+        res.rc.unwrap_or(usize::MAX),
+        res.nr_succeeded,
+        s.nr_failed_pages,
+        s.nr_thp_succeeded,
+        s.nr_thp_failed,
+        s.nr_thp_split,
+        s.nr_copied_by_batch + s.nr_copied_on_cpu,
+        s.nr_tlb_flushes,
+    ]
+}
+
+#[test]
+fn pipelined_calls_give_the_same_counts_and_bytes_as_the_series_path() {
+    for kind in KINDS {
+        for order in [0u8, 2] {
+            let rig = Rig::new(kind, 40 * MB, EmulatedConfig::default());
+            let mm = rig.mm.clone();
+            // 600 folios of anon, page cache and shmem in turn; batches of 512 pages.
+            let n = 600;
+            let (sp, sums) = mapped(&mm, n, order);
+            mm.offload().set_pipeline(None);
+            let (series, list) = migrate_all(&mm, &sp, n, order, 1, Mode::Async);
+            assert!(list.is_empty(), "{kind:?}");
+            check(&mm, &sp, &sums, order);
+            let calls_before = mm.offload().stats().nr_batches;
+            mm.offload()
+                .set_pipeline(Some(pagemig::offload::PipelineConfig {
+                    first_sub_batch_bytes: PAGE_SIZE,
+                }));
+            let (piped, list) = migrate_all(&mm, &sp, n, order, 0, Mode::Async);
+            assert!(list.is_empty(), "{kind:?}");
+            check(&mm, &sp, &sums, order);
+            assert_eq!(counts(&piped), counts(&series), "{kind:?} order {order}");
+            for (i, _) in sums.iter().enumerate() {
+                let f = sp
+                    .folio_at(VirtAddr(BASE + (i * (PAGE_SIZE << order)) as u64))
+                    .unwrap();
+                assert_eq!(mm.folio(f).node(), NodeId(0), "{kind:?}: folio {i} is back");
+            }
+            // Sub-batches of 1, 2, 4, ... folios (order 2: one 16K folio is already past
+            // the first 4K), growing up to 256 KiB: each one migrator call.
+            let mut expected_calls = 0;
+            let per_batch = 512 >> order;
+            let cap = (256 << 10) / (PAGE_SIZE << order);
+            for first in (0..n).step_by(per_batch) {
+                let (mut left, mut want) = (per_batch.min(n - first), 1usize);
+                while left > 0 {
+                    left -= want.min(left);
+                    want = (want * 2).min(cap);
+                    expected_calls += 1;
+                }
+            }
+            assert_eq!(
+                mm.offload().stats().nr_batches - calls_before,
+                expected_calls,
+                "{kind:?} order {order}: one call per sub-batch"
+            );
+            // The first folio of each batch was usable before its last one.
+            assert!(
+                piped.stats.first_usable_ns_sum < piped.stats.last_usable_ns_sum,
+                "{kind:?}"
+            );
+            rig.finish(vec![sp]);
+        }
+    }
 }

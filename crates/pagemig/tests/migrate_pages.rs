@@ -589,6 +589,8 @@ fn movable_ops_pages_use_their_own_callback_and_are_never_batched() {
 fn poisoned_source_in_a_batch_fails_alone_and_stays_mapped_and_intact() {
     for batched in [true, false] {
         let mm = memory(8 * MB);
+        // Where the one migrator call stops (pipelined, each sub-batch is a call).
+        mm.offload().set_pipeline(None);
         let sp = space(&mm, MB);
         let folios = map_filled(&sp, 8, 1, 15); // 8 KiB folios
         mm.inject_hwpoison(Pfn(folios[3].pfn().0 + 1)).unwrap();
@@ -654,6 +656,9 @@ fn poisoned_source_in_a_batch_fails_alone_and_stays_mapped_and_intact() {
 #[test]
 fn a_migrator_that_copies_half_and_fails_leaves_the_rest_to_the_cpu_and_nothing_is_copied_twice() {
     let mm = memory(8 * MB);
+    // What one migrator call copies: the series' single call per batch (the pipelined
+    // call shape has a test of its own below).
+    mm.offload().set_pipeline(None);
     let sp = space(&mm, 2 * MB);
     let folios = map_filled(&sp, 10, 2, 16);
     let half = Arc::new(HalfCopier::default());
@@ -679,6 +684,8 @@ fn a_migrator_that_copies_half_and_fails_leaves_the_rest_to_the_cpu_and_nothing_
 #[test]
 fn batches_are_cut_at_nr_max_batched_migration_base_pages() {
     let mm = memory(8 * MB);
+    // One migrator call per batch is the series' path (pipelined: one per sub-batch).
+    mm.offload().set_pipeline(None);
     mm.set_batch_pages(8).unwrap();
     let sp = space(&mm, 2 * MB);
     let folios = map_filled(&sp, 20, 1, 17); // 40 pages: chunks of 4 folios (8 pages)

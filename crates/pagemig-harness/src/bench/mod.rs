@@ -78,6 +78,9 @@ pub struct BenchOptions {
     /// What the folios are: anonymous memory, a file's page cache, or shmem (built-in
     /// backend only).
     pub kind: FolioKind,
+    /// Also measure every engine with a batch copy pipelined (beyond the series), beside
+    /// the series' path, in the same runs.
+    pub pipeline: bool,
 }
 
 /// What kind of folios the benchmark migrates.
@@ -338,7 +341,8 @@ fn auto_against_fixed(
     batch_pages: usize,
     size: usize,
 ) -> Option<AutoRatios> {
-    let at = |r: &&BenchResult| r.folio_size == size && r.batch_pages == batch_pages;
+    // The series' path only: auto and the fixed engines it is compared with, unpipelined.
+    let at = |r: &&BenchResult| r.folio_size == size && r.batch_pages == batch_pages && !r.pipeline;
     let auto = results.iter().filter(at).find(|r| r.engine == "auto")?;
     let best = results
         .iter()
@@ -423,10 +427,17 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             Some(r) => Readers::start_live(r, opts.accessors),
             None => Readers::start(&w.space, opts.accessors, opts.total_bytes),
         });
-        let combos: Vec<(usize, EngineSpec)> = opts
+        // (batch size, engine, pipelined): with --pipeline every engine that has a batch
+        // copy is measured both ways (vanilla has none to pipeline).
+        let combos: Vec<(usize, EngineSpec, bool)> = opts
             .batch_pages
             .iter()
-            .flat_map(|&bp| opts.engines.iter().map(move |&e| (bp, e)))
+            .flat_map(|&bp| {
+                opts.engines.iter().flat_map(move |&e| {
+                    let piped = opts.pipeline && e != EngineSpec::Vanilla;
+                    std::iter::once((bp, e, false)).chain(piped.then_some((bp, e, true)))
+                })
+            })
             .collect();
         let mut outs: Vec<Vec<RunOutcome>> = (0..combos.len()).map(|_| Vec::new()).collect();
         let mut counters: Vec<std::collections::BTreeMap<String, u64>> =
@@ -449,9 +460,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             // same one: the one before leaves its mark on the CPUs and caches, and the
             // machine drifts during a run.
             for &k in &run_order(combos.len(), run) {
-                let (bp, e) = combos[k];
+                let (bp, e, piped) = combos[k];
                 pb.set_message(format!("{} {} batch {}", e, format_size(size), bp));
                 mm.set_batch_pages(bp)?;
+                mm.offload()
+                    .set_pipeline(piped.then(pagemig::offload::PipelineConfig::default));
                 let eng = Engine::start_cached(e, &mm, &knobs_for(opts, e), Some(&mut cache))?;
                 // A cached engine (auto) counts from its creation: this run's share is the
                 // difference.
@@ -475,6 +488,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                     })
                     .collect();
                 eng.stop()?;
+                mm.offload().set_pipeline(None);
                 let out = out?;
                 check_counters(e, &c, offered, out.nr_copied_by_batch as u64)?;
                 for (name, v) in c {
@@ -485,7 +499,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             }
         }
         let stalls = readers.map(Readers::finish).unwrap_or_default();
-        for (k, &(bp, e)) in combos.iter().enumerate() {
+        for (k, &(bp, e, piped)) in combos.iter().enumerate() {
             let o = &outs[k];
             let g: Vec<f64> = o.iter().map(|o| o.gbps).collect();
             let (mean, sd) = mean_sd(&g);
@@ -524,6 +538,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 backend: opts.backend.name().into(),
                 kind: opts.kind.name().into(),
                 engine: e.to_string(),
+                pipeline: piped,
                 width: e.width(),
                 folio_size: size,
                 batch_pages: bp,

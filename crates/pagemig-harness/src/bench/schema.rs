@@ -63,6 +63,9 @@ pub struct BenchResult {
     pub kind: String,
     /// Engine name.
     pub engine: String,
+    /// Whether the batch copy ran pipelined (`--pipeline`, beyond the series): the batch
+    /// copied and moved in sub-batches that overlap (added in version 2 without a bump).
+    pub pipeline: bool,
     /// Threads or channels.
     pub width: usize,
     /// Folio size in bytes.
@@ -113,6 +116,17 @@ pub struct BenchResult {
     /// Live backend only: its kernel calls.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveRunStats>,
+}
+
+impl BenchResult {
+    /// The engine as tables and plots name it: `batch`, or `batch+pipeline` when pipelined.
+    pub fn label(&self) -> String {
+        if self.pipeline {
+            format!("{}+pipeline", self.engine)
+        } else {
+            self.engine.clone()
+        }
+    }
 }
 
 /// The JSON document.

@@ -9,6 +9,7 @@ use crate::offload::CopyBatch;
 use crate::Errno;
 
 use super::move_folio::migrate_folios_move;
+use super::pipeline::Job;
 use super::undo::migrate_folio_done;
 use super::undo::{migrate_folio_undo_dst, migrate_folio_undo_src};
 use super::unmap::{folio_can_batch_copy, migrate_folio_unmap, try_split_folio};
@@ -33,7 +34,7 @@ pub(crate) struct PassCounters {
 /// `from`; permanent failures go to `ret_folios`. Returns the number of failed folios or
 /// `ENOMEM`.
 pub(crate) fn migrate_pages_batch(
-    ctx: &mut Ctx<'_, '_>,
+    ctx: &mut Ctx<'_, '_, '_>,
     from: &mut Vec<Folio>,
     mode: Mode,
     ret_folios: &mut Vec<Folio>,
@@ -222,11 +223,16 @@ pub(crate) fn migrate_pages_batch(
             }
         }
         stats.phases.flush_ns += elapsed_ns(t);
-        if !copy_early {
+        // The pipelined path copies inside the move loop, sub-batch by sub-batch (never
+        // with the negative control, which must copy the whole batch before the flush).
+        let pipelined = ctx.pipe.is_some() && !copy_early && unmap_batch.len() > 1;
+        if !copy_early && !pipelined {
             batch_copy(stats, &dst_batch, &unmap_batch);
         }
-        if let Some(h) = &hooks {
-            h.after_batch_copy(mm);
+        if !pipelined {
+            if let Some(h) = &hooks {
+                h.after_batch_copy(mm);
+            }
         }
 
         let t_move = Instant::now();
@@ -237,16 +243,31 @@ pub(crate) fn migrate_pages_batch(
             c.thp_retry = 0;
             c.nr_retry_pages = 0;
             // Batch-copied folios first, then the single list, sharing the counters.
-            migrate_folios_move(
-                ctx,
-                &mut unmap_batch,
-                &mut dst_batch,
-                mode,
-                ret_folios,
-                stats,
-                &mut c,
-                pass,
-            );
+            if pipelined && pass == 0 {
+                // Beyond the series: each sub-batch's first move attempt as soon as its
+                // copy is done, while the helper copies the next ones.
+                let copy_ns = pipelined_first_pass(
+                    ctx,
+                    &mut unmap_batch,
+                    &mut dst_batch,
+                    mode,
+                    ret_folios,
+                    stats,
+                    &mut c,
+                );
+                stats.phases.copy_ns += copy_ns;
+            } else {
+                migrate_folios_move(
+                    ctx,
+                    &mut unmap_batch,
+                    &mut dst_batch,
+                    mode,
+                    ret_folios,
+                    stats,
+                    &mut c,
+                    pass,
+                );
+            }
             migrate_folios_move(
                 ctx,
                 &mut unmap_single,
@@ -297,4 +318,55 @@ pub(crate) fn migrate_pages_batch(
     mm.flush_backend_remaps();
     stats.phases.move_ns += elapsed_ns(t_undo);
     rc
+}
+
+/// The first move pass over the batch-copy list when the pipeline is on: the list is cut
+/// into sub-batches ([`Job`]), the helper is handed the job, and each sub-batch is moved
+/// (first attempt, pass 0) as soon as its copy is done; the live backend's remaps of a
+/// sub-batch are flushed right after it, so its folios are usable before the next one.
+/// Folios that want a retry stay on the lists, in order, for the later passes. Returns
+/// the time spent copying, both threads together: copy and move overlap here, so the
+/// move phase (the mover's wall time, its own share of the copying included) and the
+/// copy phase add up to more than the batch took.
+fn pipelined_first_pass(
+    ctx: &mut Ctx<'_, '_, '_>,
+    unmap_batch: &mut Vec<Folio>,
+    dst_batch: &mut Vec<Folio>,
+    mode: Mode,
+    ret_folios: &mut Vec<Folio>,
+    stats: &mut MigratePagesStats,
+    c: &mut PassCounters,
+) -> u64 {
+    let mm = ctx.mm;
+    let pipe = ctx.pipe.expect("pipelined_first_pass without a pipeline");
+    let job = std::sync::Arc::new(Job::new(mm, dst_batch, unmap_batch, pipe.first_bytes));
+    let hooks = mm.hooks.clone();
+    if let Some(h) = &hooks {
+        h.before_batch_copy(mm);
+    }
+    if job.len() > 1 {
+        pipe.helper.submit(&job);
+    }
+    let mut keep_src = Vec::new();
+    let mut keep_dst = Vec::new();
+    for k in 0..job.len() {
+        job.wait_copied(mm, k);
+        if k == 0 {
+            // The hook's point in this path: a copy is done, no folio is moved yet.
+            if let Some(h) = &hooks {
+                h.after_batch_copy(mm);
+            }
+        }
+        let (src, dst) = job.pairs(k);
+        let mut src = src.to_vec();
+        let mut dst = dst.to_vec();
+        migrate_folios_move(ctx, &mut src, &mut dst, mode, ret_folios, stats, c, 0);
+        mm.flush_backend_remaps();
+        keep_src.append(&mut src);
+        keep_dst.append(&mut dst);
+    }
+    *unmap_batch = keep_src;
+    *dst_batch = keep_dst;
+    // Every sub-batch is done (the loop waited for each): the helper holds no claim.
+    job.copy_ns()
 }

@@ -8,7 +8,7 @@ use super::undo::folio_putback_hugetlb;
 use super::{Ctx, MigratePagesStats, Mode, NR_MAX_MIGRATE_PAGES_RETRY};
 
 pub(crate) fn migrate_hugetlbs(
-    ctx: &mut Ctx<'_, '_>,
+    ctx: &mut Ctx<'_, '_, '_>,
     from: &mut Vec<Folio>,
     mode: Mode,
     stats: &mut MigratePagesStats,
@@ -58,7 +58,7 @@ pub(crate) fn migrate_hugetlbs(
 }
 
 fn unmap_and_move_huge_page(
-    ctx: &mut Ctx<'_, '_>,
+    ctx: &mut Ctx<'_, '_, '_>,
     src: Folio,
     force: bool,
     mode: Mode,

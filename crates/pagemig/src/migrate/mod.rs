@@ -11,6 +11,7 @@ mod batch;
 mod hugetlb;
 mod isolate;
 mod move_folio;
+mod pipeline;
 mod undo;
 mod unmap;
 
@@ -169,14 +170,23 @@ pub fn alloc_on_node(node: NodeId) -> impl FnMut(&Memory, Folio) -> Option<Folio
     }
 }
 
-pub(crate) struct Ctx<'a, 'b> {
+pub(crate) struct Ctx<'a, 'b, 'c> {
     pub(crate) mm: &'a Memory,
     pub(crate) get_new_folio: &'b mut NewFolioFn<'b>,
     pub(crate) put_new_folio: Option<&'b mut PutNewFolioFn<'b>>,
     pub(crate) reason: Reason,
+    /// The pipelined batch copy of this call, when it is on (beyond the series).
+    pub(crate) pipe: Option<Pipe<'c>>,
 }
 
-impl Ctx<'_, '_> {
+/// The pipeline of one `migrate_pages()` call: its helper and the first sub-batch size.
+#[derive(Clone, Copy)]
+pub(crate) struct Pipe<'c> {
+    pub(crate) helper: &'c pipeline::Helper,
+    pub(crate) first_bytes: usize,
+}
+
+impl Ctx<'_, '_, '_> {
     pub(crate) fn put_new(&mut self, dst: Folio) {
         match self.put_new_folio.as_mut() {
             Some(f) => f(self.mm, dst),
@@ -215,91 +225,42 @@ pub fn migrate_pages<'b>(
     }
     drop(seen);
     let flushes_before = mm.vm_events().nr_tlb_flushes;
-    let mut ctx = Ctx {
-        mm,
-        get_new_folio,
-        put_new_folio,
-        reason,
+    let pipeline = mm
+        .offload()
+        .pipeline()
+        .filter(|_| from.len() > 1 && mm.offload().should_offload(reason));
+    let (rc_gather, mut stats) = match pipeline {
+        None => migrate_pages_lists(
+            &mut Ctx {
+                mm,
+                get_new_folio,
+                put_new_folio,
+                reason,
+                pipe: None,
+            },
+            from,
+            mode,
+        ),
+        // Beyond the series: the helper thread of the pipelined batch copy lives for this
+        // call only (it ends when the scope does).
+        Some(p) => std::thread::scope(|s| {
+            let helper = pipeline::Helper::spawn(s, mm);
+            migrate_pages_lists(
+                &mut Ctx {
+                    mm,
+                    get_new_folio,
+                    put_new_folio,
+                    reason,
+                    pipe: Some(Pipe {
+                        helper: &helper,
+                        first_bytes: p.first_sub_batch_bytes,
+                    }),
+                },
+                from,
+                mode,
+            )
+        }),
     };
-    let mut stats = MigratePagesStats::default();
-    let mut ret_folios: Vec<Folio> = Vec::new();
-    let mut split_folios: Vec<Folio> = Vec::new();
-    let batch_pages = mm.batch_pages();
-
-    let mut rc_gather =
-        hugetlb::migrate_hugetlbs(&mut ctx, from, mode, &mut stats, &mut ret_folios);
-    if rc_gather.is_ok() {
-        let mut queue: std::collections::VecDeque<Folio> = std::mem::take(from).into();
-        while !queue.is_empty() {
-            // Cut a chunk of at most NR_MAX_BATCHED_MIGRATION base pages; the folio that
-            // crosses the limit stays in the chunk. Retried hugetlb folios go back.
-            let mut folios = Vec::new();
-            let mut nr_pages = 0;
-            while let Some(f) = queue.pop_front() {
-                if mm.folio(f).test(pg::HUGETLB) {
-                    ret_folios.push(f);
-                    continue;
-                }
-                nr_pages += mm.folio(f).nr_pages();
-                folios.push(f);
-                if nr_pages >= batch_pages {
-                    break;
-                }
-            }
-            let rc = if mode == Mode::Async {
-                batch::migrate_pages_batch(
-                    &mut ctx,
-                    &mut folios,
-                    mode,
-                    &mut ret_folios,
-                    Some(&mut split_folios),
-                    &mut stats,
-                    NR_MAX_MIGRATE_PAGES_RETRY,
-                )
-            } else {
-                migrate_pages_sync(
-                    &mut ctx,
-                    &mut folios,
-                    mode,
-                    &mut ret_folios,
-                    &mut split_folios,
-                    &mut stats,
-                )
-            };
-            ret_folios.append(&mut folios);
-            match rc {
-                Err(e) => {
-                    rc_gather = Err(e);
-                    ret_folios.append(&mut split_folios);
-                    break;
-                }
-                Ok(n) => {
-                    if !split_folios.is_empty() {
-                        // Failures are not counted again: the split folio already counted
-                        // once. Minimal effort: ASYNC, one pass.
-                        let _ = batch::migrate_pages_batch(
-                            &mut ctx,
-                            &mut split_folios,
-                            Mode::Async,
-                            &mut ret_folios,
-                            None,
-                            &mut stats,
-                            1,
-                        );
-                        ret_folios.append(&mut split_folios);
-                    }
-                    rc_gather = rc_gather.map(|g| g + n);
-                }
-            }
-        }
-        from.extend(queue);
-    }
-    // Put the permanent failures back at the head of the caller's list.
-    ret_folios.append(from);
-    *from = ret_folios;
-    if from.is_empty() {
-        rc_gather = Ok(0);
-    }
     let e = &mm.events;
     use std::sync::atomic::Ordering::Relaxed;
     e.pgmigrate_success
@@ -328,6 +289,96 @@ pub fn migrate_pages<'b>(
         nr_succeeded: stats.nr_succeeded,
         stats,
     })
+}
+
+/// The body of [`migrate_pages`] after the list is checked: hugetlb folios first, then
+/// batches of at most `NR_MAX_BATCHED_MIGRATION` base pages. Returns the result and the
+/// statistics; `from` is left holding the folios that were not migrated.
+fn migrate_pages_lists(
+    ctx: &mut Ctx<'_, '_, '_>,
+    from: &mut Vec<Folio>,
+    mode: Mode,
+) -> (Result<usize, Errno>, MigratePagesStats) {
+    let mm = ctx.mm;
+    let mut stats = MigratePagesStats::default();
+    let mut ret_folios: Vec<Folio> = Vec::new();
+    let mut split_folios: Vec<Folio> = Vec::new();
+    let batch_pages = mm.batch_pages();
+
+    let mut rc_gather = hugetlb::migrate_hugetlbs(ctx, from, mode, &mut stats, &mut ret_folios);
+    if rc_gather.is_ok() {
+        let mut queue: std::collections::VecDeque<Folio> = std::mem::take(from).into();
+        while !queue.is_empty() {
+            // Cut a chunk of at most NR_MAX_BATCHED_MIGRATION base pages; the folio that
+            // crosses the limit stays in the chunk. Retried hugetlb folios go back.
+            let mut folios = Vec::new();
+            let mut nr_pages = 0;
+            while let Some(f) = queue.pop_front() {
+                if mm.folio(f).test(pg::HUGETLB) {
+                    ret_folios.push(f);
+                    continue;
+                }
+                nr_pages += mm.folio(f).nr_pages();
+                folios.push(f);
+                if nr_pages >= batch_pages {
+                    break;
+                }
+            }
+            let rc = if mode == Mode::Async {
+                batch::migrate_pages_batch(
+                    ctx,
+                    &mut folios,
+                    mode,
+                    &mut ret_folios,
+                    Some(&mut split_folios),
+                    &mut stats,
+                    NR_MAX_MIGRATE_PAGES_RETRY,
+                )
+            } else {
+                migrate_pages_sync(
+                    ctx,
+                    &mut folios,
+                    mode,
+                    &mut ret_folios,
+                    &mut split_folios,
+                    &mut stats,
+                )
+            };
+            ret_folios.append(&mut folios);
+            match rc {
+                Err(e) => {
+                    rc_gather = Err(e);
+                    ret_folios.append(&mut split_folios);
+                    break;
+                }
+                Ok(n) => {
+                    if !split_folios.is_empty() {
+                        // Failures are not counted again: the split folio already counted
+                        // once. Minimal effort: ASYNC, one pass.
+                        let _ = batch::migrate_pages_batch(
+                            ctx,
+                            &mut split_folios,
+                            Mode::Async,
+                            &mut ret_folios,
+                            None,
+                            &mut stats,
+                            1,
+                        );
+                        ret_folios.append(&mut split_folios);
+                    }
+                    rc_gather = rc_gather.map(|g| g + n);
+                }
+            }
+        }
+        from.extend(queue);
+    }
+    // Put the permanent failures back at the head of the caller's list.
+    ret_folios.append(from);
+    *from = ret_folios;
+    if from.is_empty() {
+        rc_gather = Ok(0);
+    }
+    (rc_gather, stats)
 }
 
 /// Migrates every folio of `from` to `node` (the core of `move_pages(2)` and of
@@ -413,7 +464,7 @@ pub fn soft_offline_page(mm: &Memory, pfn: crate::mm::Pfn) -> Result<(), Errno> 
 /// `migrate_pages_sync()`: first the whole chunk as one ASYNC batch with 3 passes, then
 /// every failure one folio at a time in the caller's mode with 7 passes.
 fn migrate_pages_sync(
-    ctx: &mut Ctx<'_, '_>,
+    ctx: &mut Ctx<'_, '_, '_>,
     from: &mut Vec<Folio>,
     mode: Mode,
     ret_folios: &mut Vec<Folio>,

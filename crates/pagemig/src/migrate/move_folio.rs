@@ -28,7 +28,7 @@ pub(crate) fn migrate_folio_extract(mm: &Memory, dst: Folio) -> (u64, u64) {
 /// `EAGAIN` stay for the next pass; the rest leave the lists.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn migrate_folios_move(
-    ctx: &mut Ctx<'_, '_>,
+    ctx: &mut Ctx<'_, '_, '_>,
     src_folios: &mut Vec<Folio>,
     dst_folios: &mut Vec<Folio>,
     mode: Mode,
@@ -72,7 +72,7 @@ pub(crate) fn migrate_folios_move(
 
 /// `migrate_folio_move()`: migrate `src` into the unmapped, locked `dst`.
 pub(crate) fn migrate_folio_move(
-    ctx: &mut Ctx<'_, '_>,
+    ctx: &mut Ctx<'_, '_, '_>,
     src: Folio,
     dst: Folio,
     mode: Mode,

@@ -27,7 +27,7 @@ pub(crate) fn migrate_folio_undo_src(
 }
 
 /// Releases the destination: unlock, then `put_new_folio` or `folio_put`.
-pub(crate) fn migrate_folio_undo_dst(ctx: &mut Ctx<'_, '_>, dst: Folio, locked: bool) {
+pub(crate) fn migrate_folio_undo_dst(ctx: &mut Ctx<'_, '_, '_>, dst: Folio, locked: bool) {
     let d = ctx.mm.folio(dst);
     d.meta
         .migrate_info

@@ -50,7 +50,7 @@ pub(crate) fn folio_can_batch_copy(mm: &Memory, src: Folio) -> bool {
 /// `migrate_folio_unmap()`: allocate the destination, lock the source, handle writeback,
 /// establish migration entries. Returns the destination (`MIGRATEPAGE_UNMAP`).
 pub(crate) fn migrate_folio_unmap(
-    ctx: &mut Ctx<'_, '_>,
+    ctx: &mut Ctx<'_, '_, '_>,
     src: Folio,
     mode: Mode,
     tlb: &mut TlbBatch,
@@ -269,6 +269,7 @@ mod tests {
             get_new_folio: &mut alloc,
             put_new_folio: None,
             reason: Reason::Syscall,
+            pipe: None,
         };
         let mut tlb = TlbBatch::new();
         let mut ret = Vec::new();

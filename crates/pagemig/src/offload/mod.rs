@@ -15,7 +15,7 @@ use std::fmt;
 
 use crate::migrate_mode::Reason;
 use crate::mm::{Folio, Memory};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use crate::sync::model::{self, AtomicBool, AtomicU32, Mutex, Ordering};
@@ -155,6 +155,31 @@ impl Migrator for DefaultCopier {
     }
 }
 
+/// The pipelined batch copy, **beyond the series** and off by default: the batch is
+/// still unmapped and flushed once, but copied in sub-batches that grow from
+/// `first_sub_batch_bytes` (doubling each time), one migrator call each, and each
+/// sub-batch is moved as soon as its copy is done while a helper thread copies the next
+/// ones. The first folio of a batch is usable after the unmap, the flush and one small
+/// copy instead of after the whole batch's copy. DESIGN.md ("The pipelined batch copy").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// Bytes in the first sub-batch (at least one folio); later ones double.
+    pub first_sub_batch_bytes: usize,
+}
+
+impl PipelineConfig {
+    /// 64 KiB: sixteen 4K folios, or one folio of any larger size.
+    pub const DEFAULT_FIRST_SUB_BATCH_BYTES: usize = 64 << 10;
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            first_sub_batch_bytes: Self::DEFAULT_FIRST_SUB_BATCH_BYTES,
+        }
+    }
+}
+
 /// Errors of registration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -212,6 +237,8 @@ pub struct Registry {
     reg_lock: Mutex<()>,
     nr_batches: AtomicU64,
     nr_folios_offered: AtomicU64,
+    /// [`PipelineConfig::first_sub_batch_bytes`]; 0: the series' unpipelined path.
+    pipeline_first_bytes: AtomicUsize,
 }
 
 impl fmt::Debug for Registry {
@@ -244,6 +271,7 @@ impl Registry {
             reg_lock: Mutex::new(()),
             nr_batches: AtomicU64::new(0),
             nr_folios_offered: AtomicU64::new(0),
+            pipeline_first_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -366,6 +394,27 @@ impl Registry {
         // Whatever the driver did, its streaming stores are ordered before the move phase.
         crate::copy::store_fence();
         rc
+    }
+
+    /// Switches the pipelined batch copy on (`Some`) or back to the series' path (`None`,
+    /// the default). Read once at the start of each `migrate_pages()` call.
+    pub fn set_pipeline(&self, cfg: Option<PipelineConfig>) {
+        let v = cfg.map_or(0, |c| c.first_sub_batch_bytes.max(1));
+        self.pipeline_first_bytes
+            .store(v, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The pipeline in force, if any.
+    pub fn pipeline(&self) -> Option<PipelineConfig> {
+        match self
+            .pipeline_first_bytes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            0 => None,
+            n => Some(PipelineConfig {
+                first_sub_batch_bytes: n,
+            }),
+        }
     }
 
     /// Counters.

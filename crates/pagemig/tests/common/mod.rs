@@ -15,7 +15,23 @@ use pagemig::Errno;
 pub const BASE: u64 = 0x10_0000_0000;
 
 pub fn memory(capacity_bytes: usize) -> Arc<Memory> {
-    Memory::new(MemoryConfig::with_nodes(2, capacity_bytes)).unwrap()
+    with_test_pipeline(Memory::new(MemoryConfig::with_nodes(2, capacity_bytes)).unwrap())
+}
+
+/// `PAGEMIG_TEST_PIPELINE=BYTES` runs the suite over the pipelined batch copy with
+/// sub-batches from BYTES up (CI runs the suites once each way; `4096`: one 4K folio,
+/// then two, four, ...). Unset: the series' path, the default.
+pub fn with_test_pipeline(mm: Arc<Memory>) -> Arc<Memory> {
+    if let Ok(v) = std::env::var("PAGEMIG_TEST_PIPELINE") {
+        let first: usize = v
+            .parse()
+            .expect("PAGEMIG_TEST_PIPELINE is the first sub-batch's size in bytes");
+        mm.offload()
+            .set_pipeline(Some(pagemig::offload::PipelineConfig {
+                first_sub_batch_bytes: first,
+            }));
+    }
+    mm
 }
 
 pub fn memory_with(
@@ -26,7 +42,7 @@ pub fn memory_with(
     let mut c = MemoryConfig::with_nodes(2, capacity_bytes);
     c.hooks = hooks;
     c.movable_ops = ops;
-    Memory::new(c).unwrap()
+    with_test_pipeline(Memory::new(c).unwrap())
 }
 
 pub fn space(mm: &Arc<Memory>, len: usize) -> Arc<AddressSpace> {
