@@ -43,6 +43,13 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Show or forget what auto learned on this machine (kept under the user's cache
+    /// directory between bench runs).
+    Cache {
+        /// show: the files and what they hold; clear: remove them.
+        #[arg(value_enum, default_value_t = CacheAction::Show)]
+        action: CacheAction,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -251,6 +258,11 @@ struct BenchArgs {
     /// the same run as ENGINE+pipeline ("pipeline": true in the JSON)
     #[arg(long)]
     pipeline: bool,
+    /// Start auto from nothing and keep nothing: without it, auto starts from what earlier
+    /// runs learned on this machine (a file under the user's cache directory; `pagemig
+    /// cache` shows and clears it) and writes back what this run learned
+    #[arg(long)]
+    no_cache: bool,
     /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
@@ -350,6 +362,11 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             KindArg::Shmem => bench::FolioKind::Shmem,
         },
         pipeline: a.pipeline,
+        auto_state_dir: if a.no_cache {
+            None
+        } else {
+            pagemig_engines::auto::prior::cache_dir()
+        },
     };
     let backends = a.backend.clone();
     if backends.is_empty() {
@@ -390,13 +407,28 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     let mut rep = bench::run(&opts)?;
     rep.command = command_line();
+    if let Some(st) = &rep.auto_state {
+        if let Some(why) = &st.ignored {
+            eprintln!(
+                "pagemig: warning: auto's learned state {} was ignored: {why}; auto started from nothing",
+                st.path
+            );
+        }
+        if let Some(e) = &st.save_error {
+            eprintln!(
+                "pagemig: warning: cannot write auto's learned state {}: {e}",
+                st.path
+            );
+        }
+    }
     write!(
         out,
         "{}{}",
         crate::tables::emulation_warning(),
         crate::tables::render_table(&rep, &sizes, &engines)
     )?;
-    if rep.batch_pages_list.len() > 1 || rep.accessors > 0 {
+    if rep.batch_pages_list.len() > 1 || rep.accessors > 0 || rep.results.iter().any(|r| r.pipeline)
+    {
         write!(out, "{}", crate::report::latency_text(&rep))?;
     }
     if a.explain {
@@ -600,6 +632,58 @@ fn info(json: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum CacheAction {
+    /// List the learned states and what each holds.
+    Show,
+    /// Remove them: auto starts from nothing on the next run.
+    Clear,
+}
+
+/// `pagemig cache show|clear`.
+fn cache(action: CacheAction) -> anyhow::Result<()> {
+    use pagemig_engines::auto::prior;
+    let Some(dir) = prior::cache_dir() else {
+        bail!("no cache directory: set PAGEMIG_CACHE_DIR, XDG_CACHE_HOME or HOME");
+    };
+    match action {
+        CacheAction::Clear => {
+            let removed =
+                prior::clear(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+            println!(
+                "removed {} learned state{} from {}",
+                removed.len(),
+                if removed.len() == 1 { "" } else { "s" },
+                dir.display()
+            );
+        }
+        CacheAction::Show => {
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("auto-") && n.ends_with(".json"))
+                    })
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+            };
+            files.sort();
+            if files.is_empty() {
+                println!("no learned state in {}", dir.display());
+            }
+            for f in files {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("cannot read {}", f.display()))?;
+                println!("{}\n{}", f.display(), text.trim_end());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the command line.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -619,6 +703,7 @@ pub fn main() -> ExitCode {
         Cmd::Bench(a) => bench(a),
         Cmd::Stress(a) => stress(a),
         Cmd::Info { json } => info(json),
+        Cmd::Cache { action } => cache(action),
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -104,6 +104,27 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
             s.push('\n');
         }
     }
+    if let Some(st) = &rep.auto_state {
+        let from = match (st.orders_applied, st.age_s, &st.ignored) {
+            (_, _, Some(_)) => {
+                "its learned state was ignored (see the warning): it started from nothing"
+                    .to_string()
+            }
+            (0, _, None) => "no learned state yet: it started from nothing".to_string(),
+            (n, age, None) => format!(
+                "started from what an earlier run learned ({n} folio size{}, {} old)",
+                if n == 1 { "" } else { "s" },
+                age.map_or("?".into(), format_age)
+            ),
+        };
+        s.push_str(&wrap(
+            &format!(
+                "\nauto: {from}; what it learned is kept in {} (--no-cache: neither; pagemig cache clear forgets it)",
+                st.path
+            ),
+            96,
+        ));
+    }
     if let Some([names, best, batch]) = auto_ratio_cells(rep, sizes) {
         s.push('\n');
         for (label, cells) in [
@@ -390,6 +411,16 @@ pub fn stress_table(reports: &[StressReport]) -> String {
         &r.calls_failed_by_errno
     }));
     s
+}
+
+/// `45 s`, `12 min`, `3 h`, `2 days`.
+fn format_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 2 * 86400 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
 }
 
 #[cfg(test)]

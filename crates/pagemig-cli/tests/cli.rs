@@ -3,8 +3,15 @@
 use std::process::Command;
 
 fn pagemig(args: &[&str]) -> std::process::Output {
+    // auto's learned state goes to a directory of this test process, never the user's.
+    let cache = std::env::temp_dir().join(format!("pagemig-cli-cache-{}", std::process::id()));
+    pagemig_in(args, &cache)
+}
+
+fn pagemig_in(args: &[&str], cache_dir: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pagemig"))
         .args(args)
+        .env("PAGEMIG_CACHE_DIR", cache_dir)
         .output()
         .expect("run pagemig")
 }
@@ -747,4 +754,139 @@ fn bench_migrates_page_cache_and_shmem_folios_with_the_same_tables() {
     let out = pagemig(&["bench", "--kind", "swap"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("swap"));
+}
+
+#[test]
+fn auto_starts_from_what_the_run_before_learned_and_ignores_a_corrupt_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let json = dir.path().join("out.json");
+    let args = [
+        "bench",
+        "--quiet",
+        "--total",
+        "64M",
+        "--runs",
+        "3",
+        "--sizes",
+        "4K",
+        "--engines",
+        "batch,auto",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend_from_slice(extra);
+        let out = pagemig_in(&a, &cache);
+        assert!(
+            out.status.success(),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (v, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // First run: nothing to start from; what it learned is written back.
+    let (v, _) = run(&[]);
+    let st = &v["auto_state"];
+    assert_eq!(st["orders_applied"], 0, "{st}");
+    assert_eq!(st["saved_orders"], 1, "4K settled: {st}");
+    let path = std::path::PathBuf::from(st["path"].as_str().unwrap());
+    assert!(path.starts_with(&cache), "{}", path.display());
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(saved["version"], 1);
+    assert_eq!(saved["orders"][0]["order"], 0);
+    // Second run: starts from it.
+    let (v, _) = run(&[]);
+    assert_eq!(v["auto_state"]["orders_applied"], 1, "{}", v["auto_state"]);
+    assert!(v["auto_state"]["age_s"].as_u64().is_some());
+    // A corrupt file: a warning, a start from nothing, and a good file again after.
+    std::fs::write(&path, "{ not json").unwrap();
+    let (v, stderr) = run(&[]);
+    assert!(
+        stderr.contains("pagemig: warning: auto's learned state") && stderr.contains("ignored"),
+        "{stderr}"
+    );
+    assert_eq!(v["auto_state"]["orders_applied"], 0);
+    assert!(v["auto_state"]["ignored"]
+        .as_str()
+        .unwrap()
+        .contains("parse"));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(saved["version"], 1, "rewritten whole");
+    // --no-cache: neither read nor written.
+    std::fs::remove_file(&path).unwrap();
+    let (v, _) = run(&["--no-cache"]);
+    assert!(v.get("auto_state").is_none(), "{v}");
+    assert!(!path.exists());
+    // pagemig cache shows, then clears.
+    run(&[]);
+    let out = pagemig_in(&["cache"], &cache);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"version\": 1"));
+    let out = pagemig_in(&["cache", "clear"], &cache);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 learned state"));
+    assert!(!path.exists());
+}
+
+#[test]
+fn pipeline_runs_each_batch_engine_both_ways_and_reports_both_latencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = pagemig(&[
+        "bench",
+        "--quick",
+        "--quiet",
+        "--sizes",
+        "4K",
+        "--engines",
+        "vanilla,batch",
+        "--pipeline",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pipelined (--pipeline, beyond the series)"),
+        "{text}"
+    );
+    assert!(text.contains("batch+pipeline"), "{text}");
+    assert!(text.contains("latency per batch"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = v["results"].as_array().unwrap();
+    let shape: Vec<(String, bool)> = r
+        .iter()
+        .map(|r| {
+            (
+                r["engine"].as_str().unwrap().to_string(),
+                r["pipeline"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("vanilla".to_string(), false),
+            ("batch".to_string(), false),
+            ("batch".to_string(), true)
+        ]
+    );
+    for r in r {
+        assert_eq!(r["nr_failed"], 0);
+        let (first, last) = (
+            r["first_usable_us"].as_f64().unwrap(),
+            r["last_usable_us"].as_f64().unwrap(),
+        );
+        assert!(first > 0.0 && first <= last, "{r}");
+    }
 }

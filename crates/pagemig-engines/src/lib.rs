@@ -139,17 +139,80 @@ impl std::str::FromStr for EngineSpec {
 #[derive(Default)]
 pub struct EngineCache {
     auto: Option<auto::Auto>,
+    /// Where auto's learned state is kept between runs (`None`: not kept).
+    state_dir: Option<std::path::PathBuf>,
+    store: Option<auto::prior::PriorStore>,
+    state: Option<LearnedState>,
+}
+
+/// What became of auto's learned state in one [`EngineCache`]'s life.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LearnedState {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Folio orders started from it.
+    pub orders_applied: usize,
+    /// Its age when it was read, if it was.
+    pub age: Option<std::time::Duration>,
+    /// Why a file that was there was not trusted (the run started from nothing).
+    pub ignored: Option<String>,
+    /// Folio orders written back at [`EngineCache::shutdown`], or why writing failed.
+    pub saved: Option<Result<usize, String>>,
 }
 
 impl EngineCache {
+    /// A cache whose auto starts from, and writes back, what earlier runs learned on this
+    /// machine, in `dir` (see [`auto::prior`]); `None` keeps nothing.
+    pub fn with_state_dir(dir: Option<std::path::PathBuf>) -> EngineCache {
+        EngineCache {
+            state_dir: dir,
+            ..Default::default()
+        }
+    }
+
     /// The cached auto engine's calibration and what it learned.
     pub fn explain(&self) -> Option<String> {
         self.auto.as_ref().map(|a| a.explain())
     }
 
-    /// Releases the cached engines' threads and channels.
+    /// What became of the learned state (once auto was started with a state directory).
+    pub fn learned_state(&self) -> Option<&LearnedState> {
+        self.state.as_ref()
+    }
+
+    /// Reads the learned state for a newly created auto and applies it.
+    fn load_state(&mut self, a: &auto::Auto) {
+        let Some(dir) = &self.state_dir else { return };
+        let store = auto::prior::PriorStore::new(
+            dir,
+            auto::prior::MachineKey::this_machine(),
+            a.candidate_names(),
+        );
+        let mut st = LearnedState {
+            path: store.path().to_path_buf(),
+            ..Default::default()
+        };
+        match store.load() {
+            Ok(Some(l)) => {
+                st.orders_applied = a.apply_prior(&l.orders);
+                st.age = Some(l.age);
+            }
+            Ok(None) => {}
+            Err(why) => st.ignored = Some(why),
+        }
+        self.store = Some(store);
+        self.state = Some(st);
+    }
+
+    /// Writes auto's learned state back (if it is kept) and releases the cached engines'
+    /// threads and channels.
     pub fn shutdown(&mut self) {
         if let Some(a) = self.auto.take() {
+            if let (Some(store), Some(st)) = (&self.store, self.state.as_mut()) {
+                let orders = a.learned_state();
+                let n = orders.len();
+                st.saved = Some(store.save(orders).map(|()| n).map_err(|e| e.to_string()));
+            }
             a.shutdown();
         }
     }
@@ -224,6 +287,7 @@ impl Engine {
                         Some(a) => a.clone(),
                         None => {
                             let a = auto::Auto::new(mm)?;
+                            c.load_state(&a);
                             c.auto = Some(a.clone());
                             a
                         }

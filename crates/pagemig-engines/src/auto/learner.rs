@@ -197,6 +197,20 @@ pub(super) struct Learned {
     pub(super) events: VecDeque<Event>,
     /// The candidates' names, for the events.
     names: Vec<String>,
+    /// Batches counted as already learned when seeded from a prior (see
+    /// [`Learned::seeded`]).
+    prior_offset: u64,
+}
+
+/// What [`Learned::export`] keeps of a learner.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Exported {
+    /// The candidate in use.
+    pub(super) current: usize,
+    /// (candidate, ns per MiB) for every candidate measured.
+    pub(super) costs: Vec<(usize, f64)>,
+    /// Batches learned on, the prior's included.
+    pub(super) batches: u64,
 }
 
 impl Learned {
@@ -206,6 +220,51 @@ impl Learned {
             names: names.to_vec(),
             ..Default::default()
         }
+    }
+
+    /// A learner that starts from what an earlier run learned (the prior): `current` in
+    /// use from the first batch, the other candidates' costs as if they had just been
+    /// visited. The first rounds are skipped; the challenges go on as after them, so a
+    /// prior that no longer holds is found out and left like any choice.
+    pub(super) fn seeded(
+        names: &[String],
+        current: usize,
+        costs: &[(usize, f64)],
+        batches_before: u64,
+    ) -> Learned {
+        let mut l = Learned::new(names);
+        l.current = Some(current);
+        // An order that learned long enough before is past its early batches: challenges
+        // come at the normal rate, not four times as often (the first rounds' doubt was
+        // settled in the earlier run).
+        l.prior_offset = batches_before.min(TUNING.early);
+        l.batches = l.prior_offset;
+        for &(k, c) in costs {
+            if let Some(s) = l.stats.get_mut(k) {
+                s.visit_cost = Some(c);
+            }
+        }
+        let text = format!(
+            "started from the learned state: {} in use ({batches_before} batches learned before)",
+            l.name(current)
+        );
+        l.event(text);
+        l
+    }
+
+    /// What to keep for the next run: the candidate in use, every measured candidate's
+    /// cost as [`Learned::shown`] gives it, and the batches learned on (these and the
+    /// prior's). `None` while the first rounds are still deciding.
+    pub(super) fn export(&self, batches_before: u64) -> Option<Exported> {
+        let current = self.current?;
+        let costs = (0..self.stats.len())
+            .filter_map(|k| self.shown(k).map(|c| (k, c)))
+            .collect();
+        Some(Exported {
+            current,
+            costs,
+            batches: batches_before + self.batches - self.prior_offset,
+        })
     }
 
     fn name(&self, k: usize) -> &str {

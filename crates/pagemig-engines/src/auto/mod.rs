@@ -22,6 +22,7 @@ use pagemig::offload::{migrate_folios_mc_copy, CopyBatch, Migrator, ReasonMask};
 use pagemig::Errno;
 
 mod learner;
+pub mod prior;
 mod tuning;
 
 use learner::Learned;
@@ -77,6 +78,8 @@ struct Inner {
     table: Mutex<Vec<Choice>>,
     /// Learned on real batches, by folio order.
     learned: Mutex<Vec<Learned>>,
+    /// Batches an applied prior had learned on, by folio order (added when it is kept).
+    prior_batches: Mutex<Vec<u64>>,
     /// The last full batch copied: (candidate, when it ended), and when the last batch of
     /// a candidate other than that one ended (see [`Tuning::quiet_after_other`](tuning::Tuning::quiet_after_other)).
     last_copy: Mutex<LastCopy>,
@@ -180,6 +183,7 @@ impl Auto {
                 candidates,
                 table: Mutex::new(Vec::new()),
                 learned: Mutex::new(vec![Learned::new(&names); 10]),
+                prior_batches: Mutex::new(vec![0; 10]),
                 last_copy: Mutex::new(LastCopy::default()),
             }),
         };
@@ -274,6 +278,70 @@ impl Auto {
         }
         *lock(&self.inner.table) = table;
         Ok(())
+    }
+
+    /// The candidates' names (`batch`, `none`, `mtcopy:2`, ...): the engine set a learned
+    /// state is keyed by.
+    pub fn candidate_names(&self) -> Vec<String> {
+        self.inner
+            .candidates
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Starts the folio orders in `prior` from what an earlier run learned (see
+    /// [`prior`]): each one's learner begins with that run's choice in use and its costs,
+    /// instead of exploring. Entries naming a candidate this auto does not have as a
+    /// full-batch engine are skipped. Returns the orders applied.
+    pub fn apply_prior(&self, prior: &[prior::OrderPrior]) -> usize {
+        let names = self.candidate_names();
+        let idx = |n: &str| names.iter().position(|m| m == n);
+        let mut learned = lock(&self.inner.learned);
+        let mut before = lock(&self.inner.prior_batches);
+        let mut applied = 0;
+        for o in prior {
+            let Some(cur) = idx(&o.current).filter(|k| self.inner.eligible.contains(k)) else {
+                continue;
+            };
+            if o.order >= learned.len() {
+                continue;
+            }
+            let costs: Vec<(usize, f64)> = o
+                .costs
+                .iter()
+                .filter_map(|(n, &c)| idx(n).map(|k| (k, c)))
+                .collect();
+            learned[o.order] = Learned::seeded(&names, cur, &costs, o.batches);
+            before[o.order] = o.batches;
+            applied += 1;
+        }
+        applied
+    }
+
+    /// What this auto has learned, to keep for the next run: the folio orders whose first
+    /// rounds have settled.
+    pub fn learned_state(&self) -> Vec<prior::OrderPrior> {
+        let names = self.candidate_names();
+        let learned = lock(&self.inner.learned);
+        let before = lock(&self.inner.prior_batches);
+        learned
+            .iter()
+            .enumerate()
+            .filter_map(|(order, l)| {
+                let e = l.export(before[order])?;
+                Some(prior::OrderPrior {
+                    order,
+                    batches: e.batches,
+                    current: names[e.current].clone(),
+                    costs: e
+                        .costs
+                        .into_iter()
+                        .map(|(k, c)| (names[k].clone(), c))
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     /// The auto engine as the core sees it.

@@ -81,6 +81,9 @@ pub struct BenchOptions {
     /// Also measure every engine with a batch copy pipelined (beyond the series), beside
     /// the series' path, in the same runs.
     pub pipeline: bool,
+    /// Where auto's learned state is kept between runs (`None`: start from nothing and
+    /// keep nothing, `--no-cache`).
+    pub auto_state_dir: Option<std::path::PathBuf>,
 }
 
 /// What kind of folios the benchmark migrates.
@@ -402,7 +405,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let mut results = Vec::new();
     // Engines that stay loaded across runs (auto keeps what it learned).
-    let mut cache = EngineCache::default();
+    let mut cache = EngineCache::with_state_dir(opts.auto_state_dir.clone());
     let live = match opts.backend {
         Backend::Live => Some(Live::new(&mm, LiveConfig::default())?),
         Backend::Builtin => None,
@@ -581,6 +584,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     pb.finish_and_clear();
     let explain = if opts.explain { cache.explain() } else { None };
     cache.shutdown();
+    let auto_state = cache.learned_state().map(|st| AutoStateInfo {
+        path: st.path.display().to_string(),
+        orders_applied: st.orders_applied,
+        age_s: st.age.map(|a| a.as_secs()),
+        ignored: st.ignored.clone(),
+        saved_orders: st.saved.as_ref().and_then(|r| r.as_ref().ok().copied()),
+        save_error: st.saved.as_ref().and_then(|r| r.as_ref().err().cloned()),
+    });
     let limit = probe.limit();
     for r in &mut results {
         r.frac_of_limit = r.gbps_mean / limit;
@@ -622,6 +633,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         backend: opts.backend.name().into(),
         kind: opts.kind.name().into(),
         explain,
+        auto_state,
         results,
         auto_ratios,
     })

@@ -129,6 +129,23 @@ impl BenchResult {
     }
 }
 
+/// auto's learned state in one run: read from (and written back to) `path`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoStateInfo {
+    /// The file.
+    pub path: String,
+    /// Folio orders that started from it (0: none, or no file yet).
+    pub orders_applied: usize,
+    /// Its age when read, in seconds (absent: there was none, or it was ignored).
+    pub age_s: Option<u64>,
+    /// Why a file that was there was ignored.
+    pub ignored: Option<String>,
+    /// Folio orders written back at the end.
+    pub saved_orders: Option<usize>,
+    /// Why writing it back failed.
+    pub save_error: Option<String>,
+}
+
 /// The JSON document.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -150,6 +167,10 @@ pub struct BenchReport {
     pub accessors: usize,
     /// The auto engine's calibration, with `--explain`.
     pub explain: Option<String>,
+    /// What became of auto's learned state (runs with auto that keep it; added in
+    /// version 2 without a bump).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_state: Option<AutoStateInfo>,
     /// Mode name.
     pub mode: String,
     /// The migration reason (`MR_*` name) every migration was made with.
