@@ -253,11 +253,13 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value_t = KindArg::Anon)]
     kind: KindArg,
     /// Also run every engine that has a batch copy pipelined (beyond the series): the batch
-    /// unmapped and flushed once, then copied and moved in growing sub-batches that
-    /// overlap, so the first folio is usable early. Reported beside the series' path of
-    /// the same run as ENGINE+pipeline ("pipeline": true in the JSON)
-    #[arg(long)]
-    pipeline: bool,
+    /// unmapped and flushed once, then copied and moved in growing sub-batches, so the
+    /// first folio is usable early. in-turn (the default): each sub-batch copied, then
+    /// moved; overlap: a helper thread copies the next sub-batches while the migrating
+    /// thread moves the ones done; both. Reported beside the series' path of the same run
+    /// as ENGINE+pipeline and ENGINE+overlap ("pipeline": true in the JSON)
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "in-turn")]
+    pipeline: Option<PipelineArg>,
     /// Start auto from nothing and keep nothing: without it, auto starts from what earlier
     /// runs learned on this machine (a file under the user's cache directory; `pagemig
     /// cache` shows and clears it) and writes back what this run learned
@@ -266,6 +268,16 @@ struct BenchArgs {
     /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum PipelineArg {
+    /// Each sub-batch copied, then moved, on the migrating thread.
+    InTurn,
+    /// A helper thread copies ahead while the migrating thread moves.
+    Overlap,
+    /// Both variants.
+    Both,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -361,7 +373,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             KindArg::File => bench::FolioKind::File,
             KindArg::Shmem => bench::FolioKind::Shmem,
         },
-        pipeline: a.pipeline,
+        pipeline: bench::PipelineModes {
+            in_turn: matches!(a.pipeline, Some(PipelineArg::InTurn | PipelineArg::Both)),
+            overlap: matches!(a.pipeline, Some(PipelineArg::Overlap | PipelineArg::Both)),
+        },
         auto_state_dir: if a.no_cache {
             None
         } else {
@@ -387,6 +402,9 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 format!("{b:?}").to_lowercase()
             );
         }
+    }
+    if a.pipeline.is_some() && backends.contains(&BackendArg::Kernel) {
+        bail!("--pipeline: the kernel backend is the kernel's own move_pages(2), which has no batch copy to pipeline");
     }
     if backends.len() > 1 {
         return side_by_side(&a, &backends, opts);

@@ -50,14 +50,27 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
         ("dcbm, by channels", &["dcbm"][..], false),
         ("auto", &["auto"][..], false),
         (
-            "pipelined (--pipeline, beyond the series)",
+            "pipelined (--pipeline, beyond the series: +pipeline in turn, +overlap with a helper thread)",
             &["batch", "mtcopy", "dcbm", "auto"][..],
             true,
         ),
     ] {
-        let rows: Vec<&EngineSpec> = engines
+        // (engine, None: the series' path | Some(overlap): pipelined that way).
+        let variants: &[Option<bool>] = if piped {
+            &[Some(false), Some(true)]
+        } else {
+            &[None]
+        };
+        let rows: Vec<(&EngineSpec, Option<bool>)> = engines
             .iter()
             .filter(|e| fam.contains(&e.family()) && (!piped || any_piped))
+            .flat_map(|e| variants.iter().map(move |&v| (e, v)))
+            .filter(|&(e, v)| {
+                v.is_none()
+                    || rep.results.iter().any(|r| {
+                        r.engine == e.to_string() && r.pipeline && Some(r.pipeline_overlap) == v
+                    })
+            })
             .collect();
         if rows.is_empty() {
             continue;
@@ -70,11 +83,11 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
             s.push_str(&format!(" {:>24}", format_size(z)));
         }
         s.push('\n');
-        for e in rows {
-            let name = if piped {
-                format!("{e}+pipeline")
-            } else {
-                e.to_string()
+        for (e, v) in rows {
+            let name = match v {
+                None => e.to_string(),
+                Some(false) => format!("{e}+pipeline"),
+                Some(true) => format!("{e}+overlap"),
             };
             s.push_str(&format!("{name:<18}"));
             for &z in sizes {
@@ -83,7 +96,8 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
                     .iter()
                     .find(|r| {
                         r.engine == e.to_string()
-                            && r.pipeline == piped
+                            && r.pipeline == v.is_some()
+                            && (v.is_none() || Some(r.pipeline_overlap) == v)
                             && r.folio_size == z
                             && r.batch_pages == rep.batch_pages
                     })

@@ -846,6 +846,7 @@ fn pipeline_runs_each_batch_engine_both_ways_and_reports_both_latencies() {
         "--engines",
         "vanilla,batch",
         "--pipeline",
+        "both",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -856,31 +857,40 @@ fn pipeline_runs_each_batch_engine_both_ways_and_reports_both_latencies() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("pipelined (--pipeline, beyond the series)"),
+        text.contains("pipelined (--pipeline, beyond the series"),
         "{text}"
     );
-    assert!(text.contains("batch+pipeline"), "{text}");
+    assert!(
+        text.contains("batch+pipeline") && text.contains("batch+overlap"),
+        "{text}"
+    );
     assert!(text.contains("latency per batch"), "{text}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let r = v["results"].as_array().unwrap();
-    let shape: Vec<(String, bool)> = r
+    let shape: Vec<(String, bool, bool)> = r
         .iter()
         .map(|r| {
             (
                 r["engine"].as_str().unwrap().to_string(),
                 r["pipeline"].as_bool().unwrap(),
+                r["pipeline_overlap"].as_bool().unwrap(),
             )
         })
         .collect();
     assert_eq!(
         shape,
         vec![
-            ("vanilla".to_string(), false),
-            ("batch".to_string(), false),
-            ("batch".to_string(), true)
+            ("vanilla".to_string(), false, false),
+            ("batch".to_string(), false, false),
+            ("batch".to_string(), true, false),
+            ("batch".to_string(), true, true)
         ]
     );
+    // The kernel's move_pages(2) has nothing to pipeline: a clear error.
+    let out = pagemig(&["bench", "--quick", "--backend", "kernel", "--pipeline"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pagemig: error: --pipeline"));
     for r in r {
         assert_eq!(r["nr_failed"], 0);
         let (first, last) = (

@@ -46,13 +46,18 @@ struct Rig {
 impl Rig {
     fn new(kind: Kind, capacity: usize, cfg: EmulatedConfig) -> Rig {
         let mm = Memory::new(MemoryConfig::with_nodes(2, capacity)).unwrap();
-        // `PAGEMIG_TEST_PIPELINE=BYTES`: the same suite over the pipelined batch copy,
-        // sub-batches from BYTES up (CI runs it both ways).
+        // `PAGEMIG_TEST_PIPELINE=BYTES[,overlap]`: the same suite over the pipelined batch
+        // copy, sub-batches from BYTES up, in turn or overlapped (CI runs it each way).
         if let Ok(v) = std::env::var("PAGEMIG_TEST_PIPELINE") {
-            let first = v.parse().expect("PAGEMIG_TEST_PIPELINE is a size in bytes");
+            let (bytes, overlap) = match v.split_once(',') {
+                Some((b, "overlap")) => (b.to_string(), true),
+                None => (v.clone(), false),
+                Some(_) => panic!("PAGEMIG_TEST_PIPELINE is BYTES or BYTES,overlap"),
+            };
             mm.offload()
                 .set_pipeline(Some(pagemig::offload::PipelineConfig {
-                    first_sub_batch_bytes: first,
+                    first_sub_batch_bytes: bytes.parse().expect("a size in bytes"),
+                    overlap,
                 }));
         }
         let mut r = Rig {
@@ -735,7 +740,7 @@ fn counts(res: &MigratePagesResult) -> [usize; 8] {
 
 #[test]
 fn pipelined_calls_give_the_same_counts_and_bytes_as_the_series_path() {
-    for kind in KINDS {
+    for (kind, overlap) in KINDS.into_iter().flat_map(|k| [(k, false), (k, true)]) {
         for order in [0u8, 2] {
             let rig = Rig::new(kind, 40 * MB, EmulatedConfig::default());
             let mm = rig.mm.clone();
@@ -750,11 +755,16 @@ fn pipelined_calls_give_the_same_counts_and_bytes_as_the_series_path() {
             mm.offload()
                 .set_pipeline(Some(pagemig::offload::PipelineConfig {
                     first_sub_batch_bytes: PAGE_SIZE,
+                    overlap,
                 }));
             let (piped, list) = migrate_all(&mm, &sp, n, order, 0, Mode::Async);
             assert!(list.is_empty(), "{kind:?}");
             check(&mm, &sp, &sums, order);
-            assert_eq!(counts(&piped), counts(&series), "{kind:?} order {order}");
+            assert_eq!(
+                counts(&piped),
+                counts(&series),
+                "{kind:?} order {order} overlap {overlap}"
+            );
             for (i, _) in sums.iter().enumerate() {
                 let f = sp
                     .folio_at(VirtAddr(BASE + (i * (PAGE_SIZE << order)) as u64))

@@ -35,6 +35,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use pagemig::migrate::{alloc_on_node, migrate_pages, Mode, PhaseTimes, Reason};
 use pagemig::mm::{Memory, MemoryConfig, NodeId};
+use pagemig::offload::PipelineConfig;
 use pagemig_engines::{Engine, EngineCache};
 use pagemig_live::{Live, LiveConfig, LiveCounts};
 
@@ -79,11 +80,21 @@ pub struct BenchOptions {
     /// backend only).
     pub kind: FolioKind,
     /// Also measure every engine with a batch copy pipelined (beyond the series), beside
-    /// the series' path, in the same runs.
-    pub pipeline: bool,
+    /// the series' path, in the same runs: each sub-batch copied and moved in turn, and/or
+    /// overlapped by a helper thread.
+    pub pipeline: PipelineModes,
     /// Where auto's learned state is kept between runs (`None`: start from nothing and
     /// keep nothing, `--no-cache`).
     pub auto_state_dir: Option<std::path::PathBuf>,
+}
+
+/// Which pipelined variants a bench run measures besides the series' path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PipelineModes {
+    /// Sub-batches copied and moved in turn (`PipelineConfig::overlap = false`).
+    pub in_turn: bool,
+    /// Sub-batches copied ahead by a helper thread (`overlap = true`).
+    pub overlap: bool,
 }
 
 /// What kind of folios the benchmark migrates.
@@ -430,15 +441,25 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             Some(r) => Readers::start_live(r, opts.accessors),
             None => Readers::start(&w.space, opts.accessors, opts.total_bytes),
         });
-        // (batch size, engine, pipelined): with --pipeline every engine that has a batch
-        // copy is measured both ways (vanilla has none to pipeline).
-        let combos: Vec<(usize, EngineSpec, bool)> = opts
+        // (batch size, engine, pipeline): with --pipeline every engine that has a batch
+        // copy is measured on the series' path and pipelined (vanilla has no batch copy).
+        let combos: Vec<(usize, EngineSpec, Option<PipelineConfig>)> = opts
             .batch_pages
             .iter()
             .flat_map(|&bp| {
                 opts.engines.iter().flat_map(move |&e| {
-                    let piped = opts.pipeline && e != EngineSpec::Vanilla;
-                    std::iter::once((bp, e, false)).chain(piped.then_some((bp, e, true)))
+                    let batch = e != EngineSpec::Vanilla;
+                    let cfg = |overlap| PipelineConfig {
+                        overlap,
+                        ..Default::default()
+                    };
+                    std::iter::once((bp, e, None))
+                        .chain((batch && opts.pipeline.in_turn).then_some((
+                            bp,
+                            e,
+                            Some(cfg(false)),
+                        )))
+                        .chain((batch && opts.pipeline.overlap).then_some((bp, e, Some(cfg(true)))))
                 })
             })
             .collect();
@@ -466,8 +487,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 let (bp, e, piped) = combos[k];
                 pb.set_message(format!("{} {} batch {}", e, format_size(size), bp));
                 mm.set_batch_pages(bp)?;
-                mm.offload()
-                    .set_pipeline(piped.then(pagemig::offload::PipelineConfig::default));
+                mm.offload().set_pipeline(piped);
                 let eng = Engine::start_cached(e, &mm, &knobs_for(opts, e), Some(&mut cache))?;
                 // A cached engine (auto) counts from its creation: this run's share is the
                 // difference.
@@ -541,7 +561,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 backend: opts.backend.name().into(),
                 kind: opts.kind.name().into(),
                 engine: e.to_string(),
-                pipeline: piped,
+                pipeline: piped.is_some(),
+                pipeline_overlap: piped.is_some_and(|p| p.overlap),
                 width: e.width(),
                 folio_size: size,
                 batch_pages: bp,

@@ -66,6 +66,9 @@ pub struct BenchResult {
     /// Whether the batch copy ran pipelined (`--pipeline`, beyond the series): the batch
     /// copied and moved in sub-batches that overlap (added in version 2 without a bump).
     pub pipeline: bool,
+    /// Pipelined with the copy of the next sub-batches overlapping the move, by a helper
+    /// thread (`--pipeline overlap`); false: each sub-batch copied and moved in turn.
+    pub pipeline_overlap: bool,
     /// Threads or channels.
     pub width: usize,
     /// Folio size in bytes.
@@ -119,12 +122,13 @@ pub struct BenchResult {
 }
 
 impl BenchResult {
-    /// The engine as tables and plots name it: `batch`, or `batch+pipeline` when pipelined.
+    /// The engine as tables and plots name it: `batch`, `batch+pipeline` (sub-batches in
+    /// turn) or `batch+overlap` (pipelined with the helper thread).
     pub fn label(&self) -> String {
-        if self.pipeline {
-            format!("{}+pipeline", self.engine)
-        } else {
-            self.engine.clone()
+        match (self.pipeline, self.pipeline_overlap) {
+            (false, _) => self.engine.clone(),
+            (true, false) => format!("{}+pipeline", self.engine),
+            (true, true) => format!("{}+overlap", self.engine),
         }
     }
 }

@@ -344,8 +344,8 @@ fn pipelined_first_pass(
     if let Some(h) = &hooks {
         h.before_batch_copy(mm);
     }
-    if job.len() > 1 {
-        pipe.helper.submit(&job);
+    if let Some(helper) = pipe.helper.filter(|_| job.len() > 1) {
+        helper.submit(&job);
     }
     let mut keep_src = Vec::new();
     let mut keep_dst = Vec::new();

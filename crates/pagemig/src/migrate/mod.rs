@@ -179,10 +179,11 @@ pub(crate) struct Ctx<'a, 'b, 'c> {
     pub(crate) pipe: Option<Pipe<'c>>,
 }
 
-/// The pipeline of one `migrate_pages()` call: its helper and the first sub-batch size.
+/// The pipeline of one `migrate_pages()` call: its helper (with overlap) and the first
+/// sub-batch size.
 #[derive(Clone, Copy)]
 pub(crate) struct Pipe<'c> {
-    pub(crate) helper: &'c pipeline::Helper,
+    pub(crate) helper: Option<&'c pipeline::Helper>,
     pub(crate) first_bytes: usize,
 }
 
@@ -241,8 +242,22 @@ pub fn migrate_pages<'b>(
             from,
             mode,
         ),
-        // Beyond the series: the helper thread of the pipelined batch copy lives for this
+        // Beyond the series: the helper thread of the overlapped pipeline lives for this
         // call only (it ends when the scope does).
+        Some(p) if !p.overlap => migrate_pages_lists(
+            &mut Ctx {
+                mm,
+                get_new_folio,
+                put_new_folio,
+                reason,
+                pipe: Some(Pipe {
+                    helper: None,
+                    first_bytes: p.first_sub_batch_bytes,
+                }),
+            },
+            from,
+            mode,
+        ),
         Some(p) => std::thread::scope(|s| {
             let helper = pipeline::Helper::spawn(s, mm);
             migrate_pages_lists(
@@ -252,7 +267,7 @@ pub fn migrate_pages<'b>(
                     put_new_folio,
                     reason,
                     pipe: Some(Pipe {
-                        helper: &helper,
+                        helper: Some(&helper),
                         first_bytes: p.first_sub_batch_bytes,
                     }),
                 },

@@ -8,9 +8,9 @@
 //! runs `migrate_pages()` moves sub-batch `k` as soon as its copy is done, while a helper
 //! thread (one per `migrate_pages()` call, spawned only when the pipeline is on and the
 //! gate is open) copies the next sub-batches. Both threads claim sub-batches from one
-//! counter, lowest first: the mover copies whatever is unclaimed when it would otherwise
-//! wait, so a helper that is slow to wake costs nothing, and with no helper the pipeline
-//! degenerates into sequential sub-batches.
+//! counter, lowest first, one migrator call at a time: the mover copies the sub-batch it
+//! is about to move if nobody has claimed it yet, so a helper that is slow to wake costs
+//! little, and with no helper the pipeline degenerates into sequential sub-batches.
 //!
 //! Correctness rests on the same per-folio marks as the unpipelined path: a sub-batch's
 //! copy ends with the registry's store fence, and its completion is published with a
@@ -42,6 +42,11 @@ pub(crate) struct Job {
     copying: Mutex<()>,
     done: Vec<AtomicBool>,
     copy_ns: AtomicU64,
+    /// The mover, and whether it sleeps waiting for a copy: it parks instead of spinning,
+    /// so that it leaves the copying thread's CPU (on a two-CPU machine, perhaps its
+    /// sibling) alone; the copier unparks it after each sub-batch it finishes.
+    mover: std::thread::Thread,
+    mover_parked: AtomicBool,
 }
 
 impl Job {
@@ -75,6 +80,8 @@ impl Job {
             copying: Mutex::new(()),
             done: (0..n).map(|_| AtomicBool::new(false)).collect(),
             copy_ns: AtomicU64::new(0),
+            mover: std::thread::current(),
+            mover_parked: AtomicBool::new(false),
         }
     }
 
@@ -93,24 +100,32 @@ impl Job {
     /// (one migrator call). False when every sub-batch is claimed.
     fn claim_and_copy(&self, mm: &Memory) -> bool {
         let g = self.copying.lock().unwrap_or_else(|e| e.into_inner());
-        self.copy_next(mm, g)
+        self.copy_next(mm, g, usize::MAX)
     }
 
-    /// [`Job::claim_and_copy`] if no call is in flight; false otherwise or when every
-    /// sub-batch is claimed.
-    fn try_claim_and_copy(&self, mm: &Memory) -> bool {
+    /// Copies sub-batch `k` if nobody has claimed it and no call is in flight; false
+    /// otherwise.
+    fn try_claim_and_copy(&self, mm: &Memory, k: usize) -> bool {
         match self.copying.try_lock() {
-            Ok(g) => self.copy_next(mm, g),
-            Err(std::sync::TryLockError::Poisoned(e)) => self.copy_next(mm, e.into_inner()),
+            Ok(g) => self.copy_next(mm, g, k),
+            Err(std::sync::TryLockError::Poisoned(e)) => self.copy_next(mm, e.into_inner(), k),
             Err(std::sync::TryLockError::WouldBlock) => false,
         }
     }
 
-    fn copy_next(&self, mm: &Memory, _in_flight: std::sync::MutexGuard<'_, ()>) -> bool {
-        let k = self.next.fetch_add(1, Ordering::AcqRel);
-        if k >= self.len() {
+    /// Under the copy lock (every claim is made under it): claims the lowest unclaimed
+    /// sub-batch if it is at most `upto`, and copies it.
+    fn copy_next(
+        &self,
+        mm: &Memory,
+        _in_flight: std::sync::MutexGuard<'_, ()>,
+        upto: usize,
+    ) -> bool {
+        let k = self.next.load(Ordering::Acquire);
+        if k >= self.len() || k > upto {
             return false;
         }
+        self.next.store(k + 1, Ordering::Release);
         let r = self.bounds[k]..self.bounds[k + 1];
         let t = Instant::now();
         // Each sub-batch is a migrator call of its own; as in the unpipelined path the
@@ -122,25 +137,36 @@ impl Job {
         self.copy_ns
             .fetch_add(super::elapsed_ns(t), Ordering::Relaxed);
         // batch_copy() fenced the streaming stores; this publishes the marks.
-        self.done[k].store(true, Ordering::Release);
+        self.done[k].store(true, Ordering::SeqCst);
+        if self.mover_parked.load(Ordering::SeqCst) {
+            self.mover.unpark();
+        }
         true
     }
 
-    /// Waits until sub-batch `k` is copied, copying unclaimed ones meanwhile.
+    /// Waits until sub-batch `k` (every one before it is done) is copied, copying it
+    /// itself if nobody has claimed it yet. Never a later one: the mover that copied
+    /// ahead would leave sub-batch `k`, already copied, waiting for its move, and the two
+    /// threads would take turns instead of overlapping.
     pub(crate) fn wait_copied(&self, mm: &Memory, k: usize) {
         let mut spins = 0u32;
         while !self.done[k].load(Ordering::Acquire) {
-            if self.try_claim_and_copy(mm) {
+            if self.try_claim_and_copy(mm, k) {
                 continue;
             }
-            // The helper is copying (sub-batch k, or one before it): at most one
-            // sub-batch's copy away.
-            if spins < 256 {
+            // The helper is copying sub-batch k: at most one sub-batch's copy away.
+            if spins < 64 {
                 std::hint::spin_loop();
                 spins += 1;
-            } else {
-                std::thread::yield_now();
+                continue;
             }
+            // Parked, with the flag set before the last look (SeqCst on both sides: the
+            // copier either sees the flag and unparks, or the mover sees `done`).
+            self.mover_parked.store(true, Ordering::SeqCst);
+            if !self.done[k].load(Ordering::SeqCst) {
+                std::thread::park_timeout(std::time::Duration::from_millis(1));
+            }
+            self.mover_parked.store(false, Ordering::SeqCst);
         }
     }
 

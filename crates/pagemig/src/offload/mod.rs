@@ -163,8 +163,14 @@ impl Migrator for DefaultCopier {
 /// copy instead of after the whole batch's copy. DESIGN.md ("The pipelined batch copy").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineConfig {
-    /// Bytes in the first sub-batch (at least one folio); later ones double.
+    /// Bytes in the first sub-batch (at least one folio); later ones double, up to 256 KiB.
     pub first_sub_batch_bytes: usize,
+    /// `false` (the default): the migrating thread copies (through the migrator, with the
+    /// engine's own threads) and moves each sub-batch in turn. `true`: a helper thread
+    /// copies the next sub-batches while the migrating thread moves the ones done, so the
+    /// copy of sub-batch k+1 overlaps the move of sub-batch k. On the two-CPU development
+    /// machine the overlap costs more than it hides (DESIGN.md).
+    pub overlap: bool,
 }
 
 impl PipelineConfig {
@@ -176,6 +182,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             first_sub_batch_bytes: Self::DEFAULT_FIRST_SUB_BATCH_BYTES,
+            overlap: false,
         }
     }
 }
@@ -239,6 +246,8 @@ pub struct Registry {
     nr_folios_offered: AtomicU64,
     /// [`PipelineConfig::first_sub_batch_bytes`]; 0: the series' unpipelined path.
     pipeline_first_bytes: AtomicUsize,
+    /// [`PipelineConfig::overlap`].
+    pipeline_overlap: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Registry {
@@ -272,6 +281,7 @@ impl Registry {
             nr_batches: AtomicU64::new(0),
             nr_folios_offered: AtomicU64::new(0),
             pipeline_first_bytes: AtomicUsize::new(0),
+            pipeline_overlap: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -400,6 +410,10 @@ impl Registry {
     /// the default). Read once at the start of each `migrate_pages()` call.
     pub fn set_pipeline(&self, cfg: Option<PipelineConfig>) {
         let v = cfg.map_or(0, |c| c.first_sub_batch_bytes.max(1));
+        self.pipeline_overlap.store(
+            cfg.is_some_and(|c| c.overlap),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         self.pipeline_first_bytes
             .store(v, std::sync::atomic::Ordering::SeqCst);
     }
@@ -413,6 +427,9 @@ impl Registry {
             0 => None,
             n => Some(PipelineConfig {
                 first_sub_batch_bytes: n,
+                overlap: self
+                    .pipeline_overlap
+                    .load(std::sync::atomic::Ordering::SeqCst),
             }),
         }
     }

@@ -18,20 +18,31 @@ pub fn memory(capacity_bytes: usize) -> Arc<Memory> {
     with_test_pipeline(Memory::new(MemoryConfig::with_nodes(2, capacity_bytes)).unwrap())
 }
 
-/// `PAGEMIG_TEST_PIPELINE=BYTES` runs the suite over the pipelined batch copy with
-/// sub-batches from BYTES up (CI runs the suites once each way; `4096`: one 4K folio,
-/// then two, four, ...). Unset: the series' path, the default.
+/// `PAGEMIG_TEST_PIPELINE=BYTES[,overlap]` runs the suite over the pipelined batch copy
+/// with sub-batches from BYTES up, in turn or overlapped by a helper thread (CI runs the
+/// suites each way; `4096`: one 4K folio, then two, four, ...). Unset: the series' path,
+/// the default.
 pub fn with_test_pipeline(mm: Arc<Memory>) -> Arc<Memory> {
-    if let Ok(v) = std::env::var("PAGEMIG_TEST_PIPELINE") {
-        let first: usize = v
-            .parse()
-            .expect("PAGEMIG_TEST_PIPELINE is the first sub-batch's size in bytes");
-        mm.offload()
-            .set_pipeline(Some(pagemig::offload::PipelineConfig {
-                first_sub_batch_bytes: first,
-            }));
+    if let Some(cfg) = test_pipeline() {
+        mm.offload().set_pipeline(Some(cfg));
     }
     mm
+}
+
+/// The pipeline `PAGEMIG_TEST_PIPELINE` asks for.
+pub fn test_pipeline() -> Option<pagemig::offload::PipelineConfig> {
+    let v = std::env::var("PAGEMIG_TEST_PIPELINE").ok()?;
+    let (bytes, overlap) = match v.split_once(',') {
+        Some((b, "overlap")) => (b, true),
+        None => (v.as_str(), false),
+        Some(_) => panic!("PAGEMIG_TEST_PIPELINE is BYTES or BYTES,overlap"),
+    };
+    Some(pagemig::offload::PipelineConfig {
+        first_sub_batch_bytes: bytes
+            .parse()
+            .expect("PAGEMIG_TEST_PIPELINE starts with the first sub-batch's size in bytes"),
+        overlap,
+    })
 }
 
 pub fn memory_with(
