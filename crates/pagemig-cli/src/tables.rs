@@ -224,14 +224,14 @@ pub fn live_calls_text(rep: &BenchReport) -> String {
         "\nlive backend: UFFDIO_MOVE calls per migration (each is one kernel TLB flush), unmap-phase time\n",
     );
     s.push_str(&format!(
-        "{:<12} {:>6} {:>10} {:>12} {:>12} {:>10} {:>12}\n",
+        "{:<18} {:>6} {:>10} {:>12} {:>12} {:>10} {:>12}\n",
         "engine", "folio", "moves", "unmap calls", "remap calls", "faults", "unmap+flush"
     ));
     for r in rows {
         let l = r.live.expect("filtered");
         s.push_str(&format!(
-            "{:<12} {:>6} {:>10} {:>12.1} {:>12.1} {:>10.1} {:>10.0}us\n",
-            r.engine,
+            "{:<18} {:>6} {:>10} {:>12.1} {:>12.1} {:>10.1} {:>10.0}us\n",
+            r.label(),
             format_size(r.folio_size),
             if l.batch_moves {
                 "batched"
