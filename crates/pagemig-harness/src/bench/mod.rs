@@ -426,13 +426,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     // which the kernel splits, and every later move of that memory costs one PTE per page.
     // So there every size's pipelined runs come after all the series' runs (two passes
     // over the sizes), and never split what those measure.
-    let passes: &[Option<bool>] = if opts.backend == Backend::Live
-        && (opts.pipeline.in_turn || opts.pipeline.overlap)
-    {
-        &[Some(false), Some(true)]
-    } else {
-        &[None]
-    };
+    let passes: &[Option<bool>] =
+        if opts.backend == Backend::Live && (opts.pipeline.in_turn || opts.pipeline.overlap) {
+            &[Some(false), Some(true)]
+        } else {
+            &[None]
+        };
     for (pass, &size) in passes
         .iter()
         .flat_map(|&p| opts.sizes.iter().map(move |z| (p, z)))
