@@ -22,6 +22,7 @@ pub(crate) struct Counters {
     pub(crate) handler_errors: AtomicU64,
     pub(crate) remap_retries: AtomicU64,
     pub(crate) zero_page_fixups: AtomicU64,
+    pub(crate) huge_slot_collapses_failed: AtomicU64,
 }
 
 /// A snapshot of the live backend's counters.
@@ -61,6 +62,10 @@ pub struct LiveCounts {
     /// zero-filled pages of a THP it splits to it) and were made real pages on their node
     /// again.
     pub zero_page_fixups: u64,
+    /// Moves of a 2 MiB folio into the program whose frame's arena range could not be made
+    /// PMD-mapped first (`MADV_COLLAPSE` failed): the kernel then moves it page by page,
+    /// and the program's huge page is split.
+    pub huge_slot_collapses_failed: u64,
 }
 
 impl Counters {
@@ -82,6 +87,7 @@ impl Counters {
             handler_errors: g(&self.handler_errors),
             remap_retries: g(&self.remap_retries),
             zero_page_fixups: g(&self.zero_page_fixups),
+            huge_slot_collapses_failed: g(&self.huge_slot_collapses_failed),
         }
     }
 }

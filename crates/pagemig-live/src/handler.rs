@@ -248,6 +248,7 @@ impl Live {
             frames: (0..cfg.len_bytes / PAGE_SIZE)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
+            dead: AtomicBool::new(false),
         });
         let dynb: Arc<dyn SpaceBackend> = backend.clone();
         let space =
@@ -294,11 +295,14 @@ fn fault_handler(sh: &Shared) {
             }
             inc(&sh.counters.faults, 1);
             let addr = msg.pf_address as usize;
+            // A dropped region's backend may still be alive (held by a flush or a batch
+            // in flight) while a new region has its addresses: only a live one is the
+            // region of this fault.
             let region = {
                 let r = sh.regions.read().ignore_poison();
                 r.iter()
                     .filter_map(|w| w.upgrade())
-                    .find(|b| b.contains(addr))
+                    .find(|b| !b.dead.load(Ordering::Acquire) && b.contains(addr))
             };
             match region {
                 Some(b) => b.handle_fault(addr),
@@ -323,6 +327,9 @@ impl RegionBackend {
     pub(crate) fn handle_fault(&self, addr: usize) {
         let c = &self.shared.counters;
         let Some(space) = self.space.get().and_then(|w| w.upgrade()) else {
+            // Never leave a faulting thread asleep: if its region is going away there is
+            // nothing to populate, and the access faults again on whatever is there then.
+            let _ = sys::wake(&self.shared.uffd, addr & !(PAGE_SIZE - 1), PAGE_SIZE);
             return;
         };
         // A page whose move-in is queued is mapped in the core already.

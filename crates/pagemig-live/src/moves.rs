@@ -59,6 +59,29 @@ pub(crate) struct RegionBackend {
     /// move in (0: none yet). Right for every page the program maps now, which is all
     /// `fix_zero_pages` asks about.
     pub(crate) frames: Vec<AtomicU64>,
+    /// Set (under the pending lock) when its [`LiveRegion`](crate::LiveRegion) is dropped,
+    /// before the range is unmapped: from then on the range may be another region's, so
+    /// this backend makes no more kernel calls on it, the fault handler no longer finds it,
+    /// and anything still queued is dropped. Whoever still holds the backend (an
+    /// end-of-batch flush, a fault in flight) holds a dead one.
+    pub(crate) dead: AtomicBool,
+}
+
+/// The error of a failed `UFFDIO_MOVE` as the kernel gave it (`EEXIST` for a page
+/// already there, `EBUSY` for one shared with a child, ...). Only a number [`Errno`] does
+/// not name, or an error without one, becomes `EINVAL`, and is reported on stderr once
+/// with its real value.
+pub(crate) fn move_errno(e: &std::io::Error) -> Errno {
+    match e.raw_os_error().and_then(Errno::from_raw) {
+        Some(errno) => errno,
+        None => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                eprintln!("pagemig live: UFFDIO_MOVE failed with {e}; counted as EINVAL")
+            });
+            Errno::Inval
+        }
+    }
 }
 
 /// Direction of a run of moves.
@@ -79,6 +102,24 @@ impl RegionBackend {
         addr >= self.base && addr - self.base < self.len
     }
 
+    /// Before a 2 MiB folio moves into the program: its frame's arena range must be one
+    /// PMD-mapped huge page, or the kernel moves it page by page and the program's huge
+    /// page is split (and stays split: every later move of it is 512 PTEs). An arena range
+    /// that ever held base pages (frames of a small-folio region, a base-page fallback, a
+    /// zero-page fix-up) keeps a page table after its pages came back, so it is collapsed
+    /// here (`MADV_COLLAPSE`; on a range that is a huge page already it returns at once).
+    fn collapse_huge_slots(&self, va: usize, slot: usize, len: usize) {
+        const PMD: usize = 2 << 20;
+        if va % PMD != 0 || slot % PMD != 0 || len % PMD != 0 {
+            return;
+        }
+        for off in (0..len).step_by(PMD) {
+            if sys::collapse(slot + off, PMD).is_err() {
+                inc(&self.shared.counters.huge_slot_collapses_failed, 1);
+            }
+        }
+    }
+
     /// One `UFFDIO_MOVE` of `len` bytes; on an error the bytes moved before it.
     pub(crate) fn mv(
         &self,
@@ -91,6 +132,9 @@ impl RegionBackend {
         // A move in wakes the waiting threads only after `fix_zero_pages` has looked at
         // what arrived.
         let check = dir == Dir::In && self.shared.pagemap.is_some();
+        if dir == Dir::In && self.order == pagemig::mm::HPAGE_PMD_ORDER {
+            self.collapse_huge_slots(va, slot, len);
+        }
         let (dst, src, mode) = match dir {
             Dir::Out => (slot, va, sys::UFFDIO_MOVE_MODE_DONTWAKE),
             Dir::In if check => (va, slot, sys::UFFDIO_MOVE_MODE_DONTWAKE),
@@ -146,15 +190,7 @@ impl RegionBackend {
             }
             Err((e, n)) => {
                 inc(pages, (n / PAGE_SIZE) as u64);
-                let errno = match e.raw_os_error() {
-                    Some(libc::EBUSY) => Errno::Busy,
-                    Some(libc::ENOENT) => Errno::NoEnt,
-                    Some(libc::ENOMEM) => Errno::NoMem,
-                    Some(libc::EAGAIN) => Errno::Again,
-                    Some(libc::EFAULT) => Errno::Fault,
-                    _ => Errno::Inval,
-                };
-                Err((errno, n))
+                Err((move_errno(&e), n))
             }
         }
     }
@@ -356,7 +392,7 @@ impl RegionBackend {
     /// concurrent unmap of the same page waits for its move-in).
     pub(crate) fn do_flush_remaps(&self) {
         let mut p = lock(&self.pending);
-        if p.inn.is_empty() {
+        if p.inn.is_empty() || self.dead.load(Ordering::Acquire) {
             return;
         }
         let list = std::mem::take(&mut p.inn);
@@ -390,6 +426,10 @@ impl RegionBackend {
 
 impl SpaceBackend for RegionBackend {
     fn unmap(&self, vaddr: VirtAddr, pfn: Pfn, nr: usize, defer: Option<u64>) -> Result<(), Errno> {
+        if self.dead.load(Ordering::Acquire) {
+            // The region is gone (its range may be another's now): nothing to move.
+            return Err(Errno::NoEnt);
+        }
         // Under the page-table lock. A queued move-in of this page must happen first.
         self.do_flush_remaps();
         let m = Mv {
@@ -455,5 +495,35 @@ impl SpaceBackend for RegionBackend {
 
     fn flush_remaps(&self) {
         self.do_flush_remaps();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pagemig::mm::{Memory, MemoryConfig, NodeId, Order};
+
+    #[test]
+    fn a_failed_move_into_the_program_keeps_the_kernels_errno() {
+        for (raw, want) in [
+            (libc::EEXIST, Errno::Exist),
+            (libc::EBUSY, Errno::Busy),
+            (libc::ENOENT, Errno::NoEnt),
+            (libc::EINVAL, Errno::Inval),
+            (libc::ESRCH, Errno::Srch),
+            (libc::EPERM, Errno::Perm),
+        ] {
+            assert_eq!(move_errno(&std::io::Error::from_raw_os_error(raw)), want);
+        }
+        // The real call: a page moved onto a program page that is already there.
+        let mm = Memory::new(MemoryConfig::with_nodes(2, 8 << 20)).unwrap();
+        let live = crate::Live::new(&mm, crate::LiveConfig::default()).unwrap();
+        let r = live.region(crate::RegionConfig::new(64 << 10, 0)).unwrap();
+        r.populate().unwrap();
+        let frame = mm.alloc_folio(NodeId(1), Order(0), 0).unwrap();
+        let b = &r.backend;
+        let got = b.mv(Dir::In, r.addr(), b.slot(frame.0), PAGE_SIZE);
+        assert_eq!(got, Err((Errno::Exist, 0)), "a populated destination");
+        mm.folio_put(frame);
     }
 }

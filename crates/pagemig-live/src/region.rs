@@ -149,5 +149,17 @@ impl Drop for LiveRegion {
             }
             let _ = self.space.unmap(VirtAddr(m.va as u64));
         }
+        // Dead before the range is unmapped (the mapping drops after this body): a new
+        // region may get these addresses at once, and a flush or a fault that still holds
+        // this backend must not move pages into it or take its faults.
+        let mut p = pagemig::sync::lock(&b.pending);
+        b.dead.store(true, Ordering::Release);
+        let stranded = p.inn.len() + p.out.len();
+        p.inn.clear();
+        p.out.clear();
+        drop(p);
+        if stranded > 0 {
+            inc(&b.shared.counters.remap_errors, stranded as u64);
+        }
     }
 }

@@ -317,6 +317,23 @@ unsafe impl Send for Mapping {}
 // accessed only through atomics (see `LiveRegion::words`) and by the kernel.
 unsafe impl Sync for Mapping {}
 
+/// `MADV_COLLAPSE` (Linux 6.1): collapse the range into PMD-mapped huge pages now.
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// `madvise(addr, len, MADV_COLLAPSE)`: makes a 2 MiB-aligned range whose 512 pages are
+/// all present PMD-mapped again (the kernel copies them into a new huge page), so that a
+/// huge page can move out of it, and back into it, whole.
+pub fn collapse(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: madvise with MADV_COLLAPSE changes how the range is mapped, never what it
+    // holds; an address range that is not ours fails with an error, not undefined behaviour.
+    let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_COLLAPSE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 impl Mapping {
     /// Maps `len` bytes (a positive multiple of `align`), aligned to `align` (a power of two
     /// and a multiple of the page size), unpopulated, advised `MADV_HUGEPAGE` when `thp`.

@@ -482,3 +482,190 @@ fn two_migrating_threads_with_refused_pages_lose_nothing() {
         pagemig_live::kernel::mlock_range(r.addr() + chunk * 4 * 4096, 4 * 4096, false).unwrap();
     }
 }
+
+#[test]
+fn regions_made_and_dropped_while_others_migrate_never_strand_a_first_touch() {
+    // One thread makes a region, writes and checks it and drops it, again and again, while
+    // another keeps moving two other regions of the same backend between the nodes: a new
+    // region often gets the addresses of the one just dropped, whose backend an
+    // end-of-batch flush may still hold. Its first touches must be served (a fault the
+    // handler reads and leaves unanswered blocks the thread forever).
+    let mm = memory(64);
+    let live = Arc::new(Live::new(&mm, LiveConfig::default()).unwrap());
+    let others: Vec<Arc<LiveRegion>> = (0..2)
+        .map(|k| {
+            let r = Arc::new(live.region(RegionConfig::new(1 << 20, 0)).unwrap());
+            r.populate().unwrap();
+            fill(&r, 100 + k);
+            r
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let migrator = {
+        let (others, stop) = (others.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for r in &others {
+                    let p = pages(r, 4096);
+                    let mut st = vec![0; p.len()];
+                    let node = (rounds % 2) as i32;
+                    let _ = r.move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE);
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let churn = {
+        let live = live.clone();
+        std::thread::spawn(move || {
+            let mut reused = 0;
+            let mut last = 0;
+            for i in 0..400u64 {
+                let r = live.region(RegionConfig::new(64 << 10, 0)).unwrap();
+                reused += usize::from(r.addr() == last);
+                last = r.addr();
+                fill(&r, i);
+                assert_eq!(check(&r, i), 0, "round {i}");
+                drop(r);
+            }
+            done_tx.send(reused).unwrap();
+        })
+    };
+    let res = done_rx.recv_timeout(std::time::Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    let c = live.counts();
+    let reused = res.unwrap_or_else(|_| panic!("a first touch was never served: {c:?}"));
+    churn.join().unwrap();
+    let rounds = migrator.join().unwrap();
+    assert!(rounds > 0);
+    eprintln!("{reused} of 400 regions reused the last one's addresses; {rounds} migration rounds");
+    for (k, r) in others.iter().enumerate() {
+        assert_eq!(check(r, 100 + k as u64), 0);
+    }
+    assert_eq!(c.stray_faults + c.remap_errors, 0, "{c:?}");
+}
+
+/// `AnonHugePages` of the mapping that holds `addr`, in KiB (`/proc/self/smaps`).
+fn anon_huge_kib(addr: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((a, b)) = range.split_once('-') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    inside = a <= addr && addr < b;
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                return v.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+    }
+    panic!("no mapping holds {addr:#x}")
+}
+
+#[test]
+fn thp_region_stays_pmd_mapped_while_writers_run_during_migrations() {
+    const LEN: usize = 8 << 20;
+    let mm = memory(24);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let r = Arc::new(live.region(RegionConfig::new(LEN, 9)).unwrap());
+    r.populate().unwrap();
+    fill(&r, 5);
+    assert_eq!(
+        anon_huge_kib(r.addr()),
+        (LEN >> 10) as u64,
+        "populated as THPs"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (r, stop) = (r.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let words = r.words();
+                let mut i = w * 8;
+                while !stop.load(Ordering::Relaxed) {
+                    // Rewrite the same value: the data stays checkable.
+                    let v = words[i].load(Ordering::Relaxed);
+                    words[i].store(v, Ordering::Relaxed);
+                    i = (i + 4096 / 8 * 7 + 16) % words.len();
+                }
+            })
+        })
+        .collect();
+    let p = pages(&r, 2 << 20);
+    let mut st = vec![0; p.len()];
+    let mut huge_after = Vec::new();
+    for round in 0..40 {
+        let node = 1 - round % 2;
+        let left = r
+            .move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE)
+            .unwrap();
+        assert_eq!(left, 0, "round {round}: {st:?}");
+        huge_after.push(anon_huge_kib(r.addr()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(check(&r, 5), 0);
+    let c = live.counts();
+    eprintln!("AnonHugePages after each round (KiB): {huge_after:?}; {c:?}");
+    assert!(
+        huge_after.iter().all(|&k| k == (LEN >> 10) as u64),
+        "the region stopped being PMD-mapped: {huge_after:?}; {c:?}"
+    );
+}
+
+#[test]
+fn a_thp_region_on_frames_a_small_folio_region_used_stays_pmd_mapped() {
+    // A small-folio region's pages move in and out of the arena page by page, which
+    // leaves the arena's 2 MiB ranges with page tables. A THP region that gets those frames
+    // afterwards lost its huge pages at the first move in (the kernel moved them page by
+    // page), silently: half of this region was not PMD-mapped before the fix.
+    const LEN: usize = 8 << 20;
+    let mm = memory(24);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    {
+        let s = live.region(RegionConfig::new(LEN, 0)).unwrap();
+        s.populate().unwrap();
+        fill(&s, 3);
+        let p = pages(&s, 4096);
+        let mut st = vec![0; p.len()];
+        for node in [1, 0] {
+            assert_eq!(
+                s.move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE),
+                Ok(0)
+            );
+        }
+        assert_eq!(check(&s, 3), 0);
+    }
+    let r = live.region(RegionConfig::new(LEN, 9)).unwrap();
+    r.populate().unwrap();
+    fill(&r, 5);
+    let p = pages(&r, 2 << 20);
+    let mut st = vec![0; p.len()];
+    let mut huge = vec![anon_huge_kib(r.addr())];
+    for round in 0..6 {
+        let node = 1 - round % 2;
+        assert_eq!(
+            r.move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE),
+            Ok(0)
+        );
+        huge.push(anon_huge_kib(r.addr()));
+    }
+    assert_eq!(check(&r, 5), 0);
+    let c = live.counts();
+    assert!(
+        huge.iter().all(|&k| k == (LEN >> 10) as u64),
+        "AnonHugePages (KiB) after populate and each round: {huge:?}; {c:?}"
+    );
+    assert_eq!(c.huge_slot_collapses_failed, 0, "{c:?}");
+}

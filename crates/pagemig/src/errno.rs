@@ -35,11 +35,15 @@ pub enum Errno {
     /// `EACCES`: access denied (a page mapped by several processes, without
     /// `MPOL_MF_MOVE_ALL`).
     Acces,
+    /// `EEXIST`: already there (`UFFDIO_MOVE` onto a page that is already mapped).
+    Exist,
+    /// `ESRCH`: no such process (`UFFDIO_MOVE` after the address space went away).
+    Srch,
 }
 
 impl Errno {
     /// Every value, in declaration order.
-    pub const ALL: [Errno; 13] = [
+    pub const ALL: [Errno; 15] = [
         Errno::Again,
         Errno::Busy,
         Errno::NoMem,
@@ -53,6 +57,8 @@ impl Errno {
         Errno::Io,
         Errno::Perm,
         Errno::Acces,
+        Errno::Exist,
+        Errno::Srch,
     ];
 
     /// Position in [`Errno::ALL`].
@@ -76,6 +82,8 @@ impl Errno {
             Errno::Io => libc::EIO,
             Errno::Perm => libc::EPERM,
             Errno::Acces => libc::EACCES,
+            Errno::Exist => libc::EEXIST,
+            Errno::Srch => libc::ESRCH,
         }
     }
 
@@ -95,7 +103,15 @@ impl Errno {
             Errno::Io => "EIO",
             Errno::Perm => "EPERM",
             Errno::Acces => "EACCES",
+            Errno::Exist => "EEXIST",
+            Errno::Srch => "ESRCH",
         }
+    }
+
+    /// The value for a positive Linux error number (`EOPNOTSUPP` and `ENOTSUP` are one
+    /// number on Linux), or `None` for one this enum does not name.
+    pub fn from_raw(errno: i32) -> Option<Errno> {
+        Errno::ALL.iter().copied().find(|e| e.errno() == errno)
     }
 }
 
