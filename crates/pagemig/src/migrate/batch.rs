@@ -236,6 +236,8 @@ pub(crate) fn migrate_pages_batch(
         }
 
         let t_move = Instant::now();
+        // The pipelined path's copying on this thread, taken off the move phase's time.
+        let mut mover_copy_total = 0u64;
         c.retry = 1;
         let mut pass = 0;
         while pass < nr_pass && c.retry > 0 {
@@ -245,8 +247,8 @@ pub(crate) fn migrate_pages_batch(
             // Batch-copied folios first, then the single list, sharing the counters.
             if pipelined && pass == 0 {
                 // Beyond the series: each sub-batch's first move attempt as soon as its
-                // copy is done, while the helper copies the next ones.
-                let copy_ns = pipelined_first_pass(
+                // copy is done (the helper, with overlap, copying the next ones).
+                let (copy_ns, mover_copy_ns) = pipelined_first_pass(
                     ctx,
                     &mut unmap_batch,
                     &mut dst_batch,
@@ -256,6 +258,7 @@ pub(crate) fn migrate_pages_batch(
                     &mut c,
                 );
                 stats.phases.copy_ns += copy_ns;
+                mover_copy_total += mover_copy_ns;
             } else {
                 migrate_folios_move(
                     ctx,
@@ -284,7 +287,7 @@ pub(crate) fn migrate_pages_batch(
         stats.record_failure(Errno::Again, c.retry);
         stats.nr_thp_failed += c.thp_retry;
         stats.nr_failed_pages += c.nr_retry_pages;
-        stats.phases.move_ns += elapsed_ns(t_move);
+        stats.phases.move_ns += elapsed_ns(t_move).saturating_sub(mover_copy_total);
         if let Some(first) = c.first_done {
             let first_ns = first.duration_since(t_unmap).as_nanos() as u64;
             let last_ns = elapsed_ns(t_unmap);
@@ -321,13 +324,14 @@ pub(crate) fn migrate_pages_batch(
 }
 
 /// The first move pass over the batch-copy list when the pipeline is on: the list is cut
-/// into sub-batches ([`Job`]), the helper is handed the job, and each sub-batch is moved
-/// (first attempt, pass 0) as soon as its copy is done; the live backend's remaps of a
-/// sub-batch are flushed right after it, so its folios are usable before the next one.
-/// Folios that want a retry stay on the lists, in order, for the later passes. Returns
-/// the time spent copying, both threads together: copy and move overlap here, so the
-/// move phase (the mover's wall time, its own share of the copying included) and the
-/// copy phase add up to more than the batch took.
+/// into sub-batches ([`Job`]), the helper (with overlap) is handed the job, and each
+/// sub-batch is moved (first attempt, pass 0) as soon as its copy is done; the live
+/// backend's remaps of a sub-batch are flushed right after it, so its folios are usable
+/// before the next one. Folios that want a retry stay on the lists, in order, for the
+/// later passes. Returns the time spent copying, both threads together, and the part of
+/// it spent on this thread (which the caller takes off the move phase). With overlap the
+/// helper's copying runs during the move phase, so the phases then add up to more than
+/// the batch took.
 fn pipelined_first_pass(
     ctx: &mut Ctx<'_, '_, '_>,
     unmap_batch: &mut Vec<Folio>,
@@ -336,7 +340,7 @@ fn pipelined_first_pass(
     ret_folios: &mut Vec<Folio>,
     stats: &mut MigratePagesStats,
     c: &mut PassCounters,
-) -> u64 {
+) -> (u64, u64) {
     let mm = ctx.mm;
     let pipe = ctx.pipe.expect("pipelined_first_pass without a pipeline");
     let job = std::sync::Arc::new(Job::new(mm, dst_batch, unmap_batch, pipe.first_bytes));

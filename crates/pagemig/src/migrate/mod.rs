@@ -242,8 +242,7 @@ pub fn migrate_pages<'b>(
             from,
             mode,
         ),
-        // Beyond the series: the helper thread of the overlapped pipeline lives for this
-        // call only (it ends when the scope does).
+        // Beyond the series: sub-batches in turn, on this thread.
         Some(p) if !p.overlap => migrate_pages_lists(
             &mut Ctx {
                 mm,
@@ -258,6 +257,8 @@ pub fn migrate_pages<'b>(
             from,
             mode,
         ),
+        // Overlapped: the helper thread lives for this call only (it ends when the scope
+        // does).
         Some(p) => std::thread::scope(|s| {
             let helper = pipeline::Helper::spawn(s, mm);
             migrate_pages_lists(

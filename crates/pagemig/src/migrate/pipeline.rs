@@ -5,16 +5,18 @@
 //! migrator call for the whole batch followed by the whole move loop, the batch-copy list
 //! is cut into sub-batches that grow geometrically (the first one small, so the first folio
 //! is usable early), each handed to the migrator in a call of its own. The thread that
-//! runs `migrate_pages()` moves sub-batch `k` as soon as its copy is done, while a helper
-//! thread (one per `migrate_pages()` call, spawned only when the pipeline is on and the
-//! gate is open) copies the next sub-batches. Both threads claim sub-batches from one
+//! runs `migrate_pages()` moves sub-batch `k` as soon as its copy is done. In turn (the
+//! default) it copies each sub-batch itself first; with overlap a helper thread (one per
+//! `migrate_pages()` call, spawned only when the pipeline is on and the gate is open)
+//! copies the next sub-batches meanwhile. Both threads claim sub-batches from one
 //! counter, lowest first, one migrator call at a time: the mover copies the sub-batch it
 //! is about to move if nobody has claimed it yet, so a helper that is slow to wake costs
-//! little, and with no helper the pipeline degenerates into sequential sub-batches.
+//! little, and without a helper the sub-batches simply go in turn.
 //!
 //! Correctness rests on the same per-folio marks as the unpipelined path: a sub-batch's
 //! copy ends with the registry's store fence, and its completion is published with a
-//! release store that the mover reads with an acquire load before it consumes the marks.
+//! sequentially consistent store that the mover reads with one before it consumes the
+//! marks.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -24,9 +26,10 @@ use std::time::Instant;
 use crate::mm::{Folio, Memory};
 use crate::offload::CopyBatch;
 
-/// Sub-batches stop growing here: the move of the last full sub-batch is the part of a
-/// batch that overlaps no copy, so it is kept short (64 small folios, about 11 µs of
-/// moving on the development machine); a folio larger than this is a sub-batch alone.
+/// Sub-batches stop growing here: with overlap the move of the last full sub-batch is the
+/// part of a batch that overlaps no copy, and in turn a sub-batch's folios wait for its
+/// whole copy, so it is kept short (64 small folios, about 11 µs of moving on the
+/// development machine); a folio larger than this is a sub-batch alone.
 pub(crate) const MAX_SUB_BATCH_BYTES: usize = 256 << 10;
 
 /// One batch's sub-batches, shared by the mover and the helper.
@@ -42,6 +45,8 @@ pub(crate) struct Job {
     copying: Mutex<()>,
     done: Vec<AtomicBool>,
     copy_ns: AtomicU64,
+    /// The part of `copy_ns` the mover spent (it is inside the move phase's wall time).
+    mover_copy_ns: AtomicU64,
     /// The mover, and whether it sleeps waiting for a copy: it parks instead of spinning,
     /// so that it leaves the copying thread's CPU (on a two-CPU machine, perhaps its
     /// sibling) alone; the copier unparks it after each sub-batch it finishes.
@@ -80,6 +85,7 @@ impl Job {
             copying: Mutex::new(()),
             done: (0..n).map(|_| AtomicBool::new(false)).collect(),
             copy_ns: AtomicU64::new(0),
+            mover_copy_ns: AtomicU64::new(0),
             mover: std::thread::current(),
             mover_parked: AtomicBool::new(false),
         }
@@ -100,26 +106,30 @@ impl Job {
     /// (one migrator call). False when every sub-batch is claimed.
     fn claim_and_copy(&self, mm: &Memory) -> bool {
         let g = self.copying.lock().unwrap_or_else(|e| e.into_inner());
-        self.copy_next(mm, g, usize::MAX)
+        self.copy_next(mm, g, usize::MAX, false)
     }
 
     /// Copies sub-batch `k` if nobody has claimed it and no call is in flight; false
     /// otherwise.
     fn try_claim_and_copy(&self, mm: &Memory, k: usize) -> bool {
         match self.copying.try_lock() {
-            Ok(g) => self.copy_next(mm, g, k),
-            Err(std::sync::TryLockError::Poisoned(e)) => self.copy_next(mm, e.into_inner(), k),
+            Ok(g) => self.copy_next(mm, g, k, true),
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                self.copy_next(mm, e.into_inner(), k, true)
+            }
             Err(std::sync::TryLockError::WouldBlock) => false,
         }
     }
 
     /// Under the copy lock (every claim is made under it): claims the lowest unclaimed
-    /// sub-batch if it is at most `upto`, and copies it.
+    /// sub-batch if it is at most `upto`, and copies it (`by_mover`: on the thread that
+    /// moves).
     fn copy_next(
         &self,
         mm: &Memory,
         _in_flight: std::sync::MutexGuard<'_, ()>,
         upto: usize,
+        by_mover: bool,
     ) -> bool {
         let k = self.next.load(Ordering::Acquire);
         if k >= self.len() || k > upto {
@@ -134,8 +144,11 @@ impl Job {
         let _ = mm
             .offload()
             .batch_copy(&CopyBatch::new(mm, &self.dst[r.clone()], &self.src[r]));
-        self.copy_ns
-            .fetch_add(super::elapsed_ns(t), Ordering::Relaxed);
+        let ns = super::elapsed_ns(t);
+        self.copy_ns.fetch_add(ns, Ordering::Relaxed);
+        if by_mover {
+            self.mover_copy_ns.fetch_add(ns, Ordering::Relaxed);
+        }
         // batch_copy() fenced the streaming stores; this publishes the marks.
         self.done[k].store(true, Ordering::SeqCst);
         if self.mover_parked.load(Ordering::SeqCst) {
@@ -170,9 +183,12 @@ impl Job {
         }
     }
 
-    /// Time spent copying, both threads together.
-    pub(crate) fn copy_ns(&self) -> u64 {
-        self.copy_ns.load(Ordering::Relaxed)
+    /// Time spent copying: (both threads together, the mover's part).
+    pub(crate) fn copy_ns(&self) -> (u64, u64) {
+        (
+            self.copy_ns.load(Ordering::Relaxed),
+            self.mover_copy_ns.load(Ordering::Relaxed),
+        )
     }
 }
 
