@@ -60,6 +60,28 @@ impl LiveRegion {
         &self.map.words()[..self.backend.len / 8]
     }
 
+    /// The region's first byte, as a raw pointer (`as_ptr` and `as_mut_ptr` are the same
+    /// address): for memory handed to C code or to system calls. Any access may fault, as
+    /// for [`LiveRegion::words`]; the caller keeps Rust's aliasing rules (no plain
+    /// reference while another thread writes through [`LiveRegion::words`]).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
+    /// See [`LiveRegion::as_ptr`].
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.map.as_ptr()
+    }
+
+    /// The region as bytes, for as long as the borrow lasts. `&mut self` makes it the only
+    /// access through this region (no `words()` meanwhile, no other thread holding the
+    /// region), which is what a plain slice needs; migrations may go on: a page under
+    /// migration waits in a fault, and a moved page holds the same bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.backend.len;
+        &mut self.map.bytes_mut()[..len]
+    }
+
     /// The core's shadow page table of the region: give its folios to `migrate_pages`.
     pub fn space(&self) -> &Arc<AddressSpace> {
         &self.space

@@ -391,6 +391,21 @@ impl Mapping {
             )
         }
     }
+
+    /// The first byte, for code that hands the memory to something outside Rust's
+    /// aliasing rules (a C library, a system call).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// The mapping as bytes, exclusively: `&mut self` rules out every other access through
+    /// this mapping (`words` borrows `self`), and the kernel's page moves never change
+    /// what the memory holds.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping of `len` bytes lives as long as `self` and is readable and
+        // writable; `&mut self` makes this the only Rust reference into it for its lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }
+    }
 }
 
 impl Drop for Mapping {

@@ -669,3 +669,39 @@ fn a_thp_region_on_frames_a_small_folio_region_used_stays_pmd_mapped() {
     );
     assert_eq!(c.huge_slot_collapses_failed, 0, "{c:?}");
 }
+
+#[test]
+fn byte_access_reads_and_writes_the_region_across_migrations() {
+    let mm = memory(16);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let mut r = live.region(RegionConfig::new(256 << 10, 0)).unwrap();
+    assert_eq!(r.as_ptr() as usize, r.addr());
+    assert_eq!(r.as_mut_ptr() as usize, r.addr());
+    // First touches through the slice: every page read zero, then takes the pattern.
+    let b = r.bytes_mut();
+    assert_eq!(b.len(), 256 << 10);
+    assert!(b.iter().all(|&x| x == 0));
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = (i * 7 + 3) as u8;
+    }
+    let p = pages(&r, 4096);
+    let mut st = vec![0; p.len()];
+    for node in [1, 0, 1] {
+        assert_eq!(
+            r.move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE),
+            Ok(0)
+        );
+        assert!(nodes_of(&r, 4096).iter().all(|&n| n == node));
+        let b = r.bytes_mut();
+        assert!(b.iter().enumerate().all(|(i, &x)| x == (i * 7 + 3) as u8));
+    }
+    // A system call reads the region (kernel-mode accesses: this backend handles them).
+    let path = std::env::temp_dir().join(format!("pagemig-bytes-{}", std::process::id()));
+    std::fs::write(&path, &r.bytes_mut()[..4096]).unwrap();
+    let back = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(back
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == (i * 7 + 3) as u8));
+}
