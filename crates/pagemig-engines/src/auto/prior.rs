@@ -124,7 +124,7 @@ impl PriorStore {
     pub fn new(dir: &Path, machine: MachineKey, engines: Vec<String>) -> PriorStore {
         // FNV-1a over the key: a short, stable file name (std's hasher is not stable
         // across releases).
-        let mut h = Fnv1a::default();
+        let mut h = fnv::FnvHasher::default();
         let key = serde_json::to_string(&(&machine, &engines)).unwrap_or_default();
         h.write(key.as_bytes());
         PriorStore {
@@ -242,24 +242,6 @@ pub fn clear(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     Ok(removed)
-}
-
-#[derive(Default)]
-struct Fnv1a(u64);
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        if self.0 == 0 {
-            self.0 = 0xcbf2_9ce4_8422_2325;
-        }
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -230,51 +230,34 @@ pub fn migrate_pages<'b>(
         .offload()
         .pipeline()
         .filter(|_| from.len() > 1 && mm.offload().should_offload(reason));
+    let lists = |pipe: Option<Pipe<'_>>| {
+        migrate_pages_lists(
+            &mut Ctx {
+                mm,
+                get_new_folio,
+                put_new_folio,
+                reason,
+                pipe,
+            },
+            from,
+            mode,
+        )
+    };
     let (rc_gather, mut stats) = match pipeline {
-        None => migrate_pages_lists(
-            &mut Ctx {
-                mm,
-                get_new_folio,
-                put_new_folio,
-                reason,
-                pipe: None,
-            },
-            from,
-            mode,
-        ),
+        None => lists(None),
         // Beyond the series: sub-batches in turn, on this thread.
-        Some(p) if !p.overlap => migrate_pages_lists(
-            &mut Ctx {
-                mm,
-                get_new_folio,
-                put_new_folio,
-                reason,
-                pipe: Some(Pipe {
-                    helper: None,
-                    first_bytes: p.first_sub_batch_bytes,
-                }),
-            },
-            from,
-            mode,
-        ),
+        Some(p) if !p.overlap => lists(Some(Pipe {
+            helper: None,
+            first_bytes: p.first_sub_batch_bytes,
+        })),
         // Overlapped: the helper thread lives for this call only (it ends when the scope
         // does).
         Some(p) => std::thread::scope(|s| {
             let helper = pipeline::Helper::spawn(s, mm);
-            migrate_pages_lists(
-                &mut Ctx {
-                    mm,
-                    get_new_folio,
-                    put_new_folio,
-                    reason,
-                    pipe: Some(Pipe {
-                        helper: Some(&helper),
-                        first_bytes: p.first_sub_batch_bytes,
-                    }),
-                },
-                from,
-                mode,
-            )
+            lists(Some(Pipe {
+                helper: Some(&helper),
+                first_bytes: p.first_sub_batch_bytes,
+            }))
         }),
     };
     let e = &mm.events;

@@ -194,7 +194,9 @@ impl Job {
 
 /// The helper thread's end of the pipeline: jobs go in, the helper claims sub-batches.
 pub(crate) struct Helper {
-    tx: Mutex<Option<mpsc::Sender<Arc<Job>>>>,
+    /// `None` without a helper (its spawn failed: out of threads); the mover then copies
+    /// every sub-batch itself, in order.
+    tx: Option<mpsc::Sender<Arc<Job>>>,
 }
 
 impl Helper {
@@ -212,16 +214,13 @@ impl Helper {
                 }
             });
         Helper {
-            // Without a helper (the spawn failed: out of threads) the mover copies every
-            // sub-batch itself, in order.
-            tx: Mutex::new(spawned.ok().map(|_| tx)),
+            tx: spawned.ok().map(|_| tx),
         }
     }
 
     /// Hands `job` to the helper (no-op without one).
     pub(crate) fn submit(&self, job: &Arc<Job>) {
-        let g = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = g.as_ref() {
+        if let Some(tx) = &self.tx {
             let _ = tx.send(job.clone());
         }
     }
