@@ -252,7 +252,8 @@ struct BenchArgs {
     /// or shmem. The builtin backend only.
     #[arg(long, value_enum, default_value_t = KindArg::Anon)]
     kind: KindArg,
-    /// Also run every engine that has a batch copy pipelined (beyond the series): the batch
+    /// Also run every fixed engine with a batch copy (not vanilla, not auto) pipelined
+    /// (beyond the series): the batch
     /// unmapped and flushed once, then copied and moved in growing sub-batches, so the
     /// first folio is usable early. in-turn (the default): each sub-batch copied, then
     /// moved; overlap: a helper thread copies the next sub-batches while the migrating

@@ -51,7 +51,7 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
         ("auto", &["auto"][..], false),
         (
             "pipelined (--pipeline, beyond the series: +pipeline in turn, +overlap with a helper thread)",
-            &["batch", "mtcopy", "dcbm", "auto"][..],
+            &["batch", "mtcopy", "dcbm"][..],
             true,
         ),
     ] {

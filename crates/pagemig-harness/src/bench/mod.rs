@@ -334,8 +334,19 @@ fn run_order(n: usize, run: usize) -> Vec<usize> {
     order
 }
 
+/// Whether `--pipeline` measures `e` pipelined too: a fixed engine with a batch copy.
+fn pipelinable(e: EngineSpec) -> bool {
+    !matches!(e, EngineSpec::Vanilla | EngineSpec::Auto)
+}
+
 fn progress_bar(opts: &BenchOptions) -> ProgressBar {
-    let total = (opts.sizes.len() * opts.batch_pages.len() * opts.runs * opts.engines.len()) as u64;
+    let variants = 1 + usize::from(opts.pipeline.in_turn) + usize::from(opts.pipeline.overlap);
+    let per_size: usize = opts
+        .engines
+        .iter()
+        .map(|&e| if pipelinable(e) { variants } else { 1 })
+        .sum();
+    let total = (opts.sizes.len() * opts.batch_pages.len() * opts.runs * per_size) as u64;
     if !opts.verbose || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -455,14 +466,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             Some(r) => Readers::start_live(r, opts.accessors),
             None => Readers::start(&w.space, opts.accessors, opts.total_bytes),
         });
-        // (batch size, engine, pipeline): with --pipeline every engine that has a batch
-        // copy is measured on the series' path and pipelined (vanilla has no batch copy).
+        // (batch size, engine, pipeline): with --pipeline every fixed engine with a batch
+        // copy is measured on the series' path and pipelined (vanilla has no batch copy;
+        // auto learns on whole batches, and a pipelined auto would learn on sub-batches,
+        // into the same learner and the state it keeps).
         let combos: Vec<(usize, EngineSpec, Option<PipelineConfig>)> = opts
             .batch_pages
             .iter()
             .flat_map(|&bp| {
                 opts.engines.iter().flat_map(move |&e| {
-                    let batch = e != EngineSpec::Vanilla;
+                    let batch = pipelinable(e);
                     let cfg = |overlap| PipelineConfig {
                         overlap,
                         ..Default::default()
@@ -503,7 +516,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             // machine drifts during a run.
             for &k in &run_order(combos.len(), run) {
                 let (bp, e, piped) = combos[k];
-                pb.set_message(format!("{} {} batch {}", e, format_size(size), bp));
+                let label = match piped {
+                    None => e.to_string(),
+                    Some(p) if p.overlap => format!("{e}+overlap"),
+                    Some(_) => format!("{e}+pipeline"),
+                };
+                pb.set_message(format!("{label} {} batch {bp}", format_size(size)));
                 mm.set_batch_pages(bp)?;
                 mm.offload().set_pipeline(piped);
                 let eng = Engine::start_cached(e, &mm, &knobs_for(opts, e), Some(&mut cache))?;
