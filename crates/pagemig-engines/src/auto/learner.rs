@@ -197,8 +197,9 @@ pub(super) struct Learned {
     pub(super) events: VecDeque<Event>,
     /// The candidates' names, for the events.
     names: Vec<String>,
-    /// Batches counted as already learned when seeded from a prior (see
-    /// [`Learned::seeded`]).
+    /// Seeded from a prior ([`Learned::seeded`]): the batches it had learned on, and the
+    /// part of them `batches` starts from.
+    batches_before: u64,
     prior_offset: u64,
 }
 
@@ -237,6 +238,7 @@ impl Learned {
         // An order that learned long enough before is past its early batches: challenges
         // come at the normal rate, not four times as often (the first rounds' doubt was
         // settled in the earlier run).
+        l.batches_before = batches_before;
         l.prior_offset = batches_before.min(TUNING.early);
         l.batches = l.prior_offset;
         for &(k, c) in costs {
@@ -255,7 +257,7 @@ impl Learned {
     /// What to keep for the next run: the candidate in use, every measured candidate's
     /// cost as [`Learned::shown`] gives it, and the batches learned on (these and the
     /// prior's). `None` while the first rounds are still deciding.
-    pub(super) fn export(&self, batches_before: u64) -> Option<Exported> {
+    pub(super) fn export(&self) -> Option<Exported> {
         let current = self.current?;
         let costs = (0..self.stats.len())
             .filter_map(|k| self.shown(k).map(|c| (k, c)))
@@ -263,7 +265,7 @@ impl Learned {
         Some(Exported {
             current,
             costs,
-            batches: batches_before + self.batches - self.prior_offset,
+            batches: self.batches_before + self.batches - self.prior_offset,
         })
     }
 
@@ -583,6 +585,24 @@ mod tests {
 
     fn names4() -> Vec<String> {
         ["batch", "none", "a", "b"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn a_seeded_learner_uses_the_prior_from_its_first_batch_and_exports_it_back() {
+        let names = names4();
+        let mut l = Learned::seeded(&names, 3, &[(0, 150.0), (2, 130.0), (3, 100.0)], 5000);
+        let eligible = [0, 2, 3];
+        for _ in 0..50 {
+            let (pick, _) = l.choose(&eligible);
+            assert_eq!(pick, 3, "no exploration rounds");
+            l.record(pick, Some(100.0), true, &eligible);
+        }
+        let e = l.export().unwrap();
+        assert_eq!(e.current, 3);
+        assert_eq!(e.batches, 5050);
+        assert!(e.costs.contains(&(2, 130.0)), "{:?}", e.costs);
+        // A fresh learner has nothing to export until its first rounds settle.
+        assert!(Learned::new(&names).export().is_none());
     }
 
     /// Drives a learner with synthetic copy times; returns it.

@@ -78,8 +78,6 @@ struct Inner {
     table: Mutex<Vec<Choice>>,
     /// Learned on real batches, by folio order.
     learned: Mutex<Vec<Learned>>,
-    /// Batches an applied prior had learned on, by folio order (added when it is kept).
-    prior_batches: Mutex<Vec<u64>>,
     /// The last full batch copied: (candidate, when it ended), and when the last batch of
     /// a candidate other than that one ended (see [`Tuning::quiet_after_other`](tuning::Tuning::quiet_after_other)).
     last_copy: Mutex<LastCopy>,
@@ -183,7 +181,6 @@ impl Auto {
                 candidates,
                 table: Mutex::new(Vec::new()),
                 learned: Mutex::new(vec![Learned::new(&names); 10]),
-                prior_batches: Mutex::new(vec![0; 10]),
                 last_copy: Mutex::new(LastCopy::default()),
             }),
         };
@@ -298,7 +295,6 @@ impl Auto {
         let names = self.candidate_names();
         let idx = |n: &str| names.iter().position(|m| m == n);
         let mut learned = lock(&self.inner.learned);
-        let mut before = lock(&self.inner.prior_batches);
         let mut applied = 0;
         for o in prior {
             let Some(cur) = idx(&o.current).filter(|k| self.inner.eligible.contains(k)) else {
@@ -313,7 +309,6 @@ impl Auto {
                 .filter_map(|(n, &c)| idx(n).map(|k| (k, c)))
                 .collect();
             learned[o.order] = Learned::seeded(&names, cur, &costs, o.batches);
-            before[o.order] = o.batches;
             applied += 1;
         }
         applied
@@ -324,12 +319,11 @@ impl Auto {
     pub fn learned_state(&self) -> Vec<prior::OrderPrior> {
         let names = self.candidate_names();
         let learned = lock(&self.inner.learned);
-        let before = lock(&self.inner.prior_batches);
         learned
             .iter()
             .enumerate()
             .filter_map(|(order, l)| {
-                let e = l.export(before[order])?;
+                let e = l.export()?;
                 Some(prior::OrderPrior {
                     order,
                     batches: e.batches,
