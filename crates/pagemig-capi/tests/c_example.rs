@@ -11,11 +11,42 @@ fn artifacts() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// Builds the static library. `cargo test` builds this crate as an rlib only, so on a clean
+/// checkout `libpagemig_capi.a` is not there yet: the test asks cargo for it, in the same
+/// target directory and profile.
+fn build_static_library() -> PathBuf {
+    let dir = artifacts();
+    let profile = dir.file_name().unwrap().to_str().unwrap().to_string();
+    let target = dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "pagemig-capi",
+        "--lib",
+        "--target-dir",
+    ])
+    .arg(target);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build -p pagemig-capi failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib = dir.join("libpagemig_capi.a");
+    assert!(lib.exists(), "{} was not built", lib.display());
+    lib
+}
+
 #[test]
 fn the_c_example_builds_with_cc_and_tiers_its_memory() {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let lib = artifacts().join("libpagemig_capi.a");
-    assert!(lib.exists(), "{} was not built", lib.display());
+    let lib = build_static_library();
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("tier");
     let out = Command::new("cc")
