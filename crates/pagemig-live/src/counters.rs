@@ -23,6 +23,8 @@ pub(crate) struct Counters {
     pub(crate) remap_retries: AtomicU64,
     pub(crate) zero_page_fixups: AtomicU64,
     pub(crate) huge_slot_collapses_failed: AtomicU64,
+    pub(crate) pool_growths: AtomicU64,
+    pub(crate) pool_growth_errors: AtomicU64,
 }
 
 /// A snapshot of the live backend's counters.
@@ -66,6 +68,10 @@ pub struct LiveCounts {
     /// PMD-mapped first (`MADV_COLLAPSE` failed): the kernel then moves it page by page,
     /// and the program's huge page is split.
     pub huge_slot_collapses_failed: u64,
+    /// Times a node's pool grew (its arena committed and registered more of its reserve).
+    pub pool_growths: u64,
+    /// Growths refused because the new part could not be registered with the userfaultfd.
+    pub pool_growth_errors: u64,
 }
 
 impl Counters {
@@ -88,6 +94,8 @@ impl Counters {
             remap_retries: g(&self.remap_retries),
             zero_page_fixups: g(&self.zero_page_fixups),
             huge_slot_collapses_failed: g(&self.huge_slot_collapses_failed),
+            pool_growths: g(&self.pool_growths),
+            pool_growth_errors: g(&self.pool_growth_errors),
         }
     }
 }

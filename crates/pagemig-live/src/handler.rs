@@ -57,8 +57,10 @@ impl Drop for LiveInner {
         if let Some(h) = lock(&self.handler).take() {
             let _ = h.join();
         }
-        for &(a, l) in &self.shared.arenas {
-            let _ = sys::unregister(&self.shared.uffd, a, l);
+        self.shared.mm.set_grow_hook(None);
+        for n in self.shared.mm.nodes() {
+            let (a, _) = n.arena_range();
+            let _ = sys::unregister(&self.shared.uffd, a, n.nr_pages() * PAGE_SIZE);
         }
     }
 }
@@ -121,33 +123,22 @@ impl Live {
         let want = sys::UFFD_FEATURE_MOVE | (offered & sys::UFFD_FEATURE_THREAD_ID);
         let api = sys::api(&uffd, want).map_err(|e| sys_err("UFFDIO_API", e))?;
         let mut arenas = Vec::new();
+        let mut registered = Vec::new();
         for n in mm.nodes() {
+            // The committed part: a node that grows registers each new part from the grow
+            // hook below. Its reserve must not be registered before it is committed: the
+            // pre-fault would then raise missing faults for this handler to resolve.
             let (a, l) = n.arena_range();
-            let ioctls = sys::register_missing(&uffd, a, l).map_err(|e| {
-                for &(a, l) in &arenas {
+            let committed = n.nr_pages() * PAGE_SIZE;
+            let r = register_arena(&uffd, n.id(), a, committed);
+            if let Err(e) = r {
+                for &(a, l) in &registered {
                     let _ = sys::unregister(&uffd, a, l);
                 }
-                LiveError::Register {
-                    what: format!("node {} arena", n.id().0),
-                    detail: if e.raw_os_error() == Some(libc::EBUSY) {
-                        "it already serves another live backend (EBUSY)".into()
-                    } else {
-                        e.to_string()
-                    },
-                    source: Some(e),
-                }
-            })?;
-            arenas.push((a, l));
-            if ioctls & (1 << sys::UFFDIO_NR_MOVE) == 0 {
-                for &(a, l) in &arenas {
-                    let _ = sys::unregister(&uffd, a, l);
-                }
-                return Err(LiveError::Register {
-                    what: format!("node {} arena", n.id().0),
-                    detail: "the range does not offer UFFDIO_MOVE".into(),
-                    source: None,
-                });
+                return Err(e);
             }
+            registered.push((a, committed));
+            arenas.push((a, l));
         }
         let shared = Arc::new(Shared {
             mm: mm.clone(),
@@ -159,6 +150,29 @@ impl Live {
             counters: Counters::default(),
             pagemap: crate::kernel::Pagemap::open().ok(),
         });
+        let weak = Arc::downgrade(&shared);
+        mm.set_grow_hook(Some(Arc::new(move |node, addr, len| {
+            let Some(sh) = weak.upgrade() else {
+                return false;
+            };
+            match register_arena(&sh.uffd, node, addr, len) {
+                Ok(()) => {
+                    inc(&sh.counters.pool_growths, 1);
+                    true
+                }
+                Err(e) => {
+                    if sh
+                        .counters
+                        .pool_growth_errors
+                        .fetch_add(1, Ordering::Relaxed)
+                        == 0
+                    {
+                        eprintln!("pagemig live: node {} cannot grow: {e}", node.0);
+                    }
+                    false
+                }
+            }
+        })));
         let s = shared.clone();
         let handler = std::thread::Builder::new()
             .name("pagemig-uffd".into())
@@ -267,6 +281,29 @@ impl Live {
             _live: self.inner.clone(),
         })
     }
+}
+
+/// Registers `[a, a + l)` of node `node`'s arena for missing faults, and checks that it
+/// offers `UFFDIO_MOVE`.
+fn register_arena(uffd: &OwnedFd, node: NodeId, a: usize, l: usize) -> Result<(), LiveError> {
+    let ioctls = sys::register_missing(uffd, a, l).map_err(|e| LiveError::Register {
+        what: format!("node {} arena", node.0),
+        detail: if e.raw_os_error() == Some(libc::EBUSY) {
+            "it already serves another live backend (EBUSY)".into()
+        } else {
+            e.to_string()
+        },
+        source: Some(e),
+    })?;
+    if ioctls & (1 << sys::UFFDIO_NR_MOVE) == 0 {
+        let _ = sys::unregister(uffd, a, l);
+        return Err(LiveError::Register {
+            what: format!("node {} arena", node.0),
+            detail: "the range does not offer UFFDIO_MOVE".into(),
+            source: None,
+        });
+    }
+    Ok(())
 }
 
 /// The fault-handler thread: reads page faults until the stop eventfd fires.

@@ -705,3 +705,41 @@ fn byte_access_reads_and_writes_the_region_across_migrations() {
         .enumerate()
         .all(|(i, &x)| x == (i * 7 + 3) as u8));
 }
+
+/// Pools that grow: nodes of 2 MiB with 64 MiB reserves serve a 24 MiB region of base pages
+/// and of THPs, first touch by first touch and migration by migration, and every byte
+/// survives; the first touches find frames while the node grows under them (the growth
+/// registers the new part of the arena with the userfaultfd before handing out its
+/// frames: without that, the moves out of the program into a grown part fail).
+#[test]
+fn node_pools_grow_on_demand_under_first_touches_and_migrations() {
+    let mut c = MemoryConfig::with_nodes(2, 2 << 20);
+    for n in &mut c.nodes {
+        n.max_bytes = Some(64 << 20);
+    }
+    let mm = Memory::new(c).unwrap();
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    for order in [0u8, 9] {
+        let r = live.region(RegionConfig::new(24 << 20, order)).unwrap();
+        fill(&r, 11 + order as u64);
+        assert!(nodes_of(&r, 4096).iter().all(|&n| n == 0));
+        for to in [1, 0, 1] {
+            let p = pages(&r, r.folio_bytes());
+            let mut st = vec![-1; p.len()];
+            assert_eq!(
+                r.move_pages(&p, Some(&vec![to; p.len()]), &mut st, MPOL_MF_MOVE),
+                Ok(0)
+            );
+            assert!(nodes_of(&r, 4096).iter().all(|&n| n == to));
+            assert_eq!(check(&r, 11 + order as u64), 0);
+        }
+    }
+    let c = live.counts();
+    assert!(c.pool_growths >= 8, "{c:?}");
+    assert_eq!(
+        (c.pool_growth_errors, c.remap_errors, c.stray_faults),
+        (0, 0, 0)
+    );
+    assert!(mm.nodes().iter().all(|n| n.nr_pages() >= 6144));
+    assert!(mm.nodes().iter().all(|n| n.nr_pages() <= n.max_pages()));
+}

@@ -24,6 +24,7 @@ fn memory_and_space_configuration_errors() {
     let zero = MemoryConfig {
         nodes: vec![NodeConfig {
             capacity_bytes: 0,
+            max_bytes: None,
             host_node: None,
         }],
         ..Default::default()

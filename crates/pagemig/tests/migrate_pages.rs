@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::*;
 use pagemig::migrate::{alloc_on_node, migrate_pages, MigrateError, Mode, Reason};
 use pagemig::mm::{
-    pg, FaultHooks, Folio, Memory, MovableOps, NodeId, Order, Pfn, Pte, VirtAddr, PAGE_SIZE,
+    pg, FaultHooks, Folio, Memory, MemoryConfig, MovableOps, NodeId, Order, Pfn, Pte, VirtAddr,
+    PAGE_SIZE,
 };
 use pagemig::offload::{DefaultCopier, Migrator, ReasonMask};
 use pagemig::Errno;
@@ -1045,6 +1046,53 @@ fn the_mm_migrate_pages_tracepoint_records_each_call_once_when_enabled() {
     assert_eq!((ev[1].thp_split, ev[1].large_folio_split), (1, 1));
     assert!(mm.trace().take().is_empty(), "each event is read once");
     assert_eq!(mm.trace().lost(), 0);
+    drop(sp);
+    assert_frames_balanced(&mm);
+}
+
+/// A node with a reserve (`NodeConfig::max_bytes`) starts at its capacity and grows when a
+/// migration's allocations find it full, in steps, up to the reserve; past it the
+/// allocation fails as on a full node and the folios stay where they were, intact.
+#[test]
+fn a_node_with_a_reserve_grows_as_migrations_fill_it_and_stops_at_the_reserve() {
+    let mut c = MemoryConfig::with_nodes(2, 64 << 20);
+    c.nodes[1].capacity_bytes = 2 << 20;
+    c.nodes[1].max_bytes = Some(16 << 20);
+    let mm = with_test_pipeline(Memory::new(c).unwrap());
+    let (base, reserved) = mm.nodes()[1].arena_range();
+    assert_eq!((reserved, mm.nodes()[1].max_pages()), (16 << 20, 4096));
+    assert_ne!(base, 0);
+    assert_eq!(mm.nodes()[1].nr_pages(), 512);
+    let sp = space(&mm, 32 << 20);
+    // 3072 base pages (12 MiB): node 1 grows 2 → 4 → 8 → 16 MiB.
+    let folios = map_filled(&sp, 3072, 0, 7);
+    let mut list = isolate_all(&mm, &folios);
+    let r = migrate_to(&mm, &mut list, 1, Mode::Sync, Reason::Syscall);
+    assert_eq!((r.nr_succeeded, r.stats.nr_failed_pages), (3072, 0));
+    assert_eq!(mm.nodes()[1].nr_pages(), 4096);
+    assert_eq!(mm.nr_free_pages(NodeId(1)), 1024);
+    check_filled(&sp, 3072, 0, 7);
+    assert!((0..3072).all(|p| node_at(&sp, BASE + (p * PAGE_SIZE) as u64) == 1));
+    // 2048 more: 1024 fit, the rest stay on node 0 with their bytes.
+    let more: Vec<Folio> = (3072..5120)
+        .map(|i| {
+            let va = VirtAddr(BASE + (i * PAGE_SIZE) as u64);
+            let f = sp.map_anon(va, NodeId(0), Order(0)).unwrap();
+            sp.accessor().write(va, &pattern(8, i)).unwrap();
+            f
+        })
+        .collect();
+    let mut list = isolate_all(&mm, &more);
+    let r = migrate_to(&mm, &mut list, 1, Mode::Sync, Reason::Syscall);
+    assert_eq!(r.nr_succeeded, 1024);
+    assert_eq!(mm.nodes()[1].nr_pages(), 4096, "no growth past the reserve");
+    mm.putback_movable_pages(&mut list);
+    for i in 3072..5120 {
+        let va = VirtAddr(BASE + (i * PAGE_SIZE) as u64);
+        let mut buf = vec![0u8; PAGE_SIZE];
+        sp.accessor().read(va, &mut buf).unwrap();
+        assert!(buf == pattern(8, i), "page {i} lost its content");
+    }
     drop(sp);
     assert_frames_balanced(&mm);
 }

@@ -2,14 +2,19 @@
 //! pages and — on a host with more than one NUMA node — bound to the matching node with
 //! `mbind(2)`. The analogue of a node's `struct pglist_data` memory range.
 //!
+//! An arena may reserve more address space than it commits ([`Arena::with_reserve`]): the
+//! reserve is mapped `MAP_NORESERVE` and costs nothing until [`Arena::commit_to`]
+//! pre-faults the next part of it, the way memory hotplug onlines a section of a node.
+//!
 //! This is one of the few `unsafe` modules. Its contract, which every `// SAFETY:` in
 //! this module relies on:
 //!
 //! # Invariants
-//! `base` points to a private anonymous read/write mapping of exactly `len_bytes` bytes,
-//! 2 MiB aligned, created in [`Arena::new`] and unmapped only in `Drop`; so any
-//! `[base + off, base + off + n)` with `off + n <= len_bytes` is valid for reads and
-//! writes for the whole life of the `Arena`.
+//! `base` points to a private anonymous read/write mapping of exactly `reserved` bytes,
+//! 2 MiB aligned, created in [`Arena::with_reserve`] and unmapped only in `Drop`; so any
+//! `[base + off, base + off + n)` with `off + n <= reserved` is valid for reads and
+//! writes for the whole life of the `Arena`. Accesses are checked against the committed
+//! length (`committed <= reserved`, which only grows), the part that is pre-faulted.
 //!
 //! # Concurrency
 //! The arena is memory shared by every thread of the model and by the copy engines (the
@@ -30,6 +35,7 @@
 )]
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::numa::{host_numa_nodes, host_topology};
 
@@ -51,7 +57,10 @@ pub enum NumaBinding {
 #[derive(Debug)]
 pub struct Arena {
     base: *mut u8,
-    len_bytes: usize,
+    /// Bytes committed (pre-faulted); only grows, under the node's grow lock.
+    committed: AtomicUsize,
+    /// Bytes mapped.
+    reserved: usize,
     binding: NumaBinding,
 }
 
@@ -97,48 +106,70 @@ impl Arena {
     /// host has more than one NUMA node, keeps it out of forked children
     /// (`MADV_DONTFORK`) and pre-faults every page. An arena larger than its host node, or
     /// one the node cannot fill (`ENOMEM` from the pre-fault), is an error.
+    #[cfg(test)]
     pub fn new(len_bytes: usize, host_node: u32) -> io::Result<Arena> {
-        let len_bytes = len_bytes.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
-        if len_bytes == 0 {
+        Arena::with_reserve(len_bytes, len_bytes, host_node)
+    }
+
+    /// Like [`Arena::new`] for `commit_bytes`, with address space reserved up to
+    /// `reserve_bytes` (both rounded up to 2 MiB) for [`Arena::commit_to`]. A bound arena's
+    /// reserve is cut to its host node's memory: committing past it would end in the OOM
+    /// killer, not in an error.
+    pub fn with_reserve(
+        commit_bytes: usize,
+        reserve_bytes: usize,
+        host_node: u32,
+    ) -> io::Result<Arena> {
+        let commit = commit_bytes.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
+        let mut reserved = reserve_bytes.max(commit_bytes).div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
+        if commit == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "arena of zero bytes",
             ));
         }
-        let base = crate::sys::mmap_aligned(len_bytes, ARENA_ALIGN)?;
-        // SAFETY: [base, base+len_bytes) is our mapping; madvise only changes advice.
-        unsafe {
-            libc::madvise(base as *mut libc::c_void, len_bytes, libc::MADV_HUGEPAGE);
-        }
         let hosts = host_numa_nodes();
+        let host_total = if hosts.len() > 1 && hosts.contains(&host_node) {
+            host_topology()
+                .into_iter()
+                .find(|n| n.id == host_node)
+                .map_or(0, |n| n.mem_total_bytes)
+        } else {
+            0
+        };
+        if host_total > 0 {
+            // An arena larger than its node cannot be bound there: with MPOL_BIND the
+            // pre-fault below would end in the OOM killer, not in an error.
+            if commit as u64 > host_total {
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "host node {host_node} has {} MiB of memory in all; an arena of {} MiB \
+                         bound to it does not fit",
+                        host_total >> 20,
+                        commit >> 20
+                    ),
+                ));
+            }
+            let cap = (host_total as usize / ARENA_ALIGN * ARENA_ALIGN).max(commit);
+            reserved = reserved.min(cap);
+        }
+        let base = crate::sys::mmap_aligned(reserved, ARENA_ALIGN)?;
+        // SAFETY: [base, base+reserved) is our mapping; madvise only changes advice.
+        unsafe {
+            libc::madvise(base as *mut libc::c_void, reserved, libc::MADV_HUGEPAGE);
+        }
         let unmap = |e: io::Error| {
             // SAFETY: unmapping the mapping we own before returning the error.
-            unsafe { libc::munmap(base as *mut libc::c_void, len_bytes) };
+            unsafe { libc::munmap(base as *mut libc::c_void, reserved) };
             e
         };
         let binding = if hosts.len() <= 1 {
             NumaBinding::SingleNodeHost
         } else if hosts.contains(&host_node) {
-            // An arena larger than its node cannot be bound there: with MPOL_BIND the
-            // pre-fault below would end in the OOM killer, not in an error.
-            let total = host_topology()
-                .into_iter()
-                .find(|n| n.id == host_node)
-                .map_or(0, |n| n.mem_total_bytes);
-            if total > 0 && len_bytes as u64 > total {
-                return Err(unmap(io::Error::new(
-                    io::ErrorKind::OutOfMemory,
-                    format!(
-                        "host node {host_node} has {} MiB of memory in all; an arena of {} MiB \
-                         bound to it does not fit",
-                        total >> 20,
-                        len_bytes >> 20
-                    ),
-                )));
-            }
             if let Err(e) = crate::sys::mbind(
                 base as usize,
-                len_bytes,
+                reserved,
                 crate::sys::MemPolicy::Bind(host_node),
             ) {
                 return Err(unmap(e));
@@ -151,34 +182,61 @@ impl Arena {
         // them copy-on-write (UFFDIO_MOVE refuses pages that are not exclusive).
         // SAFETY: as above; madvise only changes how fork treats our mapping.
         unsafe {
-            libc::madvise(base as *mut libc::c_void, len_bytes, libc::MADV_DONTFORK);
+            libc::madvise(base as *mut libc::c_void, reserved, libc::MADV_DONTFORK);
+        }
+        let a = Arena {
+            base,
+            committed: AtomicUsize::new(0),
+            reserved,
+            binding,
+        };
+        // On error the arena drops and unmaps.
+        a.commit_to(commit)?;
+        Ok(a)
+    }
+
+    /// Pre-faults the reserve up to `len_bytes` (a multiple of 2 MiB, at most
+    /// [`Arena::reserved_bytes`]) and makes it the committed length. The caller serializes
+    /// calls (the node's grow lock). `ENOMEM` — the host or the bound node is full — leaves
+    /// the committed length as it was.
+    pub fn commit_to(&self, len_bytes: usize) -> io::Result<()> {
+        let from = self.committed.load(Ordering::Acquire);
+        if len_bytes <= from {
+            return Ok(());
+        }
+        if len_bytes > self.reserved || len_bytes % ARENA_ALIGN != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "commit of {len_bytes} bytes: not a multiple of 2 MiB within the {} reserved",
+                    self.reserved
+                ),
+            ));
         }
         // Pre-fault: first touch is very slow on the reference machine.
-        // SAFETY: as above; MADV_POPULATE_WRITE faults pages in without changing content.
+        // SAFETY: [from, len_bytes) is inside the mapping (checked above, invariant);
+        // MADV_POPULATE_WRITE faults pages in without changing content.
         let rc = unsafe {
             libc::madvise(
-                base as *mut libc::c_void,
-                len_bytes,
+                self.base.add(from) as *mut libc::c_void,
+                len_bytes - from,
                 libc::MADV_POPULATE_WRITE,
             )
         };
         if rc != 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINVAL) {
-                // ENOMEM (the bound node is full), EFAULT, ...: no arena.
-                return Err(unmap(e));
+                // ENOMEM (the bound node is full), EFAULT, ...: not committed.
+                return Err(e);
             }
             // Kernels before 5.14 lack MADV_POPULATE_WRITE: touch one byte per page.
-            for off in (0..len_bytes).step_by(4096) {
-                // SAFETY: `off < len_bytes`, inside the mapping (invariant).
-                unsafe { base.add(off).write_volatile(0) };
+            for off in (from..len_bytes).step_by(4096) {
+                // SAFETY: `off < len_bytes <= reserved`, inside the mapping (invariant).
+                unsafe { self.base.add(off).write_volatile(0) };
             }
         }
-        Ok(Arena {
-            base,
-            len_bytes,
-            binding,
-        })
+        self.committed.store(len_bytes, Ordering::Release);
+        Ok(())
     }
 
     /// First address of the mapping (the live backend registers it with userfaultfd and
@@ -187,9 +245,14 @@ impl Arena {
         self.base as usize
     }
 
-    /// Size in bytes.
+    /// Bytes committed: the part of the arena its node's frames use now.
     pub fn len_bytes(&self) -> usize {
-        self.len_bytes
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Bytes of address space reserved (the most the arena can commit).
+    pub fn reserved_bytes(&self) -> usize {
+        self.reserved
     }
 
     /// How (and whether) the arena was bound to a host NUMA node.
@@ -199,9 +262,10 @@ impl Arena {
 
     fn check(&self, off: usize, n: usize) {
         assert!(
-            off.checked_add(n).is_some_and(|end| end <= self.len_bytes),
+            off.checked_add(n)
+                .is_some_and(|end| end <= self.len_bytes()),
             "arena access out of bounds: {off}+{n} > {}",
-            self.len_bytes
+            self.len_bytes()
         );
     }
 
@@ -276,13 +340,86 @@ impl Arena {
 impl Drop for Arena {
     fn drop(&mut self) {
         // SAFETY: we own the mapping (invariant) and nothing can use it after drop.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len_bytes) };
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.reserved) };
     }
+}
+
+/// Types whose all-zero bytes are a valid value.
+///
+/// # Safety
+/// An implementor must be valid and meaningful when every byte of it is zero.
+pub(super) unsafe trait ZeroValid {}
+
+// SAFETY: the std atomics of integers have the layout of their integers; zero is a value.
+unsafe impl ZeroValid for std::sync::atomic::AtomicU32 {}
+// SAFETY: as above.
+unsafe impl ZeroValid for std::sync::atomic::AtomicU64 {}
+// SAFETY: a `PageMeta` is only std atomics of integers (outside loom, whose atomics are
+// not plain integers); all zero is a page with no flags, order 0 and no references.
+#[cfg(not(loom))]
+unsafe impl ZeroValid for super::PageMeta {}
+
+/// A vector of `n` zeroed values from `alloc_zeroed`: for a node's per-page metadata over
+/// its whole reserve, whose untouched pages the host does not back (a large zeroed
+/// allocation is a fresh anonymous mapping).
+pub(super) fn zeroed_vec<T: ZeroValid>(n: usize) -> Vec<T> {
+    if n == 0 {
+        return Vec::new();
+    }
+    assert!(std::mem::size_of::<T>() > 0, "zero-sized metadata");
+    let layout = std::alloc::Layout::array::<T>(n).expect("metadata size overflows");
+    // SAFETY: the layout has a non-zero size (checked above).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `p` was allocated by the global allocator with the layout of `[T; n]`, which
+    // is the layout a `Vec<T>` of capacity `n` frees with; its `n` values are zero bytes,
+    // valid values of `T` (`ZeroValid`).
+    unsafe { Vec::from_raw_parts(p, n, n) }
+}
+
+/// A node's memmap over `n` pages, all zero bytes (not yet pages of the node).
+#[cfg(not(loom))]
+pub(super) fn zeroed_memmap(n: usize) -> Vec<super::PageMeta> {
+    zeroed_vec(n)
+}
+
+/// Under loom a `PageMeta`'s atomics are loom's: made one by one.
+#[cfg(loom)]
+pub(super) fn zeroed_memmap(n: usize) -> Vec<super::PageMeta> {
+    (0..n).map(|_| super::PageMeta::zeroed()).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reserve_commits_in_steps_and_checks_against_the_committed_part() {
+        let a = Arena::with_reserve(2 << 20, 8 << 20, 0).unwrap();
+        assert_eq!((a.len_bytes(), a.reserved_bytes()), (2 << 20, 8 << 20));
+        a.commit_to(6 << 20).unwrap();
+        a.write((6 << 20) - 3, b"xyz");
+        let mut out = [0u8; 3];
+        a.read((6 << 20) - 3, &mut out);
+        assert_eq!(&out, b"xyz");
+        assert!(a.commit_to(10 << 20).is_err(), "past the reserve");
+        assert!(a.commit_to(7 << 20).is_err(), "not a multiple of 2 MiB");
+        assert_eq!(a.len_bytes(), 6 << 20);
+        let v: Vec<std::sync::atomic::AtomicU64> = zeroed_vec(1 << 20);
+        assert!(v
+            .iter()
+            .step_by(4096)
+            .all(|w| w.load(Ordering::Relaxed) == 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn an_access_past_the_committed_part_panics() {
+        let a = Arena::with_reserve(2 << 20, 8 << 20, 0).unwrap();
+        a.write(2 << 20, b"x");
+    }
 
     #[test]
     fn checksum_sees_each_word_and_its_place() {

@@ -65,6 +65,22 @@ impl Buddy {
         b
     }
 
+    /// Grows to `nr_frames` frames (a multiple of `1 << MAX_PAGE_ORDER`, at least the
+    /// current count): the new frames are free, in max-order blocks (`online_pages`).
+    pub fn grow(&mut self, nr_frames: usize) {
+        let old = self.next.len();
+        assert!(
+            nr_frames >= old && nr_frames % (1 << MAX_PAGE_ORDER) == 0 && nr_frames < NIL as usize
+        );
+        self.next.resize(nr_frames, NIL);
+        self.prev.resize(nr_frames, NIL);
+        self.free_order.resize(nr_frames, NOT_FREE);
+        for f in (old..nr_frames).step_by(1 << MAX_PAGE_ORDER).rev() {
+            self.push(f as u32, MAX_PAGE_ORDER);
+        }
+        self.nr_free_pages += nr_frames - old;
+    }
+
     /// Number of frames managed.
     pub fn nr_frames(&self) -> usize {
         self.next.len()

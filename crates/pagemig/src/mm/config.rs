@@ -10,8 +10,12 @@ use crate::sync::Arc;
 /// Configuration of one node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Capacity; rounded up to 2 MiB.
+    /// Capacity; rounded up to 2 MiB. Pre-faulted when the node is made.
     pub capacity_bytes: usize,
+    /// Grow on demand up to this many bytes (rounded up to 2 MiB): when an allocation
+    /// finds the node full, the node commits more of its reserve, like memory hotplug
+    /// onlining a section. `None` (the default): a fixed node of `capacity_bytes`.
+    pub max_bytes: Option<usize>,
     /// Host NUMA node to bind to when the host has several (default: same id).
     pub host_node: Option<u32>,
 }
@@ -42,6 +46,7 @@ impl MemoryConfig {
             nodes: (0..nr_nodes)
                 .map(|_| NodeConfig {
                     capacity_bytes,
+                    max_bytes: None,
                     host_node: None,
                 })
                 .collect(),

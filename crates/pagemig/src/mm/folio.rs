@@ -104,10 +104,12 @@ pub struct PageMeta {
 }
 
 impl PageMeta {
-    /// A free page: `PG_buddy`, no references.
-    pub(crate) fn new_free() -> PageMeta {
+    /// No flags, no references: a memmap entry of a node's reserve, not yet one of its
+    /// pages (loom's atomics are not zero bytes; see `arena::zeroed_memmap`).
+    #[cfg(loom)]
+    pub(crate) fn zeroed() -> PageMeta {
         PageMeta {
-            flags: AtomicU32::new(pg::BUDDY),
+            flags: AtomicU32::new(0),
             order: AtomicU8::new(0),
             refcount: AtomicI32::new(0),
             mapcount: AtomicI32::new(0),

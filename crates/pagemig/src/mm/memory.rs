@@ -12,7 +12,7 @@ use super::arena::Arena;
 use super::node::{Node, NODE_PFN_SHIFT};
 use super::{
     folio, rmap, tlb, waitbit, AddressSpace, Buddy, FaultHooks, MemoryConfig, MmError, MovableOps,
-    NodeId, PageMeta, SpaceBackend, VirtAddr, VmEvents, HPAGE_PMD_NR, PAGE_SIZE,
+    NodeId, SpaceBackend, VirtAddr, VmEvents, HPAGE_PMD_NR, PAGE_SIZE,
 };
 use crate::sync::{lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, RwLock};
 
@@ -48,7 +48,15 @@ pub struct Memory {
     /// Backends of spaces with real pages behind them (their queued remaps are flushed at
     /// the end of every batch).
     backends: Mutex<Vec<std::sync::Weak<dyn SpaceBackend>>>,
+    /// Told of every growth of a node, before its new frames are handed out.
+    grow_hook: Mutex<Option<GrowHook>>,
 }
+
+/// A growth hook (the backend API, [`Memory::set_grow_hook`]): called with the node and the
+/// address range of its arena that was just committed, before any of its frames is
+/// handed out; false refuses the growth (the allocation fails as on a full node, and a
+/// later one asks again).
+pub type GrowHook = Arc<dyn Fn(NodeId, usize, usize) -> bool + Send + Sync>;
 
 impl fmt::Debug for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,7 +75,8 @@ impl Memory {
         let mut nodes = Vec::with_capacity(config.nodes.len());
         let mut base_pfn = 0u64;
         for (i, nc) in config.nodes.iter().enumerate() {
-            if nc.capacity_bytes / PAGE_SIZE >= 1 << NODE_PFN_SHIFT {
+            let reserve = nc.max_bytes.unwrap_or(0).max(nc.capacity_bytes);
+            if reserve / PAGE_SIZE >= 1 << NODE_PFN_SHIFT {
                 return Err(MmError::InvalidConfig(format!(
                     "node {i} is larger than {} GiB",
                     (1u64 << NODE_PFN_SHIFT) >> 18
@@ -79,23 +88,28 @@ impl Memory {
                 )));
             }
             let arena =
-                Arena::new(nc.capacity_bytes, nc.host_node.unwrap_or(i as u32)).map_err(|e| {
-                    MmError::Arena {
-                        node: NodeId(i as u32),
-                        source: e.into(),
-                    }
+                Arena::with_reserve(nc.capacity_bytes, reserve, nc.host_node.unwrap_or(i as u32))
+                    .map_err(|e| MmError::Arena {
+                    node: NodeId(i as u32),
+                    source: e.into(),
                 })?;
             let nr = arena.len_bytes() / PAGE_SIZE;
-            let memmap: Vec<PageMeta> = (0..nr).map(|_| PageMeta::new_free()).collect();
+            let max = arena.reserved_bytes() / PAGE_SIZE;
+            let memmap = super::arena::zeroed_memmap(max);
+            for m in &memmap[..nr] {
+                m.flags.store(super::pg::BUDDY, Ordering::Relaxed);
+            }
             nodes.push(Node {
                 id: NodeId(i as u32),
                 base_pfn,
                 arena,
                 buddy: Mutex::new(Buddy::new(nr)),
                 memmap,
-                head_off: (0..nr).map(|_| AtomicU32::new(0)).collect(),
-                hwpoison: (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-                live_head: (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+                nr_pages: AtomicUsize::new(nr),
+                grow_lock: Mutex::new(()),
+                head_off: super::arena::zeroed_vec(max),
+                hwpoison: super::arena::zeroed_vec(max.div_ceil(64)),
+                live_head: super::arena::zeroed_vec(max.div_ceil(64)),
                 stats: Default::default(),
             });
             // Node `i` owns pfns from `i << NODE_PFN_SHIFT`: `pfn_to_nid` is a shift, and
@@ -121,7 +135,53 @@ impl Memory {
             movable_ops: config.movable_ops,
             batch_pages: AtomicUsize::new(NR_MAX_BATCHED_MIGRATION),
             backends: Mutex::new(Vec::new()),
+            grow_hook: Mutex::new(None),
         }))
+    }
+
+    /// Grows a node that has a reserve (`NodeConfig::max_bytes`) by one step — its size
+    /// again, from 2 MiB up to 1 GiB at a time, within the reserve — the way memory
+    /// hotplug onlines a section: the arena's next part is pre-faulted, its pages get their
+    /// memmap entries and go to the buddy allocator. False when the node is at its reserve
+    /// or the host has no memory for the step (the allocation then fails as on a full
+    /// node). Returns true at once when another thread grew the node meanwhile.
+    pub(in crate::mm) fn grow_node(&self, n: &Node, seen_pages: usize) -> bool {
+        let _g = lock(&n.grow_lock);
+        let nr = n.nr_pages();
+        if nr != seen_pages {
+            return true;
+        }
+        let max = n.max_pages();
+        if nr >= max {
+            return false;
+        }
+        let step = nr.clamp(HPAGE_PMD_NR, (1 << 30) / PAGE_SIZE) / HPAGE_PMD_NR * HPAGE_PMD_NR;
+        let to = (nr + step).min(max);
+        if n.arena.commit_to(to * PAGE_SIZE).is_err() {
+            return false;
+        }
+        let hook = lock(&self.grow_hook).clone();
+        if let Some(h) = hook {
+            let base = n.arena.base_addr();
+            if !h(n.id, base + nr * PAGE_SIZE, (to - nr) * PAGE_SIZE) {
+                return false;
+            }
+        }
+        for m in &n.memmap[nr..to] {
+            m.flags.store(super::pg::BUDDY, Ordering::Relaxed);
+        }
+        // Valid pfns first, then free frames: a frame the buddy hands out is always a pfn
+        // of the node.
+        n.nr_pages.store(to, Ordering::Release);
+        lock(&n.buddy).grow(to);
+        true
+    }
+
+    /// Installs (or with `None` removes) the hook told of every growth of a node with a
+    /// reserve: the live backend registers the new part of the arena with its
+    /// userfaultfd there.
+    pub fn set_grow_hook(&self, hook: Option<GrowHook>) {
+        *lock(&self.grow_hook) = hook;
     }
 
     /// The nodes.

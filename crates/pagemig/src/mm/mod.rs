@@ -53,7 +53,7 @@ pub use error::MmError;
 pub use filemap::{File, FileKind, FolioPrivate, Mapping, MigrateFolioOp};
 pub use folio::{migrate_info, pg, Folio, FolioRef, PageMeta};
 pub use hooks::{FaultHooks, MigrateFolio, MovableOps};
-pub use memory::{Memory, NR_MAX_BATCHED_MIGRATION};
+pub use memory::{GrowHook, Memory, NR_MAX_BATCHED_MIGRATION};
 pub use node::Node;
 pub use page_table::{AddressSpace, Pte};
 pub use tlb::{flush_tlb_space, TlbBatch};

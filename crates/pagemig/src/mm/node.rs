@@ -5,7 +5,7 @@
 
 use super::arena::{Arena, NumaBinding};
 use super::{Buddy, Memory, NodeId, PageMeta, Pfn, PAGE_SIZE};
-use crate::sync::{lock, AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::sync::{lock, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 
 /// log2 of the pfn stride between nodes (so at most 1 TiB of 4 KiB pages per node).
 pub(super) const NODE_PFN_SHIFT: u32 = 28;
@@ -16,7 +16,13 @@ pub struct Node {
     pub(super) base_pfn: u64,
     pub(super) arena: Arena,
     pub(super) buddy: Mutex<Buddy>,
+    /// Per page of the whole reserve; the first `nr_pages` are the node's pages, the rest
+    /// zero bytes the host has not backed.
     pub(super) memmap: Vec<PageMeta>,
+    /// Pages the node manages now (its committed arena); grows, never shrinks.
+    pub(super) nr_pages: AtomicUsize,
+    /// Serializes growth (`online_pages`).
+    pub(super) grow_lock: Mutex<()>,
     /// Per page: distance to the head page (`compound_head`); 0 for heads and free pages.
     /// Kept apart from the memmap so that allocating or freeing a 2 MiB folio touches 2 KiB
     /// of metadata, not every tail `PageMeta`.
@@ -35,11 +41,16 @@ impl Node {
         self.id
     }
     /// The address range of the node's arena, `(first address, bytes)`: where its frames
-    /// are (the backend API: the live backend registers it with userfaultfd and moves pages
-    /// in and out of it). Only addresses are handed out; the bytes are reached through
+    /// are, the reserve it may grow into included (the backend API: the live backend
+    /// registers it with userfaultfd and moves pages in and out of it). Only addresses are handed out; the bytes are reached through
     /// [`Memory`]'s bounds-checked accessors.
     pub fn arena_range(&self) -> (usize, usize) {
-        (self.arena.base_addr(), self.arena.len_bytes())
+        (self.arena.base_addr(), self.arena.reserved_bytes())
+    }
+    /// The most base pages the node can grow to (its reserve); equal to
+    /// [`Node::nr_pages`] for a node of fixed size.
+    pub fn max_pages(&self) -> usize {
+        self.memmap.len()
     }
     /// How (and whether) the node's arena was bound to a host NUMA node.
     pub fn binding(&self) -> &NumaBinding {
@@ -52,7 +63,7 @@ impl Node {
     }
     /// Base pages managed.
     pub fn nr_pages(&self) -> usize {
-        self.memmap.len()
+        self.nr_pages.load(Ordering::Acquire)
     }
     /// Free base pages.
     pub fn nr_free_pages(&self) -> usize {
@@ -65,7 +76,7 @@ impl Memory {
     pub(in crate::mm) fn node_index_of(&self, pfn: Pfn) -> Option<usize> {
         let i = (pfn.0 >> NODE_PFN_SHIFT) as usize;
         let n = self.nodes.get(i)?;
-        ((pfn.0 - n.base_pfn) < n.memmap.len() as u64).then_some(i)
+        ((pfn.0 - n.base_pfn) < n.nr_pages() as u64).then_some(i)
     }
 
     /// The node a pfn belongs to. Panics on a pfn outside every node (an internal bug).

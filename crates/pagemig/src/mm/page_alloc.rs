@@ -44,10 +44,18 @@ impl Memory {
                 });
             }
         }
-        let frame = lock(&n.buddy).alloc(order.0).ok_or(MmError::NoMemory {
-            node,
-            order: order.0,
-        })?;
+        let frame = loop {
+            let seen = n.nr_pages();
+            if let Some(f) = lock(&n.buddy).alloc(order.0) {
+                break f;
+            }
+            if !self.grow_node(n, seen) {
+                return Err(MmError::NoMemory {
+                    node,
+                    order: order.0,
+                });
+            }
+        };
         let head = n.base_pfn + frame as u64;
         let nr = 1usize << order.0;
         for k in 1..nr {
