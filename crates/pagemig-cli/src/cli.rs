@@ -50,6 +50,29 @@ enum Cmd {
         #[arg(value_enum, default_value_t = CacheAction::Show)]
         action: CacheAction,
     },
+    /// Run an unmodified, dynamically linked program with its large anonymous memory in
+    /// tiered regions (a preload library), steerable with `pagemig ctl PID`.
+    Run(crate::run::RunArgs),
+    /// Steer a program under `pagemig run`: where its pages are, and moves.
+    Ctl {
+        /// The program's process id.
+        pid: u32,
+        #[command(subcommand)]
+        action: crate::run::CtlAction,
+    },
+    /// Move every page of a program under `pagemig run` from some nodes to others, as
+    /// numactl's migratepages does: `pagemig migratepages PID 0 1`, `... PID 0,1 1,0`.
+    Migratepages {
+        /// The program's process id.
+        pid: u32,
+        /// The nodes to move pages from (a node list).
+        from: String,
+        /// The nodes to move them to: one, or as many as FROM, paired in order.
+        to: String,
+        /// Also write the answer as JSON to this file (`-`: standard output, alone).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -723,6 +746,14 @@ pub fn main() -> ExitCode {
         Cmd::Stress(a) => stress(a),
         Cmd::Info { json } => info(json),
         Cmd::Cache { action } => cache(action),
+        Cmd::Run(a) => crate::run::run(a),
+        Cmd::Ctl { pid, action } => crate::run::ctl(pid, action),
+        Cmd::Migratepages {
+            pid,
+            from,
+            to,
+            json,
+        } => crate::run::migratepages(pid, &from, &to, &json),
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,

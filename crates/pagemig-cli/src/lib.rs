@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod info;
 pub mod report;
+pub mod run;
 pub mod tables;

@@ -39,6 +39,16 @@ pub struct RegionConfig {
     pub folio_order: u8,
     /// The node that first touches are served from (the placement policy).
     pub placement: NodeId,
+    /// Interleave first touches over every node, folio by folio (`MPOL_INTERLEAVE`): the
+    /// folio at index `i` of the region is served from node `i % nodes`, else, when that
+    /// pool is empty, from the next. `placement` is then unused.
+    pub interleave: bool,
+    /// Fault-around (beyond the kernel, which has it for file pages only,
+    /// `fault_around_bytes`): a first touch also populates up to this many folios after
+    /// the faulting one that were never touched, in the same `UFFDIO_MOVE`, so a program
+    /// that fills new memory page by page takes one fault in that many. 1 (the default):
+    /// the faulting folio alone, as the kernel does for anonymous memory.
+    pub fault_around: usize,
     /// Batch the kernel calls: one `UFFDIO_MOVE` per run of contiguous pages at the TLB
     /// flush and at the end of each batch (default), or one per folio at once.
     pub batch_moves: bool,
@@ -51,6 +61,8 @@ impl RegionConfig {
             len_bytes,
             folio_order,
             placement: NodeId(0),
+            interleave: false,
+            fault_around: 1,
             batch_moves: true,
         }
     }

@@ -25,6 +25,8 @@ pub(crate) struct Counters {
     pub(crate) huge_slot_collapses_failed: AtomicU64,
     pub(crate) pool_growths: AtomicU64,
     pub(crate) pool_growth_errors: AtomicU64,
+    pub(crate) detached_pages: AtomicU64,
+    pub(crate) faulted_around: AtomicU64,
 }
 
 /// A snapshot of the live backend's counters.
@@ -72,6 +74,12 @@ pub struct LiveCounts {
     pub pool_growths: u64,
     /// Growths refused because the new part could not be registered with the userfaultfd.
     pub pool_growth_errors: u64,
+    /// Base pages of regions given to the program for good ([`LiveRegion::detach`]
+    /// (crate::LiveRegion::detach)): their frames stay allocated.
+    pub detached_pages: u64,
+    /// Folios populated by fault-around (`RegionConfig::fault_around`), beyond the
+    /// faulting ones.
+    pub faulted_around: u64,
 }
 
 impl Counters {
@@ -96,6 +104,8 @@ impl Counters {
             huge_slot_collapses_failed: g(&self.huge_slot_collapses_failed),
             pool_growths: g(&self.pool_growths),
             pool_growth_errors: g(&self.pool_growth_errors),
+            detached_pages: g(&self.detached_pages),
+            faulted_around: g(&self.faulted_around),
         }
     }
 }

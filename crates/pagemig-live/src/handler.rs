@@ -256,6 +256,8 @@ impl Live {
             len: cfg.len_bytes,
             order: cfg.folio_order,
             placement: AtomicU32::new(cfg.placement.0),
+            interleave: cfg.interleave,
+            fault_around: cfg.fault_around.max(1),
             batch_moves: AtomicBool::new(cfg.batch_moves),
             pending: Mutex::new(Pending::default()),
             space: OnceLock::new(),
@@ -279,6 +281,7 @@ impl Live {
             space,
             map,
             _live: self.inner.clone(),
+            detached: false,
         })
     }
 }
@@ -386,7 +389,21 @@ impl RegionBackend {
                 inc(&c.faults_populated, 1);
                 let fva = self.base + (va - self.base) / folio_bytes * folio_bytes;
                 match self.populate_one(&space, fva, va) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        // Fault-around: the untouched folios after it, while there are
+                        // frames (a failure here is no one's fault to report).
+                        let end = self.base + self.len;
+                        for k in 1..self.fault_around {
+                            let next = fva + k * folio_bytes;
+                            if next >= end
+                                || space.pte(VirtAddr(next as u64)) != Ok(Pte::None)
+                                || self.populate_one(&space, next, next).is_err()
+                            {
+                                break;
+                            }
+                            inc(&c.faulted_around, 1);
+                        }
+                    }
                     Err(MmError::AlreadyMapped { .. }) => {}
                     Err(_) => {
                         if c.no_memory.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -415,8 +432,12 @@ impl RegionBackend {
         va: usize,
     ) -> Result<(), MmError> {
         let mm = &self.shared.mm;
-        let first = self.placement.load(Ordering::Relaxed) as usize;
         let n = mm.nodes().len();
+        let first = if self.interleave {
+            (fva - self.base) / (PAGE_SIZE << self.order) % n
+        } else {
+            self.placement.load(Ordering::Relaxed) as usize
+        };
         let mut orders = vec![self.order];
         if self.order > 0 {
             orders.push(0);

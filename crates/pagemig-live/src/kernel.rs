@@ -53,6 +53,13 @@ pub fn has_cap_sys_nice() -> bool {
             .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
 }
 
+/// The calling process's effective user id (the owner of `/proc/self`; 0 where it cannot
+/// be read).
+pub fn uid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
+}
+
 /// `mlock(2)` (`on`) or `munlock(2)` of `[addr, addr + len)`. Locking changes residency,
 /// never contents; an unmapped range fails with `ENOMEM`.
 pub fn mlock_range(addr: usize, len: usize, on: bool) -> io::Result<()> {

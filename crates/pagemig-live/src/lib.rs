@@ -30,6 +30,7 @@
 //! * `moves` — the `UFFDIO_MOVE` batching of a region's unmaps and remaps;
 //! * `region` — [`LiveRegion`];
 //! * `move_pages` — the `do_pages_move()` analogue ([`LiveRegion::move_pages`]);
+//! * [`control`] — the protocol between `pagemig ctl` and a program under `pagemig run`;
 //! * [`kernel`] — the kernel's own `move_pages(2)` and a plain mapping, to compare against;
 //! * `sys` — the raw userfaultfd ABI (crate-private, the crate's only `unsafe` module).
 //!
@@ -55,6 +56,7 @@
 #![deny(unsafe_code)]
 
 mod config;
+pub mod control;
 mod counters;
 mod error;
 mod handler;

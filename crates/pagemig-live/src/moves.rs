@@ -52,6 +52,10 @@ pub(crate) struct RegionBackend {
     pub(crate) len: usize,
     pub(crate) order: u8,
     pub(crate) placement: AtomicU32,
+    /// First touches interleaved over the nodes, folio by folio.
+    pub(crate) interleave: bool,
+    /// Folios a first touch populates (the faulting one and the untouched ones after it).
+    pub(crate) fault_around: usize,
     pub(crate) batch_moves: AtomicBool,
     pub(crate) pending: Mutex<Pending>,
     pub(crate) space: OnceLock<Weak<AddressSpace>>,

@@ -21,6 +21,8 @@ pub struct LiveRegion {
     pub(crate) space: Arc<AddressSpace>,
     pub(crate) map: sys::Mapping,
     pub(crate) _live: Arc<LiveInner>,
+    /// Given to the program for good ([`LiveRegion::detach`]): dropping does nothing.
+    pub(crate) detached: bool,
 }
 
 impl std::fmt::Debug for LiveRegion {
@@ -42,6 +44,11 @@ impl LiveRegion {
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.backend.len
+    }
+
+    /// Length of the mapping behind the region (its length rounded up to 2 MiB).
+    pub fn mapping_len(&self) -> usize {
+        self.map.len()
     }
 
     /// Always false: a region has at least one folio.
@@ -133,6 +140,113 @@ impl LiveRegion {
         res
     }
 
+    /// Base pages of the region present now, per node (index: node id).
+    pub fn pages_per_node(&self) -> Vec<usize> {
+        let mm = &self.backend.shared.mm;
+        let mut per = vec![0; mm.nodes().len()];
+        for va in (self.addr()..self.addr() + self.len()).step_by(PAGE_SIZE) {
+            if let Ok(Pte::Present { pfn } | Pte::Migration { pfn }) =
+                self.space.pte(VirtAddr(va as u64))
+            {
+                per[mm.node_of(pfn).0 as usize] += 1;
+            }
+        }
+        per
+    }
+
+    /// `MADV_DONTNEED` on `[addr, addr + len)` (page aligned, inside the region): the
+    /// range reads zero afterwards. Each folio wholly inside goes back to its node's pool
+    /// (its next touch is a first touch); the part of a large folio inside is zeroed.
+    /// Returns the base pages given back. The caller keeps migrations of this region out
+    /// meanwhile (a folio under migration is zeroed instead, after its move).
+    pub fn discard(&self, addr: usize, len: usize) -> Result<usize, LiveError> {
+        let (start, end) = (addr, addr.saturating_add(len));
+        if start % PAGE_SIZE != 0 || start < self.addr() || end > self.addr() + self.len() {
+            return Err(LiveError::InvalidConfig(format!(
+                "discard of {len} bytes at {addr:#x}: not page aligned inside the region"
+            )));
+        }
+        let b = &self.backend;
+        b.do_flush_remaps();
+        let fb = self.folio_bytes();
+        let mut back = Vec::new();
+        let mut zero = Vec::new();
+        let first = self.addr() + (start - self.addr()) / fb * fb;
+        for fva in (first..end).step_by(fb) {
+            let (s, e) = (fva.max(start), (fva + fb).min(end));
+            match self.space.pte(VirtAddr(fva as u64))? {
+                Pte::Present { pfn } if s == fva && e == fva + fb => {
+                    let head = b.shared.mm.compound_head(pfn);
+                    let nr = b.shared.mm.folio(Folio(head)).nr_pages();
+                    if head == pfn && nr * PAGE_SIZE == fb {
+                        back.push(Mv {
+                            va: fva,
+                            pfn: head,
+                            nr,
+                        });
+                    } else {
+                        zero.push((s, e));
+                    }
+                }
+                Pte::None => {
+                    // A large-folio region that fell back to base pages: each is its own.
+                    for va in (s..e).step_by(PAGE_SIZE) {
+                        if let Ok(Pte::Present { pfn }) = self.space.pte(VirtAddr(va as u64)) {
+                            if b.shared.mm.folio(Folio(pfn)).nr_pages() == 1 {
+                                back.push(Mv { va, pfn, nr: 1 });
+                            } else {
+                                zero.push((va, va + PAGE_SIZE));
+                            }
+                        }
+                    }
+                }
+                _ => zero.push((s, e)),
+            }
+        }
+        let failed = b.run_moves(Dir::Out, back.clone());
+        let mut given = 0;
+        for m in back {
+            if failed.iter().any(|(f, _)| f.va == m.va) {
+                zero.push((m.va, m.va + m.nr * PAGE_SIZE));
+                continue;
+            }
+            self.space.unmap(VirtAddr(m.va as u64))?;
+            given += m.nr;
+        }
+        let words = self.words();
+        for (s, e) in zero {
+            for w in &words[(s - self.addr()) / 8..(e - self.addr()) / 8] {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+        Ok(given)
+    }
+
+    /// Gives the region to the program for good: every page stays where it is, the range
+    /// is unregistered from the userfaultfd (its faults are the kernel's again: a page
+    /// never touched reads zero) and is no longer unmapped on drop. Its frames stay
+    /// allocated — their pages are the program's now — and are counted in
+    /// `detached_pages`. For an operation on the range that the live backend does not
+    /// follow (a partial `munmap`, `mremap`, `mprotect`). The caller keeps migrations of
+    /// this region out meanwhile.
+    pub fn detach(mut self) -> usize {
+        let b = self.backend.clone();
+        b.do_flush_remaps();
+        let mut p = pagemig::sync::lock(&b.pending);
+        b.dead.store(true, Ordering::Release);
+        p.inn.clear();
+        p.out.clear();
+        drop(p);
+        let _ = sys::unregister(&b.shared.uffd, self.map.addr(), self.map.len());
+        let pages = self.pages_per_node().iter().sum::<usize>();
+        inc(&b.shared.counters.detached_pages, pages as u64);
+        // The shadow page table keeps the frames allocated: it is never dropped.
+        std::mem::forget(self.space.clone());
+        self.map.release();
+        self.detached = true;
+        pages
+    }
+
     /// Counters of the backend (all regions of its [`Live`](crate::Live)).
     pub fn counts(&self) -> LiveCounts {
         self.backend.shared.counters.snapshot()
@@ -141,6 +255,9 @@ impl LiveRegion {
 
 impl Drop for LiveRegion {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         // Every page goes back to its frame's arena slot (the frames return to their
         // pools), then the shadow mappings are dropped.
         let b = &self.backend;

@@ -408,8 +408,19 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Gives the mapping away: it is no longer this value's to unmap (a detached region's
+    /// memory stays the program's). Afterwards the value covers no bytes.
+    pub fn release(&mut self) {
+        self.len = 0;
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
         // SAFETY: unmapping the mapping this value owns; nothing borrows it any more (the
         // slices from `words` borrow `self`).
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };

@@ -743,3 +743,81 @@ fn node_pools_grow_on_demand_under_first_touches_and_migrations() {
     assert!(mm.nodes().iter().all(|n| n.nr_pages() >= 6144));
     assert!(mm.nodes().iter().all(|n| n.nr_pages() <= n.max_pages()));
 }
+
+fn read_proc_mem(addr: usize, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open("/proc/self/mem")?;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, addr as u64)?;
+    Ok(buf)
+}
+
+/// Interleaved placement, `discard` (`MADV_DONTNEED`) and `detach`, as `pagemig run` uses
+/// them: interleaving alternates the nodes folio by folio; a discarded range reads zero
+/// and its frames are back in their pools, the rest of the region is intact; half of a
+/// THP is zeroed in place; a detached region keeps every byte where the program is,
+/// and its never-touched pages are the kernel's again (read here through /proc/self/mem,
+/// a kernel-mode access that a still-registered range would refuse with EFAULT).
+#[test]
+fn interleave_discard_and_detach_keep_the_program_s_bytes_right() {
+    let mm = memory(32);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let mut cfg = RegionConfig::new(8 << 20, 0);
+    cfg.interleave = true;
+    let r = live.region(cfg).unwrap();
+    fill(&r, 21);
+    assert_eq!(r.pages_per_node(), vec![1024, 1024]);
+    let st = nodes_of(&r, 4096);
+    assert!(st.iter().enumerate().all(|(i, &n)| n == (i % 2) as i32));
+    let free = (mm.nr_free_pages(NodeId(0)), mm.nr_free_pages(NodeId(1)));
+    assert_eq!(r.discard(r.addr() + (1 << 20), 1 << 20).unwrap(), 256);
+    assert_eq!(
+        (mm.nr_free_pages(NodeId(0)), mm.nr_free_pages(NodeId(1))),
+        (free.0 + 128, free.1 + 128)
+    );
+    let w = r.words();
+    let (lo, hi) = ((1 << 20) / 8, (2 << 20) / 8);
+    assert!(w[lo..hi].iter().all(|x| x.load(Ordering::Relaxed) == 0));
+    let bad = w
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i < lo || *i >= hi)
+        .filter(|(i, x)| {
+            x.load(Ordering::Relaxed) != 21 ^ (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        })
+        .count();
+    assert_eq!(bad, 0);
+    assert!(r.discard(r.addr() + 100, 4096).is_err(), "unaligned");
+    assert!(r.discard(r.addr() + (8 << 20), 4096).is_err(), "outside");
+
+    let t = live.region(RegionConfig::new(4 << 20, 9)).unwrap();
+    fill(&t, 5);
+    assert_eq!(t.discard(t.addr() + (1 << 20), 1 << 20).unwrap(), 0);
+    let w = t.words();
+    assert!(w[lo..hi].iter().all(|x| x.load(Ordering::Relaxed) == 0));
+    assert!(w[..lo]
+        .iter()
+        .enumerate()
+        .all(|(i, x)| x.load(Ordering::Relaxed)
+            == 5 ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+
+    // Detach: half the region written, half never touched.
+    let d = live.region(RegionConfig::new(2 << 20, 0)).unwrap();
+    for (i, x) in d.words()[..(1 << 20) / 8].iter().enumerate() {
+        x.store(i as u64 * 3 + 1, Ordering::Relaxed);
+    }
+    let addr = d.addr();
+    assert_eq!(d.detach(), 256);
+    assert_eq!(live.counts().detached_pages, 256);
+    let bytes = read_proc_mem(addr, 2 << 20).expect("a detached range is plain memory");
+    let words: Vec<u64> = bytes
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(words[..(1 << 20) / 8]
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == i as u64 * 3 + 1));
+    assert!(words[(1 << 20) / 8..].iter().all(|&x| x == 0));
+    assert_eq!(live.counts().stray_faults, 0);
+}

@@ -1,0 +1,407 @@
+//! `pagemig run`, `pagemig ctl` and `pagemig migratepages`: an unmodified program started
+//! with the preload library, and the commands that steer it over its control socket.
+
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use pagemig_harness::spec::{format_size, parse_size};
+use pagemig_live::control::{self, MoveReport, MoveRequest, Reply, Request, Response, Stat};
+
+/// The options of `pagemig run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Allocations and anonymous mappings from this size up go to tiered regions.
+    #[arg(long, default_value = "1M")]
+    pub threshold: String,
+    /// Where first touches are served from: a node, or `interleave` (folio by folio).
+    #[arg(long, default_value = "0")]
+    pub place: String,
+    /// The copy engine (`pagemig bench --engines` syntax).
+    #[arg(long, default_value = "batch")]
+    pub engine: String,
+    /// Each node's pool to start with (it grows on demand).
+    #[arg(long, default_value = "16M")]
+    pub pool: String,
+    /// Back regions of 2 MiB and more with 2 MiB folios (THPs).
+    #[arg(long)]
+    pub thp: bool,
+    /// No notes on standard error (warnings and refusals are still printed).
+    #[arg(long)]
+    pub quiet: bool,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub program: Vec<OsString>,
+}
+
+/// Where the preload library is: `$PAGEMIG_PRELOAD`, else beside the `pagemig` executable.
+fn preload_path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PAGEMIG_PRELOAD") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("PAGEMIG_PRELOAD={} is not a file", p.display());
+        }
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("cannot find the pagemig executable")?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    for cand in [
+        dir.join("libpagemig_preload.so"),
+        dir.join("../lib/pagemig/libpagemig_preload.so"),
+    ] {
+        if cand.is_file() {
+            return Ok(cand.canonicalize().unwrap_or(cand));
+        }
+    }
+    bail!(
+        "cannot find libpagemig_preload.so beside {} (build it with `cargo build --release -p pagemig-preload`, or set PAGEMIG_PRELOAD)",
+        exe.display()
+    )
+}
+
+/// The program's file, found on `PATH` as `execvp` would.
+fn find_program(p: &Path) -> Option<PathBuf> {
+    if p.components().count() > 1 {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(p))
+            .find(|c| c.is_file())
+    })
+}
+
+/// Whether an ELF file asks for a dynamic loader (a `PT_INTERP` header): `LD_PRELOAD`
+/// reaches only such programs. `None`: not an ELF file this check reads (a script, say).
+fn is_dynamic(path: &Path) -> Option<bool> {
+    let b = std::fs::read(path).ok()?;
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return None;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap()) as usize)
+    };
+    let phoff = u64_at(32)?;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    Some((0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) == 3)
+    }))
+}
+
+/// `pagemig run`: execs the program with the preload library (same process id, same exit
+/// status).
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let threshold = parse_size(&a.threshold).map_err(|e| anyhow::anyhow!("--threshold: {e}"))?;
+    if threshold < 4096 {
+        bail!("--threshold {threshold}: at least 4K");
+    }
+    let pool = parse_size(&a.pool).map_err(|e| anyhow::anyhow!("--pool: {e}"))?;
+    if pool == 0 || pool % (2 << 20) != 0 {
+        bail!("--pool {}: a positive multiple of 2M", a.pool);
+    }
+    let hosts = pagemig::mm::numa::host_numa_nodes();
+    let nr_nodes = if hosts.len() > 1 { hosts.len() } else { 2 };
+    let place = match a.place.as_str() {
+        "interleave" => "interleave".to_string(),
+        n => match n.parse::<usize>() {
+            Ok(v) if v < nr_nodes => v.to_string(),
+            Ok(v) => bail!("--place {v}: the program's nodes are 0 to {}", nr_nodes - 1),
+            Err(_) => bail!("--place {n:?}: a node number or interleave"),
+        },
+    };
+    let engine: pagemig_engines::EngineSpec = a
+        .engine
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--engine {:?}: {e:?}", a.engine))?;
+    let lib = preload_path()?;
+    let prog = PathBuf::from(&a.program[0]);
+    let Some(file) = find_program(&prog) else {
+        bail!("{}: no such program", prog.display());
+    };
+    if is_dynamic(&file) == Some(false) {
+        eprintln!(
+            "pagemig run: {} is statically linked: the preload library cannot reach it, so it runs untiered",
+            file.display()
+        );
+    }
+    if !a.quiet && hosts.len() <= 1 {
+        eprintln!(
+            "pagemig run: this host has one NUMA node; the program's nodes 0 and 1 are two pools of it (moves between them copy memory but change no speed)"
+        );
+    }
+    let mut preload = OsString::from(lib.as_os_str());
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    let mut cmd = std::process::Command::new(&a.program[0]);
+    cmd.args(&a.program[1..])
+        .env("LD_PRELOAD", preload)
+        .env("PAGEMIG_RUN_THRESHOLD", threshold.to_string())
+        .env("PAGEMIG_RUN_PLACE", place)
+        .env("PAGEMIG_RUN_ENGINE", engine.to_string())
+        .env("PAGEMIG_RUN_POOL", pool.to_string())
+        .env("PAGEMIG_RUN_THP", if a.thp { "1" } else { "0" });
+    if a.quiet {
+        cmd.env("PAGEMIG_RUN_QUIET", "1");
+    }
+    let e = cmd.exec();
+    bail!("cannot run {}: {e}", prog.display())
+}
+
+/// `pagemig ctl`'s actions.
+#[derive(clap::Subcommand, Debug)]
+pub enum CtlAction {
+    /// Where the program's pages are: per node and per region (like numa_maps).
+    Stat {
+        /// Also write the answer as JSON to this file (`-`: standard output, alone).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Migrate the program's pages.
+    Move {
+        /// The destination node.
+        #[arg(long)]
+        to: u32,
+        /// Only pages now on these nodes (a node list: `0`, `0,2`, `0-3`).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only pages in START-END (addresses, hex with 0x or decimal).
+        #[arg(long)]
+        range: Option<String>,
+        /// The copy engine for this move and after (`pagemig bench --engines` syntax).
+        #[arg(long)]
+        engine: Option<String>,
+        /// Hold the migration at this rate, in MB/s.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Also write the answer as JSON to this file (`-`: standard output, alone).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn parse_addr(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    r.map_err(|_| anyhow::anyhow!("bad address {s:?}"))
+}
+
+fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
+    let Some((a, b)) = s.split_once('-') else {
+        bail!("--range {s:?}: START-END");
+    };
+    let (a, b) = (parse_addr(a)?, parse_addr(b)?);
+    if a >= b {
+        bail!("--range {s:?}: START must be below END");
+    }
+    Ok((a, b))
+}
+
+fn nodes(s: &str) -> anyhow::Result<Vec<u32>> {
+    let v = pagemig::mm::numa::parse_node_list(s).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+    if v.is_empty() {
+        bail!("{s:?} names no node");
+    }
+    Ok(v)
+}
+
+fn ask(pid: u32, req: &Request) -> anyhow::Result<Reply> {
+    match control::request(pid, req).map_err(|e| anyhow::anyhow!(e))? {
+        Response::Ok(r) => Ok(r),
+        Response::Error { message } => bail!("process {pid}: {message}"),
+    }
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    if path == Path::new("-") {
+        writeln!(std::io::stdout().lock(), "{text}").context("cannot write JSON")?;
+        return Ok(());
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn out(json: &Option<PathBuf>) -> Box<dyn std::io::Write> {
+    if json.as_deref() == Some(Path::new("-")) {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    }
+}
+
+/// The human form of a stat answer.
+pub fn render_stat(s: &Stat) -> String {
+    let mut t = String::new();
+    let phys = if s.one_physical_node {
+        " (two pools of one physical node)"
+    } else {
+        ""
+    };
+    t += &format!(
+        "pid {}: {} nodes{phys}, engine {}, threshold {}, place {}\n",
+        s.pid,
+        s.nodes.len(),
+        s.engine,
+        format_size(s.threshold_bytes as usize),
+        s.place
+    );
+    t += "node  host  pool        free        pages\n";
+    for n in &s.nodes {
+        t += &format!(
+            "{:<5} {:<5} {:<11} {:<11} {}\n",
+            n.id,
+            n.host_node.map_or("-".into(), |h| h.to_string()),
+            mib(n.pool_bytes),
+            mib(n.free_bytes),
+            n.pages
+        );
+    }
+    t += &format!("{} regions\n", s.regions.len());
+    for r in &s.regions {
+        let per: Vec<String> = r
+            .pages_per_node
+            .iter()
+            .enumerate()
+            .filter(|(_, &p)| p > 0)
+            .map(|(i, p)| format!("N{i}={p}"))
+            .collect();
+        t += &format!(
+            "{:x}-{:x} {} {} {}\n",
+            r.start,
+            r.end,
+            mib(r.end - r.start),
+            r.source,
+            if per.is_empty() {
+                "untouched".into()
+            } else {
+                per.join(" ")
+            }
+        );
+    }
+    let c = &s.counters;
+    t += &format!(
+        "migrated {} pages ({} failed), {} first touches, {} faults on migration, {} discarded, {} pool growths, {} regions made, {} freed, {} forks\n",
+        c.pages_migrated,
+        c.pages_failed,
+        c.first_touches,
+        c.faults_on_migration,
+        c.pages_discarded,
+        c.pool_growths,
+        c.regions_made,
+        c.regions_freed,
+        c.forks
+    );
+    let u = &s.untiered;
+    if u.detached_regions + u.passed_through > 0 {
+        t += &format!(
+            "untiered: {} regions detached ({} pages), {} mappings left to the kernel ({})\n",
+            u.detached_regions,
+            u.detached_pages,
+            u.passed_through,
+            mib(u.passed_through_bytes)
+        );
+    }
+    t
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+fn render_move(pid: u32, r: &MoveReport) -> String {
+    format!(
+        "pid {pid}: migrated {} pages ({} MiB) in {:.3} s, {} failed, {} already in place, {} regions\n",
+        r.pages_migrated,
+        (r.pages_migrated * 4096) >> 20,
+        r.seconds,
+        r.pages_failed,
+        r.pages_in_place,
+        r.regions
+    )
+}
+
+/// `pagemig ctl PID ...`.
+pub fn ctl(pid: u32, action: CtlAction) -> anyhow::Result<()> {
+    match action {
+        CtlAction::Stat { json } => {
+            let Reply::Stat(s) = ask(pid, &Request::Stat)? else {
+                bail!("process {pid} answered a stat with something else");
+            };
+            write!(out(&json), "{}", render_stat(&s))?;
+            if let Some(p) = &json {
+                write_json(p, &s)?;
+            }
+            Ok(())
+        }
+        CtlAction::Move {
+            to,
+            from,
+            range,
+            engine,
+            rate,
+            json,
+        } => {
+            let req = MoveRequest {
+                from: from.as_deref().map(nodes).transpose()?,
+                to: vec![to],
+                range: range.as_deref().map(parse_range).transpose()?,
+                engine,
+                rate_mb_s: rate,
+            };
+            do_move(pid, req, &json)
+        }
+    }
+}
+
+fn do_move(pid: u32, req: MoveRequest, json: &Option<PathBuf>) -> anyhow::Result<()> {
+    let Reply::Moved(r) = ask(pid, &Request::Move(req))? else {
+        bail!("process {pid} answered a move with something else");
+    };
+    write!(out(json), "{}", render_move(pid, &r))?;
+    if let Some(p) = json {
+        write_json(p, &r)?;
+    }
+    if r.pages_failed > 0 {
+        eprintln!(
+            "pagemig: {} pages stayed where they were (busy, shared with a child, or no memory on the node)",
+            r.pages_failed
+        );
+    }
+    Ok(())
+}
+
+/// `pagemig migratepages PID FROM-NODES TO-NODES` (numactl's form): every page on the
+/// first nodes moves to the second, paired in order (or all to one).
+pub fn migratepages(pid: u32, from: &str, to: &str, json: &Option<PathBuf>) -> anyhow::Result<()> {
+    let (f, t) = (nodes(from)?, nodes(to)?);
+    if t.len() != 1 && t.len() != f.len() {
+        bail!(
+            "{} source nodes and {} destinations: give one destination or as many",
+            f.len(),
+            t.len()
+        );
+    }
+    do_move(
+        pid,
+        MoveRequest {
+            from: Some(f),
+            to: t,
+            range: None,
+            engine: None,
+            rate_mb_s: None,
+        },
+        json,
+    )
+}
