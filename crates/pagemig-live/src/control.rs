@@ -97,6 +97,8 @@ pub struct Stat {
     pub untiered: Untiered,
     /// The counters since the program started.
     pub counters: Counters,
+    /// The live backend's own counters (every kernel call and fault kind).
+    pub live: crate::LiveCounts,
 }
 
 /// One node.
@@ -165,6 +167,12 @@ pub struct Counters {
     pub first_touches: u64,
     /// Faults that waited for a page under migration.
     pub faults_on_migration: u64,
+    /// Faults on pages already in the program again (the thread was woken).
+    pub faults_woken: u64,
+    /// Folios populated by fault-around beyond the faulting ones.
+    pub faulted_around: u64,
+    /// Pages that arrived as the shared zero page and were made real pages.
+    pub zero_page_fixups: u64,
     /// Times a pool grew.
     pub pool_growths: u64,
     /// Moves into the program that failed for good (always 0).
@@ -258,6 +266,7 @@ mod tests {
             regions: vec![],
             untiered: Untiered::default(),
             counters: Counters::default(),
+            live: crate::LiveCounts::default(),
         })));
         let j = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Response>(&j).unwrap(), s);

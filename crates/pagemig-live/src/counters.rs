@@ -30,7 +30,7 @@ pub(crate) struct Counters {
 }
 
 /// A snapshot of the live backend's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LiveCounts {
     /// Page-fault messages read by the handler.
     pub faults: u64,

@@ -134,10 +134,14 @@ fn stat(st: &State) -> Stat {
             faults: lc.faults,
             first_touches: lc.faults_populated,
             faults_on_migration: lc.faults_on_migration,
+            faults_woken: lc.faults_woken,
+            faulted_around: lc.faulted_around,
+            zero_page_fixups: lc.zero_page_fixups,
             pool_growths: lc.pool_growths,
             remap_errors: lc.remap_errors,
             forks: g(&c.forks),
         },
+        live: lc,
     }
 }
 

@@ -66,7 +66,7 @@ impl Config {
             pool_bytes: env_size("PAGEMIG_RUN_POOL", 16 << 20)?,
             max_region: env_size("PAGEMIG_RUN_MAX_REGION", 16 << 30)?,
             thp: std::env::var("PAGEMIG_RUN_THP").is_ok_and(|v| v == "1"),
-            fault_around: env_size("PAGEMIG_RUN_FAULT_AROUND", 16)?.clamp(1, 512),
+            fault_around: env_size("PAGEMIG_RUN_FAULT_AROUND", 64)?.clamp(1, 512),
         };
         if c.pool_bytes == 0 || c.pool_bytes % (2 << 20) != 0 {
             return Err(format!(
@@ -172,6 +172,7 @@ pub(crate) fn init(child: bool) -> Option<&'static State> {
                         capacity_bytes: cfg.pool_bytes,
                         max_bytes: Some(h.mem_total_bytes as usize),
                         host_node: Some(h.id),
+                        no_huge_pages: !cfg.thp,
                     },
                     Some(h.id),
                 )
@@ -186,6 +187,7 @@ pub(crate) fn init(child: bool) -> Option<&'static State> {
                         capacity_bytes: cfg.pool_bytes,
                         max_bytes: Some(total),
                         host_node: None,
+                        no_huge_pages: !cfg.thp,
                     },
                     None,
                 )
@@ -290,7 +292,14 @@ impl State {
             return None;
         }
         let mut rc = RegionConfig::new(len, if huge { 9 } else { 0 });
-        rc.fault_around = if huge { 1 } else { self.cfg.fault_around };
+        // Fault-around only on pools of base pages: on THP-advised pools (--thp) a run of
+        // base pages moved out of an arena THP splits it, and the zero-page fix-ups that
+        // follow are slow (and hung once in three runs at 64 pages; see DESIGN.md).
+        rc.fault_around = if self.cfg.thp {
+            1
+        } else {
+            self.cfg.fault_around
+        };
         match self.cfg.place {
             Some(n) => rc.placement = NodeId(n),
             None => rc.interleave = true,

@@ -26,6 +26,7 @@ fn memory_and_space_configuration_errors() {
             capacity_bytes: 0,
             max_bytes: None,
             host_node: None,
+            no_huge_pages: false,
         }],
         ..Default::default()
     };

@@ -108,17 +108,18 @@ impl Arena {
     /// one the node cannot fill (`ENOMEM` from the pre-fault), is an error.
     #[cfg(test)]
     pub fn new(len_bytes: usize, host_node: u32) -> io::Result<Arena> {
-        Arena::with_reserve(len_bytes, len_bytes, host_node)
+        Arena::with_reserve(len_bytes, len_bytes, host_node, true)
     }
 
     /// Like [`Arena::new`] for `commit_bytes`, with address space reserved up to
     /// `reserve_bytes` (both rounded up to 2 MiB) for [`Arena::commit_to`]. A bound arena's
     /// reserve is cut to its host node's memory: committing past it would end in the OOM
-    /// killer, not in an error.
+    /// killer, not in an error. `thp`: advise `MADV_HUGEPAGE` (else `MADV_NOHUGEPAGE`).
     pub fn with_reserve(
         commit_bytes: usize,
         reserve_bytes: usize,
         host_node: u32,
+        thp: bool,
     ) -> io::Result<Arena> {
         let commit = commit_bytes.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
         let mut reserved = reserve_bytes.max(commit_bytes).div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
@@ -157,7 +158,12 @@ impl Arena {
         let base = crate::sys::mmap_aligned(reserved, ARENA_ALIGN)?;
         // SAFETY: [base, base+reserved) is our mapping; madvise only changes advice.
         unsafe {
-            libc::madvise(base as *mut libc::c_void, reserved, libc::MADV_HUGEPAGE);
+            let advice = if thp {
+                libc::MADV_HUGEPAGE
+            } else {
+                libc::MADV_NOHUGEPAGE
+            };
+            libc::madvise(base as *mut libc::c_void, reserved, advice);
         }
         let unmap = |e: io::Error| {
             // SAFETY: unmapping the mapping we own before returning the error.
@@ -397,7 +403,7 @@ mod tests {
 
     #[test]
     fn a_reserve_commits_in_steps_and_checks_against_the_committed_part() {
-        let a = Arena::with_reserve(2 << 20, 8 << 20, 0).unwrap();
+        let a = Arena::with_reserve(2 << 20, 8 << 20, 0, true).unwrap();
         assert_eq!((a.len_bytes(), a.reserved_bytes()), (2 << 20, 8 << 20));
         a.commit_to(6 << 20).unwrap();
         a.write((6 << 20) - 3, b"xyz");
@@ -417,7 +423,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "out of bounds")]
     fn an_access_past_the_committed_part_panics() {
-        let a = Arena::with_reserve(2 << 20, 8 << 20, 0).unwrap();
+        let a = Arena::with_reserve(2 << 20, 8 << 20, 0, true).unwrap();
         a.write(2 << 20, b"x");
     }
 

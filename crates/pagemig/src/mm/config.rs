@@ -18,6 +18,11 @@ pub struct NodeConfig {
     pub max_bytes: Option<usize>,
     /// Host NUMA node to bind to when the host has several (default: same id).
     pub host_node: Option<u32>,
+    /// Advise the arena `MADV_NOHUGEPAGE` instead of `MADV_HUGEPAGE`: for pools that only
+    /// ever hand out base pages. Moving base pages out of a THP-backed arena splits its
+    /// huge pages, and since Linux 6.12 a split maps the zero-filled ones to the shared
+    /// zero page, which the live backend must then make real pages again, page by page.
+    pub no_huge_pages: bool,
 }
 
 /// Configuration of a [`Memory`](super::Memory).
@@ -48,6 +53,7 @@ impl MemoryConfig {
                     capacity_bytes,
                     max_bytes: None,
                     host_node: None,
+                    no_huge_pages: false,
                 })
                 .collect(),
             hooks: None,

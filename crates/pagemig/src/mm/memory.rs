@@ -87,12 +87,16 @@ impl Memory {
                     "node {i} has zero capacity"
                 )));
             }
-            let arena =
-                Arena::with_reserve(nc.capacity_bytes, reserve, nc.host_node.unwrap_or(i as u32))
-                    .map_err(|e| MmError::Arena {
-                    node: NodeId(i as u32),
-                    source: e.into(),
-                })?;
+            let arena = Arena::with_reserve(
+                nc.capacity_bytes,
+                reserve,
+                nc.host_node.unwrap_or(i as u32),
+                !nc.no_huge_pages,
+            )
+            .map_err(|e| MmError::Arena {
+                node: NodeId(i as u32),
+                source: e.into(),
+            })?;
             let nr = arena.len_bytes() / PAGE_SIZE;
             let max = arena.reserved_bytes() / PAGE_SIZE;
             let memmap = super::arena::zeroed_memmap(max);
