@@ -199,8 +199,12 @@ pub struct MoveReport {
 /// Sends `req` to the tiered process `pid` and returns its answer. Errors name the socket
 /// and say whether the process is not running under `pagemig run`.
 pub fn request(pid: u32, req: &Request) -> Result<Response, String> {
-    let path = socket_path(pid);
-    let mut s = UnixStream::connect(&path).map_err(|e| {
+    request_at(&socket_path(pid), pid, req)
+}
+
+/// [`request`] over the socket at `path` (another directory than [`socket_dir`]'s).
+pub fn request_at(path: &std::path::Path, pid: u32, req: &Request) -> Result<Response, String> {
+    let mut s = UnixStream::connect(path).map_err(|e| {
         let running = std::path::Path::new(&format!("/proc/{pid}")).exists();
         if running {
             format!(

@@ -1,0 +1,598 @@
+//! Real, unmodified programs from Debian's packages under `pagemig run`, while their memory
+//! is moved back and forth between nodes the whole time: an interpreter computing checksums
+//! over large arrays, a database with its integrity check, a key-value server driven by its
+//! own benchmark client, and a memory stressor that verifies its own data. Each must give
+//! the same results and exit status as when run plainly, and pages must have moved.
+//!
+//! The programs are Debian's (`python3`, `sqlite3`, `redis-server`/`redis-benchmark`,
+//! `stress-ng`); a missing one is installed with apt-get when the tests run as root (as
+//! `.ci/run` does anyway), and is a failure otherwise. The tests run one at a time: they
+//! are sized for this machine's two cores.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pagemig_live::control::{self, MoveRequest, Reply, Request, Response};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn pagemig() -> &'static str {
+    env!("CARGO_BIN_EXE_pagemig")
+}
+
+/// Builds the preload library beside the `pagemig` executable (`cargo test` does not build
+/// a cdylib that no test links).
+fn preload() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = Path::new(pagemig()).parent().unwrap().to_path_buf();
+            let profile = dir.file_name().unwrap().to_str().unwrap().to_string();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut c = Command::new(cargo);
+            c.args(["build", "--quiet", "-p", "pagemig-preload", "--target-dir"])
+                .arg(dir.parent().unwrap());
+            if profile == "release" {
+                c.arg("--release");
+            }
+            let out = c.output().expect("run cargo");
+            assert!(
+                out.status.success(),
+                "cargo build -p pagemig-preload failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let lib = dir.join("libpagemig_preload.so");
+            assert!(lib.is_file(), "{} was not built", lib.display());
+            lib
+        })
+        .clone()
+}
+
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+}
+
+/// Makes sure Debian's `package` (which gives `prog`) is installed.
+fn need(prog: &str, package: &str) {
+    static APT: Mutex<()> = Mutex::new(());
+    let _g = APT.lock().unwrap_or_else(|p| p.into_inner());
+    if on_path(prog) {
+        return;
+    }
+    assert!(
+        pagemig_live::kernel::uid() == 0,
+        "{prog} is missing: install Debian's {package} (apt-get install {package})"
+    );
+    let st = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {package}"
+            ),
+        ])
+        .status()
+        .expect("run apt-get");
+    assert!(
+        st.success() && on_path(prog),
+        "apt-get could not install {package}"
+    );
+}
+
+/// `pagemig run` with these options, its control socket in `dir`.
+fn tiered(dir: &Path, opts: &[&str], prog: &[&str]) -> Command {
+    let mut c = Command::new(pagemig());
+    c.arg("run")
+        .arg("--quiet")
+        .args(opts)
+        .arg("--")
+        .args(prog)
+        .env("PAGEMIG_PRELOAD", preload())
+        .env("PAGEMIG_RUN_DIR", dir);
+    c
+}
+
+/// The processes with a control socket in `dir`.
+fn tiered_pids(dir: &Path) -> Vec<u32> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().into_string().ok()?;
+                    n.strip_prefix("run-")?.strip_suffix(".sock")?.parse().ok()
+                })
+                .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the mover did.
+#[derive(Debug, Default)]
+struct Moved {
+    moves: u64,
+    pages: u64,
+    failed: u64,
+    processes: std::collections::BTreeSet<u32>,
+}
+
+/// Moves the memory of every process with a socket in `dir` to node 1, then 0, then 1, ...
+/// until `stop`, with the engines in turn.
+fn mover(dir: &Path, stop: &AtomicBool) -> Moved {
+    let mut m = Moved::default();
+    let engines = ["batch", "mtcopy:2", "batch", "dcbm:1"];
+    let mut k = 0usize;
+    while !stop.load(Ordering::Acquire) {
+        for pid in tiered_pids(dir) {
+            let req = Request::Move(MoveRequest {
+                from: None,
+                to: vec![(k % 2 + 1) as u32 % 2],
+                range: None,
+                engine: Some(engines[k % engines.len()].into()),
+                rate_mb_s: None,
+            });
+            // The process may exit at any moment: a failed request is no failure.
+            let path = dir.join(format!("run-{pid}.sock"));
+            if let Ok(Response::Ok(Reply::Moved(r))) = control::request_at(&path, pid, &req) {
+                m.moves += 1;
+                m.pages += r.pages_migrated;
+                m.failed += r.pages_failed;
+                if r.pages_migrated > 0 {
+                    m.processes.insert(pid);
+                }
+            }
+        }
+        k += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m
+}
+
+/// Runs `cmd` to its end while the mover moves its memory.
+fn run_while_moving(dir: &Path, cmd: &mut Command) -> (Output, Moved) {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| mover(dir, &stop));
+        let out = cmd.output().expect("start the program");
+        stop.store(true, Ordering::Release);
+        (out, h.join().unwrap())
+    })
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_same(plain: &Output, tiered: &Output, moved: &Moved, what: &str) {
+    assert_eq!(
+        tiered.status.code(),
+        plain.status.code(),
+        "{what}: exit status\n{}",
+        text(&tiered.stderr)
+    );
+    assert_eq!(
+        text(&tiered.stdout),
+        text(&plain.stdout),
+        "{what}: output\nstderr: {}",
+        text(&tiered.stderr)
+    );
+    assert!(
+        moved.pages > 0,
+        "{what}: no page moved during the run ({moved:?})\nstderr: {}",
+        text(&tiered.stderr)
+    );
+    eprintln!(
+        "{what}: {} pages migrated in {} moves ({} left in place), same output and status",
+        moved.pages, moved.moves, moved.failed
+    );
+}
+
+const PYTHON: &str = r#"
+import hashlib, random, sys
+rng = random.Random(12345)
+b = bytearray(rng.randbytes(48 << 20))
+lst = list(range(1_500_000))
+h = hashlib.sha256()
+for p in range(24):
+    h.update(b)
+    d = h.digest()
+    off = (p * 7919 * 4096) % (len(b) - 4096)
+    b[off:off + 4096] = d * 128
+    lst[p * 1000] = int.from_bytes(d[:8], "little")
+print(h.hexdigest())
+print(sum(x * x for x in lst) % 1_000_000_007)
+print(sum(b[::4096]))
+"#;
+
+#[test]
+fn an_interpreter_computes_the_same_checksums_while_its_arrays_move() {
+    let _s = serial();
+    need("python3", "python3");
+    let plain = Command::new("python3")
+        .args(["-c", PYTHON])
+        .output()
+        .unwrap();
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let (out, moved) = run_while_moving(
+        dir.path(),
+        &mut tiered(dir.path(), &[], &["python3", "-c", PYTHON]),
+    );
+    assert_same(&plain, &out, &moved, "python3");
+}
+
+const SQL: &str = r#"
+PRAGMA cache_size = -65536;
+PRAGMA mmap_size = 0;
+PRAGMA temp_store = memory;
+CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, w INTEGER);
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 250000)
+INSERT INTO t SELECT x, printf('%08d-%s', x, substr('abcdefghijklmnopqrstuvwxyz', 1 + x % 26)), (x * 7919) % 100003 FROM c;
+CREATE INDEX tw ON t(w);
+CREATE INDEX tv ON t(v);
+SELECT count(*), sum(w), total(length(v)) FROM t;
+SELECT w % 97 AS k, count(*) FROM t GROUP BY k ORDER BY k LIMIT 5;
+UPDATE t SET w = w + 1 WHERE id % 3 = 0;
+DELETE FROM t WHERE id % 11 = 0;
+SELECT count(*), sum(w) FROM t;
+SELECT group_concat(v, ',') FROM (SELECT v FROM t ORDER BY w DESC, id LIMIT 5);
+PRAGMA integrity_check;
+"#;
+
+#[test]
+fn a_database_passes_its_integrity_check_with_the_same_answers_while_its_memory_moves() {
+    let _s = serial();
+    need("sqlite3", "sqlite3");
+    let run = |tier: Option<&Path>| {
+        let db = tempfile::tempdir().unwrap();
+        let path = db.path().join("t.db");
+        let p = path.to_str().unwrap();
+        let mut cmd = match tier {
+            None => {
+                let mut c = Command::new("sqlite3");
+                c.arg(p);
+                c
+            }
+            Some(d) => tiered(d, &["--threshold", "64K"], &["sqlite3", p]),
+        };
+        cmd.stdin(Stdio::piped());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let h = tier.map(|d| s.spawn(|| mover(d, &stop)));
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(SQL.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            stop.store(true, Ordering::Release);
+            (out, h.map(|h| h.join().unwrap()).unwrap_or_default())
+        })
+    };
+    let (plain, _) = run(None);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    assert!(
+        text(&plain.stdout).trim_end().ends_with("ok"),
+        "{}",
+        text(&plain.stdout)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (out, moved) = run(Some(dir.path()));
+    assert_same(&plain, &out, &moved, "sqlite3");
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout).trim().to_string()
+}
+
+/// Starts redis-server (plainly or tiered), loads a deterministic data set, drives it with
+/// redis-benchmark (reads of that data, and writes to keys of its own) while the mover
+/// runs, and returns the digests of the data set before and after, the benchmark's status,
+/// and what moved.
+fn redis_session(tier: Option<&Path>) -> (String, String, bool, Moved) {
+    let port = free_port();
+    let ps = port.to_string();
+    let args = [
+        "--port",
+        &ps,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "yes",
+    ];
+    let mut cmd = match tier {
+        None => {
+            let mut c = Command::new("redis-server");
+            c.args(args);
+            c
+        }
+        Some(d) => {
+            let mut prog = vec!["redis-server"];
+            prog.extend(args);
+            tiered(d, &[], &prog)
+        }
+    };
+    let mut server: Child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ready when it says so.
+    let stdout = server.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let t0 = Instant::now();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("Ready to accept connections") => break,
+            Some(Ok(_)) => {}
+            _ => panic!("redis-server did not start"),
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "redis-server did not start"
+        );
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let load = "for i = 1, 60000 do redis.call('SET', 'data:' .. i, string.rep(string.char(97 + i % 26), 200 + i % 300)) end \
+                for i = 1, 200 do for j = 1, 100 do redis.call('RPUSH', 'list:' .. i, i * j) end end return 1";
+    let stop = AtomicBool::new(false);
+    let (d1, d2, ok, moved) = std::thread::scope(|s| {
+        let h = tier.map(|d| s.spawn(|| mover(d, &stop)));
+        assert_eq!(redis_cli(port, &["EVAL", load, "0"]), "1");
+        let digest = || redis_cli(port, &["DEBUG", "DIGEST"]);
+        let d1 = digest();
+        let bench = Command::new("redis-benchmark")
+            .args(["-p", &ps, "-q", "-n", "60000", "-c", "16", "-P", "8"])
+            .args(["-t", "get,lrange_100"])
+            .output()
+            .unwrap();
+        let writes = Command::new("redis-benchmark")
+            .args([
+                "-p", &ps, "-q", "-n", "60000", "-c", "16", "-r", "50000", "-d", "512",
+            ])
+            .args(["-t", "set,lpush"])
+            .output()
+            .unwrap();
+        let ok = bench.status.success() && writes.status.success();
+        // The benchmark's own keys go; the data set must be what it was.
+        redis_cli(
+            port,
+            &["DEL", "key:__rand_int__", "mylist", "counter:__rand_int__"],
+        );
+        let _ = redis_cli(
+            port,
+            &["EVAL", "for _, k in ipairs(redis.call('KEYS', 'key:*')) do redis.call('DEL', k) end return 1", "0"],
+        );
+        let d2 = digest();
+        stop.store(true, Ordering::Release);
+        (d1, d2, ok, h.map(|h| h.join().unwrap()).unwrap_or_default())
+    });
+    let _ = redis_cli(port, &["SHUTDOWN", "NOSAVE"]);
+    let st = server.wait().unwrap();
+    assert!(
+        st.success() || st.code().is_none() || st.code() == Some(0),
+        "redis-server: {st:?}"
+    );
+    (d1, d2, ok, moved)
+}
+
+#[test]
+fn a_key_value_server_keeps_its_data_under_its_own_benchmark_while_its_memory_moves() {
+    let _s = serial();
+    need("redis-server", "redis-server");
+    need("redis-benchmark", "redis-tools");
+    let (p1, p2, ok, _) = redis_session(None);
+    assert!(ok, "redis-benchmark failed on the plain server");
+    assert_eq!(p1, p2, "the plain server's data set changed");
+    let dir = tempfile::tempdir().unwrap();
+    let (t1, t2, ok, moved) = redis_session(Some(dir.path()));
+    assert!(ok, "redis-benchmark failed on the tiered server");
+    assert_eq!(
+        (&t1, &t2),
+        (&p1, &p1),
+        "the tiered server's data set differs"
+    );
+    assert!(moved.pages > 0, "no page moved: {moved:?}");
+    eprintln!(
+        "redis: {} pages migrated in {} moves, data set digest {t1} before and after",
+        moved.pages, moved.moves
+    );
+}
+
+#[test]
+fn a_memory_stressor_verifies_its_own_data_in_forked_workers_while_it_moves() {
+    let _s = serial();
+    need("stress-ng", "stress-ng");
+    let args = [
+        "stress-ng",
+        "--vm",
+        "2",
+        "--vm-bytes",
+        "96M",
+        "--vm-keep",
+        "--verify",
+        "--timeout",
+        "8s",
+    ];
+    let plain = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let (out, moved) = run_while_moving(dir.path(), &mut tiered(dir.path(), &[], &args));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), plain.status.code(), "stress-ng: {err}");
+    assert!(
+        err.contains("successful run completed") && !err.contains("fail:"),
+        "stress-ng: {err}"
+    );
+    assert!(
+        !err.contains("detected") || !err.to_lowercase().contains("memory error"),
+        "{err}"
+    );
+    // Its workers are forked children: each tiers its own new memory.
+    assert!(moved.pages > 0, "no page moved: {moved:?}\n{err}");
+    assert!(
+        moved.processes.len() >= 2,
+        "pages moved in only {:?}: {moved:?}",
+        moved.processes
+    );
+    eprintln!(
+        "stress-ng: {} pages migrated in {} moves over {} processes, verify passed",
+        moved.pages,
+        moved.moves,
+        moved.processes.len()
+    );
+}
+
+#[test]
+fn without_kernel_mode_faults_the_program_runs_untiered_and_says_so() {
+    let _s = serial();
+    need("setpriv", "util-linux");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+            .unwrap()
+            .trim(),
+        "0",
+        "this test needs vm.unprivileged_userfaultfd=0, this machine's setting"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new("setpriv");
+    c.args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", "--"])
+        .arg(pagemig())
+        .args(["run", "--", "python3", "-c", "print(sum(range(10**6)))"])
+        .env("PAGEMIG_PRELOAD", preload())
+        .env("PAGEMIG_RUN_DIR", dir.path());
+    let out = c.output().unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(text(&out.stdout).trim(), "499999500000");
+    assert!(
+        err.contains("may not handle kernel-mode page faults") && err.contains("untiered"),
+        "{err}"
+    );
+    assert!(tiered_pids(dir.path()).is_empty());
+}
+
+#[test]
+fn ctl_shows_moves_and_refuses_what_is_wrong() {
+    let _s = serial();
+    need("python3", "python3");
+    let dir = tempfile::tempdir().unwrap();
+    // A program that fills 64 MiB, says so, and waits for a line on stdin.
+    let prog = "import sys\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = i % 251\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(b[::4096]))";
+    let mut child = tiered(dir.path(), &[], &["python3", "-c", prog])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let pid = child.id().to_string();
+    let ctl = |args: &[&str]| {
+        Command::new(pagemig())
+            .args(args)
+            .env("PAGEMIG_RUN_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let st = ctl(&["ctl", &pid, "stat", "--json", "-"]);
+    assert!(st.status.success(), "{}", text(&st.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let n0 = v["nodes"][0]["pages"].as_u64().unwrap();
+    assert!(n0 >= 16384, "{v}");
+    assert_eq!(v["nodes"][1]["pages"].as_u64(), Some(0));
+    let mv = ctl(&[
+        "ctl", &pid, "move", "--to", "1", "--engine", "mtcopy:2", "--json", "-",
+    ]);
+    assert!(mv.status.success(), "{}", text(&mv.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&mv.stdout).unwrap();
+    assert_eq!(r["pages_migrated"].as_u64(), Some(n0), "{r}");
+    let st = ctl(&["ctl", &pid, "stat", "--json", "-"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["nodes"][0]["pages"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["engine"].as_str(), Some("mtcopy:2"));
+    // numactl's form, back.
+    let mp = ctl(&["migratepages", &pid, "1", "0"]);
+    assert!(mp.status.success(), "{}", text(&mp.stderr));
+    assert!(
+        text(&mp.stdout).contains(&format!("migrated {n0} pages")),
+        "{}",
+        text(&mp.stdout)
+    );
+    // Bad requests: a clear error, a non-zero exit, nothing moved.
+    for (args, msg) in [
+        (vec!["ctl", &pid, "move", "--to", "7"], "no node 7"),
+        (
+            vec!["ctl", &pid, "move", "--to", "1", "--engine", "turbo"],
+            "engine",
+        ),
+        (
+            vec!["ctl", &pid, "move", "--to", "1", "--range", "0x2000-0x1000"],
+            "START must be below END",
+        ),
+        (vec!["ctl", "1", "stat"], "no control socket"),
+        (
+            vec!["migratepages", &pid, "0,1", "0-2"],
+            "give one destination or as many",
+        ),
+    ] {
+        let o = ctl(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            text(&o.stderr).contains(msg),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    let st = ctl(&["ctl", &pid, "stat"]);
+    let human = text(&st.stdout);
+    assert!(
+        human.contains("two pools of one physical node") || !human.contains("host  pool"),
+        "{human}"
+    );
+    assert!(human.contains(&format!("N0={n0}")), "{human}");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let sum: u64 = (0..(64usize << 20))
+        .step_by(4096)
+        .map(|i| (i % 251) as u64)
+        .sum();
+    assert_eq!(lines.next().unwrap().unwrap(), sum.to_string());
+    assert!(child.wait().unwrap().success());
+}
