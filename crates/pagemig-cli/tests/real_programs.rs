@@ -596,3 +596,30 @@ fn ctl_shows_moves_and_refuses_what_is_wrong() {
     assert_eq!(lines.next().unwrap().unwrap(), sum.to_string());
     assert!(child.wait().unwrap().success());
 }
+
+/// What a program may do with its memory (realloc, calloc, `MADV_DONTNEED`/`MADV_FREE`,
+/// partial `munmap`, `mremap`, `mprotect`, system calls into it, threads, `fork`), checked
+/// by a C program of our own (tests/programs/semantics.c) that verifies every byte, plainly
+/// and under `pagemig run` while its memory moves.
+#[test]
+fn a_program_s_own_checks_of_every_memory_call_pass_while_its_memory_moves() {
+    let _s = serial();
+    need("cc", "gcc");
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("semantics");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/semantics.c");
+    let cc = Command::new("cc")
+        .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .arg("-lpthread")
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "cc: {}", text(&cc.stderr));
+    let exe_s = exe.to_str().unwrap();
+    let plain = Command::new(exe_s).arg("4").output().unwrap();
+    assert!(plain.status.success(), "{}", text(&plain.stdout));
+    let sock = tempfile::tempdir().unwrap();
+    let (out, moved) = run_while_moving(sock.path(), &mut tiered(sock.path(), &[], &[exe_s, "4"]));
+    assert_same(&plain, &out, &moved, "semantics.c");
+}

@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     pub(crate) pool_growth_errors: AtomicU64,
     pub(crate) detached_pages: AtomicU64,
     pub(crate) faulted_around: AtomicU64,
+    pub(crate) slots_refilled: AtomicU64,
 }
 
 /// A snapshot of the live backend's counters.
@@ -80,6 +81,10 @@ pub struct LiveCounts {
     /// Folios populated by fault-around (`RegionConfig::fault_around`), beyond the
     /// faulting ones.
     pub faulted_around: u64,
+    /// Base pages of dropped regions that could not go back to their slots (shared with
+    /// a forked child) and whose slots were backed with the zero page instead, so that
+    /// their frames could return to their pools.
+    pub slots_refilled: u64,
 }
 
 impl Counters {
@@ -106,6 +111,7 @@ impl Counters {
             pool_growth_errors: g(&self.pool_growth_errors),
             detached_pages: g(&self.detached_pages),
             faulted_around: g(&self.faulted_around),
+            slots_refilled: g(&self.slots_refilled),
         }
     }
 }

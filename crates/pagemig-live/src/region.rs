@@ -276,17 +276,24 @@ impl Drop for LiveRegion {
             }
             va += step;
         }
-        let failed = b.run_moves(Dir::Out, back.clone());
-        if !failed.is_empty() {
-            inc(&b.shared.counters.remap_errors, failed.len() as u64);
-        }
-        for m in back {
-            if failed.iter().any(|(f, _)| f.va == m.va) {
-                // Its page could not go back: leak the frame rather than hand out a slot
-                // that is not backed.
-                continue;
+        let failed = b.run_moves(Dir::Out, back);
+        // A page that could not go back (one shared with a forked child, `EBUSY`) stays in
+        // the program's mapping, which goes away below; its frame's slot is empty. The slot
+        // is backed again by the zero page (its bytes no longer matter), so the frame can go
+        // back to its pool; where even that fails, the shadow page table is kept for good,
+        // and with it the frames it still maps: a frame whose slot is empty is never handed
+        // out (its first use would fault on the arena, in the handler itself).
+        let mut stranded = false;
+        for (m, _) in &failed {
+            if sys::zeropage(&b.shared.uffd, b.slot(m.pfn), m.nr * PAGE_SIZE).is_ok() {
+                inc(&b.shared.counters.slots_refilled, m.nr as u64);
+            } else {
+                stranded = true;
+                inc(&b.shared.counters.remap_errors, 1);
             }
-            let _ = self.space.unmap(VirtAddr(m.va as u64));
+        }
+        if stranded {
+            std::mem::forget(self.space.clone());
         }
         // Dead before the range is unmapped (the mapping drops after this body): a new
         // region may get these addresses at once, and a flush or a fault that still holds

@@ -86,6 +86,18 @@ pub struct UffdioRegister {
     pub ioctls: u64,
 }
 
+/// `struct uffdio_zeropage`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioZeropage {
+    /// The range.
+    pub range: UffdioRange,
+    /// `UFFDIO_ZEROPAGE_MODE_*`.
+    pub mode: u64,
+    /// Out: bytes mapped, or a negative errno.
+    pub zeropage: i64,
+}
+
 /// `struct uffdio_move`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
@@ -134,6 +146,8 @@ pub const UFFDIO_UNREGISTER: u64 = ior(0x01, std::mem::size_of::<UffdioRange>())
 pub const UFFDIO_WAKE: u64 = ior(0x02, std::mem::size_of::<UffdioRange>());
 /// `UFFDIO_MOVE`.
 pub const UFFDIO_MOVE: u64 = iowr(0x05, std::mem::size_of::<UffdioMove>());
+/// `UFFDIO_ZEROPAGE`.
+pub const UFFDIO_ZEROPAGE: u64 = iowr(0x04, std::mem::size_of::<UffdioZeropage>());
 
 /// Creates a userfaultfd (`userfaultfd(2)`), close-on-exec and non-blocking.
 pub fn userfaultfd(flags: i32) -> io::Result<OwnedFd> {
@@ -225,6 +239,22 @@ pub fn move_pages(
         Ok(()) => Ok(m.moved.max(0) as usize),
         Err(e) => Err((e, m.moved.max(0) as usize)),
     }
+}
+
+/// `UFFDIO_ZEROPAGE` without waking: maps the shared zero page at every missing page of
+/// `[start, start+len)` (a registered range). A frame's arena slot left empty is backed
+/// again this way; the first write to it gives it a page of its own, as for any zero page.
+pub fn zeropage(fd: &OwnedFd, start: usize, len: usize) -> io::Result<()> {
+    const UFFDIO_ZEROPAGE_MODE_DONTWAKE: u64 = 1;
+    let mut z = UffdioZeropage {
+        range: UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        },
+        mode: UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+        zeropage: 0,
+    };
+    ioctl(fd, UFFDIO_ZEROPAGE, &mut z)
 }
 
 /// Reads one message; `Ok(None)` when none is queued (the fd is non-blocking).
