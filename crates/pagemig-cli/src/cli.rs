@@ -53,6 +53,9 @@ enum Cmd {
     /// Run an unmodified, dynamically linked program with its large anonymous memory in
     /// tiered regions (a preload library), steerable with `pagemig ctl PID`.
     Run(crate::run::RunArgs),
+    /// Measure a program plainly, under `pagemig run` with no migration, and under `pagemig
+    /// run` while its memory moves at a given rate (a benchmark, not a test).
+    RunBench(crate::run::RunBenchArgs),
     /// Steer a program under `pagemig run`: where its pages are, and moves.
     Ctl {
         /// The program's process id.
@@ -747,6 +750,7 @@ pub fn main() -> ExitCode {
         Cmd::Info { json } => info(json),
         Cmd::Cache { action } => cache(action),
         Cmd::Run(a) => crate::run::run(a),
+        Cmd::RunBench(a) => crate::run::run_bench(a),
         Cmd::Ctl { pid, action } => crate::run::ctl(pid, action),
         Cmd::Migratepages {
             pid,

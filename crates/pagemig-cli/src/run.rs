@@ -405,3 +405,233 @@ pub fn migratepages(pid: u32, from: &str, to: &str, json: &Option<PathBuf>) -> a
         json,
     )
 }
+
+/// The options of `pagemig run-bench`.
+#[derive(clap::Args, Debug)]
+pub struct RunBenchArgs {
+    /// The migration rate while moving, in MB/s (10^6 bytes).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Runs of each configuration (interleaved; the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Also write the results as JSON to this file (`-`: standard output, alone).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The program and its arguments. Its throughput is the `ops_per_s` of a JSON object on
+    /// its last line of output (as `pagemig-workload` prints), else 1 / its wall time.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub program: Vec<OsString>,
+}
+
+/// One run of the program.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSample {
+    /// `plain`, `tiered` or `moving`.
+    pub config: String,
+    /// Operations per second (or 1 / seconds).
+    pub throughput: f64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// The longest stall the program reported, in µs (`None`: it reports none).
+    pub max_stall_us: Option<f64>,
+    /// Stalls over 1 ms it reported.
+    pub stalls_over_1ms: Option<u64>,
+    /// Pages the mover migrated during the run.
+    pub pages_migrated: u64,
+    /// The rate the mover reached, in MB/s.
+    pub moved_mb_s: f64,
+}
+
+/// The report of `pagemig run-bench`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunBenchReport {
+    /// The program.
+    pub program: Vec<String>,
+    /// The rate asked for while moving, MB/s.
+    pub rate_mb_s: f64,
+    /// Every run.
+    pub samples: Vec<RunSample>,
+    /// Median throughput under `pagemig run` with no migration, over the plain median.
+    pub tiered_over_plain: f64,
+    /// Median throughput while migrating, over the plain median.
+    pub moving_over_plain: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
+    let dir = tempfile_dir()?;
+    let mut cmd = if config == "plain" {
+        let mut c = std::process::Command::new(&a.program[0]);
+        c.args(&a.program[1..]);
+        c
+    } else {
+        let mut c = std::process::Command::new(std::env::current_exe()?);
+        c.args(["run", "--quiet", "--"]).args(&a.program);
+        c.env("PAGEMIG_RUN_DIR", &dir);
+        c
+    };
+    cmd.stdout(std::process::Stdio::piped());
+    let t0 = std::time::Instant::now();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {:?}", a.program[0]))?;
+    let pid = child.id();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (out, moved) = std::thread::scope(|s| {
+        let mover = (config == "moving").then(|| {
+            s.spawn(|| {
+                let path = dir.join(format!("run-{pid}.sock"));
+                let (mut pages, mut secs, mut to) = (0u64, 0f64, 1u32);
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let req = Request::Move(MoveRequest {
+                        from: None,
+                        to: vec![to],
+                        range: None,
+                        engine: None,
+                        rate_mb_s: Some(a.rate),
+                    });
+                    match control::request_at(&path, pid, &req) {
+                        Ok(Response::Ok(Reply::Moved(r))) => {
+                            pages += r.pages_migrated;
+                            secs += r.seconds;
+                            to ^= 1;
+                        }
+                        _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+                    }
+                }
+                (pages, secs)
+            })
+        });
+        let out = child.wait_with_output();
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        (out, mover.map(|m| m.join().unwrap()).unwrap_or((0, 0.0)))
+    });
+    let seconds = t0.elapsed().as_secs_f64();
+    let out = out?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        bail!("{:?} ({config}) exited with {}", a.program[0], out.status);
+    }
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    let j: Option<serde_json::Value> = serde_json::from_str(&last).ok();
+    let get = |k: &str| j.as_ref().and_then(|v| v.get(k)).and_then(|v| v.as_f64());
+    Ok(RunSample {
+        config: config.into(),
+        throughput: get("ops_per_s").unwrap_or(1.0 / seconds),
+        seconds,
+        max_stall_us: get("max_stall_us"),
+        stalls_over_1ms: get("stalls_over_1ms").map(|v| v as u64),
+        pages_migrated: moved.0,
+        moved_mb_s: if moved.1 > 0.0 {
+            moved.0 as f64 * 4096.0 / 1e6 / seconds
+        } else {
+            0.0
+        },
+    })
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "pagemig-run-bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot make {}", d.display()))?;
+    Ok(d)
+}
+
+/// `pagemig run-bench`: the program plainly, under `pagemig run` with no migration, and
+/// under `pagemig run` while its memory moves at `--rate`, interleaved, `--runs` times each.
+pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
+    if !(a.rate.is_finite() && a.rate > 0.0) {
+        bail!("--rate {}: a positive number of MB/s", a.rate);
+    }
+    if a.runs == 0 {
+        bail!("--runs 0: at least one");
+    }
+    preload_path()?;
+    let mut samples = Vec::new();
+    for i in 0..a.runs {
+        for config in ["plain", "tiered", "moving"] {
+            let s = one_run(&a, config)?;
+            eprintln!(
+                "run {}/{} {config:<7} {:>12.0}/s  {:.2} s{}",
+                i + 1,
+                a.runs,
+                s.throughput,
+                s.seconds,
+                if config == "moving" {
+                    format!("  {:.0} MB/s migrated", s.moved_mb_s)
+                } else {
+                    String::new()
+                }
+            );
+            samples.push(s);
+        }
+    }
+    let med = |c: &str| {
+        median(
+            samples
+                .iter()
+                .filter(|s| s.config == c)
+                .map(|s| s.throughput)
+                .collect(),
+        )
+    };
+    let (p, t, m) = (med("plain"), med("tiered"), med("moving"));
+    let rep = RunBenchReport {
+        program: a
+            .program
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect(),
+        rate_mb_s: a.rate,
+        samples: samples.clone(),
+        tiered_over_plain: t / p,
+        moving_over_plain: m / p,
+    };
+    let mut o = out(&a.json);
+    writeln!(
+        o,
+        "config   throughput (median)   vs plain   max stall   stalls > 1 ms   migrated"
+    )?;
+    for (c, v) in [("plain", p), ("tiered", t), ("moving", m)] {
+        let mine: Vec<&RunSample> = samples.iter().filter(|s| s.config == c).collect();
+        let stall = mine
+            .iter()
+            .filter_map(|s| s.max_stall_us)
+            .fold(f64::NAN, f64::max);
+        let over: u64 = mine.iter().filter_map(|s| s.stalls_over_1ms).sum();
+        let mb = median(mine.iter().map(|s| s.moved_mb_s).collect());
+        writeln!(
+            o,
+            "{c:<8} {v:>18.0}/s   {:>8.3}   {:>7.0} µs   {:>13}   {}",
+            v / p,
+            stall,
+            over,
+            if c == "moving" {
+                format!("{mb:.0} MB/s")
+            } else {
+                "-".into()
+            }
+        )?;
+    }
+    if let Some(path) = &a.json {
+        write_json(path, &rep)?;
+    }
+    Ok(())
+}

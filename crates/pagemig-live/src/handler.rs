@@ -311,6 +311,7 @@ fn register_arena(uffd: &OwnedFd, node: NodeId, a: usize, l: usize) -> Result<()
 
 /// The fault-handler thread: reads page faults until the stop eventfd fires.
 fn fault_handler(sh: &Shared) {
+    crate::alloc::backend_thread();
     loop {
         match sys::poll2(&sh.uffd, &sh.stop, -1) {
             Ok((_, true)) => return,

@@ -29,6 +29,7 @@
 //! * `handler` — the userfaultfd and its fault-handler thread ([`Live`]);
 //! * `moves` — the `UFFDIO_MOVE` batching of a region's unmaps and remaps;
 //! * `region` — [`LiveRegion`];
+//! * `alloc` — [`LiveAlloc`], a `GlobalAlloc` that puts large allocations in regions;
 //! * `move_pages` — the `do_pages_move()` analogue ([`LiveRegion::move_pages`]);
 //! * [`control`] — the protocol between `pagemig ctl` and a program under `pagemig run`;
 //! * [`kernel`] — the kernel's own `move_pages(2)` and a plain mapping, to compare against;
@@ -55,6 +56,7 @@
 
 #![deny(unsafe_code)]
 
+mod alloc;
 mod config;
 pub mod control;
 mod counters;
@@ -66,6 +68,7 @@ mod moves;
 mod region;
 mod sys;
 
+pub use alloc::LiveAlloc;
 pub use config::{LiveConfig, RegionConfig};
 pub use counters::LiveCounts;
 pub use error::LiveError;
