@@ -286,6 +286,13 @@ pub(crate) fn state() -> Option<&'static State> {
     Some(unsafe { &*p })
 }
 
+/// The state if there is one now, never making one (for the fork and exit handlers).
+fn current() -> Option<&'static State> {
+    let p = STATE.load(Ordering::Acquire);
+    // SAFETY: as in `state`.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
 fn publish(st: &'static State) {
     THRESHOLD.store(st.threshold(), Ordering::Release);
     STATE.store(st as *const State as *mut State, Ordering::Release);
@@ -339,7 +346,7 @@ extern "C" fn init() {
 }
 
 extern "C" fn at_exit() {
-    if let Some(st) = state() {
+    if let Some(st) = current() {
         let _g = Inside::enter();
         st.at_exit();
     }
@@ -347,7 +354,7 @@ extern "C" fn at_exit() {
 
 extern "C" fn fork_prepare() {
     let _g = Inside::enter();
-    tier::fork_prepare(state());
+    tier::fork_prepare(current());
 }
 
 extern "C" fn fork_parent() {
