@@ -276,21 +276,24 @@ impl Drop for LiveRegion {
             }
             va += step;
         }
-        let failed = b.run_moves(Dir::Out, back);
+        let failed = b.run_moves(Dir::Out, back.clone());
         // A page that could not go back (one shared with a forked child, `EBUSY`) stays in
         // the program's mapping, which goes away below; its frame's slot is empty. The slot
         // is backed again by the zero page (its bytes no longer matter), so the frame can go
-        // back to its pool; where even that fails, the shadow page table is kept for good,
-        // and with it the frames it still maps: a frame whose slot is empty is never handed
-        // out (its first use would fault on the arena, in the handler itself).
+        // back to its pool; where even that fails, the frame stays mapped in the shadow page
+        // table, which is kept for good: a frame whose slot is empty is never handed out
+        // (its first use would fault on the arena, in the handler itself).
         let mut stranded = false;
-        for (m, _) in &failed {
-            if sys::zeropage(&b.shared.uffd, b.slot(m.pfn), m.nr * PAGE_SIZE).is_ok() {
+        for m in back {
+            if failed.iter().any(|(f, _)| f.va == m.va) {
+                if sys::zeropage(&b.shared.uffd, b.slot(m.pfn), m.nr * PAGE_SIZE).is_err() {
+                    stranded = true;
+                    inc(&b.shared.counters.remap_errors, 1);
+                    continue;
+                }
                 inc(&b.shared.counters.slots_refilled, m.nr as u64);
-            } else {
-                stranded = true;
-                inc(&b.shared.counters.remap_errors, 1);
             }
+            let _ = self.space.unmap(VirtAddr(m.va as u64));
         }
         if stranded {
             std::mem::forget(self.space.clone());
