@@ -323,7 +323,7 @@ fn command_line() -> String {
 }
 
 /// Writes `value` as pretty JSON to `path`, or to standard output for `-`.
-fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     if path == Path::new("-") {
         let mut out = std::io::stdout().lock();
@@ -334,7 +334,7 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> 
 }
 
 /// Where the human-readable output goes: standard error when standard output carries JSON.
-fn human(json: &Option<PathBuf>) -> Box<dyn std::io::Write> {
+pub(crate) fn human(json: &Option<PathBuf>) -> Box<dyn std::io::Write> {
     if json.as_deref() == Some(Path::new("-")) {
         Box::new(std::io::stderr())
     } else {

@@ -12,6 +12,8 @@ use anyhow::{bail, Context as _};
 use pagemig_harness::spec::{format_size, parse_size};
 use pagemig_live::control::{self, MoveReport, MoveRequest, Reply, Request, Response, Stat};
 
+use crate::cli::{human as out, write_json};
+
 /// The options of `pagemig run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -221,23 +223,6 @@ fn ask(pid: u32, req: &Request) -> anyhow::Result<Reply> {
     match control::request(pid, req).map_err(|e| anyhow::anyhow!(e))? {
         Response::Ok(r) => Ok(r),
         Response::Error { message } => bail!("process {pid}: {message}"),
-    }
-}
-
-fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    if path == Path::new("-") {
-        writeln!(std::io::stdout().lock(), "{text}").context("cannot write JSON")?;
-        return Ok(());
-    }
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn out(json: &Option<PathBuf>) -> Box<dyn std::io::Write> {
-    if json.as_deref() == Some(Path::new("-")) {
-        Box::new(std::io::stderr())
-    } else {
-        Box::new(std::io::stdout())
     }
 }
 

@@ -2,34 +2,14 @@
 //! every page of the process copy-on-write shared, so the moves of tests running beside
 //! it in the same process would fail with `EBUSY`.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use pagemig::mm::{Memory, MemoryConfig, NodeId};
-use pagemig_live::{Live, LiveConfig, LiveRegion, RegionConfig};
-
-fn memory(mib: usize) -> Arc<Memory> {
-    Memory::new(MemoryConfig::with_nodes(2, mib << 20)).unwrap()
-}
-
-fn fill(r: &LiveRegion, seed: u64) {
-    for (i, w) in r.words().iter().enumerate() {
-        w.store(
-            seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            Ordering::Relaxed,
-        );
-    }
-}
-
-fn check(r: &LiveRegion, seed: u64) -> usize {
-    r.words()
-        .iter()
-        .enumerate()
-        .filter(|(i, w)| {
-            w.load(Ordering::Relaxed) != seed ^ (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        })
-        .count()
-}
+use common::{check, fill, memory};
+use pagemig::mm::NodeId;
+use pagemig_live::{Live, LiveConfig, RegionConfig};
 
 /// A region dropped while its pages are shared with a forked child (`UFFDIO_MOVE` refuses
 /// them with `EBUSY`): its frames' slots are backed again and the frames go back to their

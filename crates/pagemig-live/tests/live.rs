@@ -4,31 +4,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+mod common;
+
+use common::{check, fill, memory};
 use pagemig::mm::{Memory, MemoryConfig, NodeId};
 use pagemig_live::{Live, LiveConfig, LiveError, LiveRegion, RegionConfig, MPOL_MF_MOVE};
-
-fn memory(mib: usize) -> Arc<Memory> {
-    Memory::new(MemoryConfig::with_nodes(2, mib << 20)).unwrap()
-}
-
-fn fill(r: &LiveRegion, seed: u64) {
-    for (i, w) in r.words().iter().enumerate() {
-        w.store(
-            seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            Ordering::Relaxed,
-        );
-    }
-}
-
-fn check(r: &LiveRegion, seed: u64) -> usize {
-    r.words()
-        .iter()
-        .enumerate()
-        .filter(|(i, w)| {
-            w.load(Ordering::Relaxed) != seed ^ (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        })
-        .count()
-}
 
 fn pages(r: &LiveRegion, step: usize) -> Vec<usize> {
     (0..r.len()).step_by(step).map(|o| r.addr() + o).collect()
