@@ -154,13 +154,7 @@ impl LiveAlloc {
 
 fn make_state() -> Result<State, LiveError> {
     let hosts = pagemig::mm::numa::host_topology();
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            let l = t.lines().find(|l| l.starts_with("MemTotal:"))?;
-            Some(l.split_whitespace().nth(1)?.parse::<usize>().ok()? << 10)
-        })
-        .unwrap_or(4 << 30);
+    let total = pagemig::mm::numa::host_mem_total_bytes().unwrap_or(4 << 30);
     let node = |host: Option<u32>, max: usize| NodeConfig {
         capacity_bytes: 16 << 20,
         max_bytes: Some(max),

@@ -140,14 +140,7 @@ fn say(msg: &str) {
 }
 
 fn mem_total() -> usize {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            let l = t.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kb: usize = l.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb << 10)
-        })
-        .unwrap_or(4 << 30)
+    pagemig::mm::numa::host_mem_total_bytes().unwrap_or(4 << 30)
 }
 
 /// Makes the state: the nodes (the host's NUMA nodes, or two pools of its one node), the

@@ -54,6 +54,13 @@ pub fn parse_node_list(s: &str) -> Result<Vec<u32>, NodeListError> {
     Ok(out)
 }
 
+/// The host's `MemTotal` (`/proc/meminfo`) in bytes; `None` where it cannot be read.
+pub fn host_mem_total_bytes() -> Option<usize> {
+    let t = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let l = t.lines().find(|l| l.starts_with("MemTotal:"))?;
+    Some(l.split_whitespace().nth(1)?.parse::<usize>().ok()? << 10)
+}
+
 /// Host NUMA nodes that are online (`/sys/devices/system/node/online`); `[0]` where sysfs
 /// does not say.
 pub fn host_numa_nodes() -> Vec<u32> {
