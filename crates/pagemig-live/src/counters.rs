@@ -28,6 +28,7 @@ pub(crate) struct Counters {
     pub(crate) detached_pages: AtomicU64,
     pub(crate) faulted_around: AtomicU64,
     pub(crate) slots_refilled: AtomicU64,
+    pub(crate) wrong_node_fixups: AtomicU64,
 }
 
 /// A snapshot of the live backend's counters.
@@ -85,6 +86,12 @@ pub struct LiveCounts {
     /// a forked child) and whose slots were backed with the zero page instead, so that
     /// their frames could return to their pools.
     pub slots_refilled: u64,
+    /// Pages of a move into the program that a program thread wrote as the zero page
+    /// before their fix-up, so that the kernel had put them after the program's policy,
+    /// and that were migrated to their frame's host node with `move_pages(2)` (hosts with
+    /// several NUMA nodes only).
+    #[serde(default)]
+    pub wrong_node_fixups: u64,
 }
 
 impl Counters {
@@ -112,6 +119,7 @@ impl Counters {
             detached_pages: g(&self.detached_pages),
             faulted_around: g(&self.faulted_around),
             slots_refilled: g(&self.slots_refilled),
+            wrong_node_fixups: g(&self.wrong_node_fixups),
         }
     }
 }

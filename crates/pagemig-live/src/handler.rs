@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     /// This process's pagemap, to find pages that arrived as the shared zero page (`None`
     /// where /proc cannot be read).
     pub(crate) pagemap: Option<crate::kernel::Pagemap>,
+    /// Whether some node's arena is bound to a host NUMA node (a host with several):
+    /// only then can a page of the program be on the wrong node.
+    pub(crate) multi_node: bool,
 }
 
 pub(crate) struct LiveInner {
@@ -149,6 +152,10 @@ impl Live {
             regions: RwLock::new(Vec::new()),
             counters: Counters::default(),
             pagemap: crate::kernel::Pagemap::open().ok(),
+            multi_node: mm
+                .nodes()
+                .iter()
+                .any(|n| matches!(n.binding(), pagemig::mm::NumaBinding::Bound(_))),
         });
         let weak = Arc::downgrade(&shared);
         mm.set_grow_hook(Some(Arc::new(move |node, addr, len| {

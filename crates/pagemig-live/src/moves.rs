@@ -163,6 +163,7 @@ impl RegionBackend {
         }
         if check {
             self.fix_zero_pages(va, moved);
+            self.fix_wrong_nodes(va, moved);
             if sys::wake(&self.shared.uffd, va, len).is_err() {
                 inc(&self.shared.counters.remap_errors, 1);
             }
@@ -173,6 +174,7 @@ impl RegionBackend {
                 // A move out that stopped part way may have split a THP of the program
                 // first: the pages left behind can be zero pages now.
                 self.fix_zero_pages(va + moved, len - moved);
+                self.fix_wrong_nodes(va + moved, len - moved);
             }
             if !(va % PMD == 0 && len % PMD == 0) {
                 // Part of a THP of the program moved out (a run of small folios that moved
@@ -181,6 +183,7 @@ impl RegionBackend {
                 let start = (va & !(PMD - 1)).max(self.base);
                 let end = (va + len).next_multiple_of(PMD).min(self.base + self.len);
                 self.fix_zero_pages(start, end - start);
+                self.fix_wrong_nodes(start, end - start);
             }
         }
         match r {
@@ -256,6 +259,51 @@ impl RegionBackend {
             }
             inc(&self.shared.counters.zero_page_fixups, 1);
         }
+    }
+
+    /// On a host with several NUMA nodes, after a move into the program of `len` bytes at
+    /// `va` and its zero-page fix-ups: asks the kernel where each of these pages is
+    /// (`move_pages(2)` with no nodes) and migrates those not on their frame's host node
+    /// there with `move_pages(2)` (`MPOL_MF_MOVE`, the kernel's own migration: the
+    /// content is kept whatever the program does meanwhile).
+    ///
+    /// Such a page is one that was the zero page (it arrived as one, or a THP split left it
+    /// behind in the program) and that a program thread wrote before its fix-up (it had
+    /// not faulted on it, so nothing held it back): the kernel gave that write a page after
+    /// the program's policy. Pages moved in are not woken yet, so the threads waiting for
+    /// them find them on their node. Pages not in the program now (moved out) are skipped.
+    fn fix_wrong_nodes(&self, va: usize, len: usize) {
+        if len == 0 || !self.shared.multi_node {
+            return;
+        }
+        let mm = &self.shared.mm;
+        let addrs: Vec<usize> = (va..va + len).step_by(PAGE_SIZE).collect();
+        let mut now = vec![0i32; addrs.len()];
+        if crate::kernel::move_pages(&addrs, None, &mut now, 0).is_err() {
+            return;
+        }
+        let (mut pages, mut nodes) = (Vec::new(), Vec::new());
+        for (k, (&a, &n)) in addrs.iter().zip(&now).enumerate() {
+            let f = self.frames[(a - self.base) / PAGE_SIZE].load(Ordering::Acquire);
+            if n < 0 || f == 0 {
+                continue;
+            }
+            let want = match mm.node(mm.node_of(Pfn(f - 1))).map(|n| n.binding().clone()) {
+                Ok(pagemig::mm::NumaBinding::Bound(h)) => h as i32,
+                _ => continue,
+            };
+            if n != want {
+                pages.push(addrs[k]);
+                nodes.push(want);
+            }
+        }
+        if pages.is_empty() {
+            return;
+        }
+        let mut status = vec![0i32; pages.len()];
+        let _ = crate::kernel::move_pages(&pages, Some(&nodes), &mut status, crate::MPOL_MF_MOVE);
+        let fixed = status.iter().zip(&nodes).filter(|(s, n)| s == n).count();
+        inc(&self.shared.counters.wrong_node_fixups, fixed as u64);
     }
 
     /// The frame whose arena slot is at `slot`.

@@ -811,3 +811,72 @@ fn first_touch_on_a_far_node_agrees_with_the_kernel_and_reads_zero() {
         "{c:?}"
     );
 }
+
+#[test]
+#[ignore = "needs two or more NUMA nodes: .ci/numa runs it in a multi-node guest"]
+fn a_page_the_kernel_put_on_another_node_is_migrated_to_its_frames_node_at_its_move_in() {
+    // A program thread that writes a page while it is the shared zero page (it arrived as
+    // one, or a THP split left it behind) before the zero-page fix-up gets a page after
+    // the program's policy, on whatever node that gives: the race is rare, so it is
+    // made here with move_pages(2), which puts the region's pages on host node 0 while
+    // pagemig says node 1. Moved out, such a page fills its frame's slot from the wrong
+    // node, and the next move in of that frame brings it back: each move in must check
+    // with the kernel and correct it.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nodes = host_nodes();
+    let len = 4 << 20;
+    // Node 1's pool is exactly the region: the move back to node 1 takes the same frames.
+    let mm = Memory::new(MemoryConfig::with_nodes(nodes.len(), len)).unwrap();
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let mut cfg = RegionConfig::new(len, 0);
+    cfg.placement = NodeId(1);
+    let r = live.region(cfg).unwrap();
+    r.populate().unwrap();
+    for (i, w) in r.words().iter().enumerate() {
+        w.store(i as u64 ^ 0x5eed, Ordering::Relaxed);
+    }
+    assert_placement_agrees(&r, "populated on node 1");
+    let addrs = region_pages(&r);
+    // move_pages(2) may answer EBUSY for a page it could not lock this time: again.
+    for _ in 0..10 {
+        let left: Vec<usize> = addrs
+            .iter()
+            .zip(kernel_nodes(&addrs))
+            .filter(|&(_, n)| n != 0)
+            .map(|(&a, _)| a)
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        let mut st = vec![i32::MIN; left.len()];
+        kernel::move_pages(&left, Some(&vec![0; left.len()]), &mut st, MPOL_MF_MOVE).unwrap();
+    }
+    assert!(
+        kernel_nodes(&addrs).iter().all(|&n| n == 0),
+        "the kernel moved them all to node 0"
+    );
+    assert_eq!(
+        pagemig_nodes(&r, &addrs[..1]),
+        vec![1],
+        "pagemig still says 1"
+    );
+    let fixed0 = live.counts().wrong_node_fixups;
+    for to in [0, 1] {
+        let mut st = vec![i32::MIN; addrs.len()];
+        assert_eq!(
+            r.move_pages(&addrs, Some(&vec![to; addrs.len()]), &mut st, MPOL_MF_MOVE),
+            Ok(0)
+        );
+        assert_eq!(st, vec![to; addrs.len()]);
+        assert_placement_agrees(&r, &format!("moved to node {to}"));
+    }
+    let c = live.counts();
+    assert_eq!(
+        c.wrong_node_fixups - fixed0,
+        addrs.len() as u64,
+        "every page came back to node 1 in a frame whose slot held a node-0 page: {c:?}"
+    );
+    for (i, w) in r.words().iter().enumerate() {
+        assert_eq!(w.load(Ordering::Relaxed), i as u64 ^ 0x5eed, "word {i}");
+    }
+}

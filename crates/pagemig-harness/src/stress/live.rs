@@ -262,6 +262,7 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
         ("live.remap_errors", lc.remap_errors),
         ("live.remap_retries", lc.remap_retries),
         ("live.zero_page_fixups", lc.zero_page_fixups),
+        ("live.wrong_node_fixups", lc.wrong_node_fixups),
         (
             "live.huge_slot_collapses_failed",
             lc.huge_slot_collapses_failed,
