@@ -8,10 +8,10 @@
 //! driver's timeout), no channel is available, completions are reordered and delayed.
 
 use pagemig::sync::IgnorePoison as _;
+use pagemig::sys::own_threads::{self, OwnThread};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pagemig::mm::Memory;
@@ -91,7 +91,7 @@ struct EmuChannel {
     cond: Condvar,
     ring_len: AtomicUsize,
     cookie: AtomicU64,
-    engines: Mutex<Vec<JoinHandle<()>>>,
+    engines: Mutex<Vec<OwnThread<()>>>,
     mm: Weak<Memory>,
     faults: Arc<DmaFaults>,
     /// Set by [`EmulatedDmaDevice::quiesce`]: idle engines sleep without spinning; cleared
@@ -193,10 +193,8 @@ impl DmaDevice for EmulatedDmaDevice {
             let mut engines = lock(&ch.engines);
             for e in 0..self.inner.config.engines_per_channel.max(1) {
                 let c = ch.clone();
-                let h = std::thread::Builder::new()
-                    .name(format!("dma0chan{i}/{e}"))
-                    .spawn(move || engine(c))
-                    .map_err(|_| Errno::NoMem)?;
+                let b = std::thread::Builder::new().name(format!("dma0chan{i}/{e}"));
+                let h = own_threads::spawn(b, move || engine(c)).map_err(|_| Errno::NoMem)?;
                 engines.push(h);
             }
         }

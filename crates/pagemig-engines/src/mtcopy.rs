@@ -17,9 +17,9 @@
 //! fails), and the counters
 //! `folios_migrated` and `folios_failures` (any write resets them).
 
+use pagemig::sys::own_threads::{self, OwnThread};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pagemig::mm::{Folio, Memory};
@@ -146,7 +146,7 @@ struct WorkerSlot {
 
 struct Pool {
     slots: Vec<Arc<WorkerSlot>>,
-    handles: Vec<JoinHandle<()>>,
+    handles: Vec<OwnThread<()>>,
     /// The CPUs each pool thread may run on once started (after its pinning).
     cpus: Vec<Vec<usize>>,
 }
@@ -175,23 +175,22 @@ impl Pool {
             // The caller is thread 0; pool thread i is copy thread i + 1.
             let cpu = cpuselect.cpu_for(i + 1, nr_workers + 1, &allowed);
             let tx = pinned_tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("mtcopy/{}", i + 1))
-                .spawn(move || {
-                    let pinned = match cpu {
-                        Some(c) => pagemig::sys::pin_current_thread(c)
-                            .map_err(|e| format!("pinning mtcopy/{} to CPU {c}: {e}", i + 1)),
-                        None => Ok(()),
-                    };
-                    let cpus = pinned.and_then(|()| {
-                        pagemig::sys::allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))
-                    });
-                    let ok = cpus.is_ok();
-                    let _ = tx.send((i, cpus));
-                    if ok {
-                        worker(s, spin);
-                    }
+            let b = std::thread::Builder::new().name(format!("mtcopy/{}", i + 1));
+            let spawned = own_threads::spawn(b, move || {
+                let pinned = match cpu {
+                    Some(c) => pagemig::sys::pin_current_thread(c)
+                        .map_err(|e| format!("pinning mtcopy/{} to CPU {c}: {e}", i + 1)),
+                    None => Ok(()),
+                };
+                let cpus = pinned.and_then(|()| {
+                    pagemig::sys::allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))
                 });
+                let ok = cpus.is_ok();
+                let _ = tx.send((i, cpus));
+                if ok {
+                    worker(s, spin);
+                }
+            });
             match spawned {
                 Ok(h) => {
                     slots.push(slot);
@@ -228,7 +227,7 @@ impl Pool {
         })
     }
 
-    fn stop_threads(slots: &[Arc<WorkerSlot>], handles: Vec<JoinHandle<()>>) {
+    fn stop_threads(slots: &[Arc<WorkerSlot>], handles: Vec<OwnThread<()>>) {
         for s in slots {
             s.stop.store(true, Ordering::SeqCst);
             s.parker.kick();

@@ -6,10 +6,10 @@
 #![forbid(unsafe_code)]
 
 use pagemig::sync::IgnorePoison as _;
+use pagemig::sys::own_threads::{self, OwnThread};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
-use std::thread::JoinHandle;
 
 use pagemig::mm::{
     pg, AddressSpace, Memory, MmError, NodeId, Order, Pte, SpaceBackend, VirtAddr, HPAGE_PMD_ORDER,
@@ -51,7 +51,7 @@ pub(crate) struct Shared {
 
 pub(crate) struct LiveInner {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) handler: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) handler: Mutex<Option<OwnThread<()>>>,
 }
 
 impl Drop for LiveInner {
@@ -181,10 +181,11 @@ impl Live {
             }
         })));
         let s = shared.clone();
-        let handler = std::thread::Builder::new()
-            .name("pagemig-uffd".into())
-            .spawn(move || fault_handler(&s))
-            .map_err(|e| sys_err("spawning the fault handler", e))?;
+        let handler = own_threads::spawn(
+            std::thread::Builder::new().name("pagemig-uffd".into()),
+            move || fault_handler(&s),
+        )
+        .map_err(|e| sys_err("spawning the fault handler", e))?;
         Ok(Live {
             inner: Arc::new(LiveInner {
                 shared,

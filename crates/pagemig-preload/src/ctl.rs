@@ -32,15 +32,18 @@ pub(crate) fn start(st: &'static State) -> Result<(), String> {
     let path = control::socket_path(std::process::id());
     let _ = std::fs::remove_file(&path);
     let l = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    std::thread::Builder::new()
-        .name("pagemig-ctl".into())
-        .spawn(move || {
+    // One of pagemig's own threads (its allocations never wait for the program's
+    // allocator); never joined.
+    pagemig::sys::own_threads::spawn(
+        std::thread::Builder::new().name("pagemig-ctl".into()),
+        move || {
             let _g = Inside::enter();
             for s in l.incoming().flatten() {
                 serve(st, s);
             }
-        })
-        .map_err(|e| e.to_string())?;
+        },
+    )
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 

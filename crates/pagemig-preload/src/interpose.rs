@@ -218,6 +218,32 @@ unsafe extern "C" fn no_usable(_p: *mut c_void) -> usize {
     0
 }
 
+/// glibc's allocator, for pagemig's own threads.
+static LIBC_NEXT: Next = Next {
+    malloc: __libc_malloc,
+    free: __libc_free,
+    calloc: __libc_calloc,
+    realloc: __libc_realloc,
+    memalign: __libc_memalign,
+    posix_memalign: libc_posix_memalign,
+    aligned_alloc: __libc_memalign,
+    valloc: libc_valloc,
+    usable: no_usable,
+};
+
+/// The allocator for a call of the malloc family on this thread: glibc's on pagemig's own
+/// threads (the C library's own calls on them, such as the `calloc` of a thread-local
+/// destructor's registration, made before the thread's code runs), so that they never wait
+/// for a lock of the program's allocator that a program thread holds while it faults on a
+/// page under migration (redis's jemalloc did, and the fault handler hung at its start);
+/// the next allocator on every other thread.
+fn alloc_next() -> &'static Next {
+    if pagemig::sys::own_threads::own_thread() {
+        return &LIBC_NEXT;
+    }
+    next()
+}
+
 fn next() -> &'static Next {
     let p = NEXT.load(Ordering::Acquire);
     if !p.is_null() {
@@ -319,7 +345,7 @@ fn tiered(size: usize) -> Option<&'static State> {
     if size < THRESHOLD.load(Ordering::Relaxed) {
         return None;
     }
-    if inside() || RESOLVING.load(Ordering::Acquire) {
+    if inside() || RESOLVING.load(Ordering::Acquire) || pagemig::sys::own_threads::own_thread() {
         return None;
     }
     let st = state()?;
@@ -464,7 +490,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
         return p;
     }
     // SAFETY: the next allocator's malloc.
-    unsafe { (next().malloc)(size) }
+    unsafe { (alloc_next().malloc)(size) }
 }
 
 /// `free(3)`.
@@ -477,7 +503,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
         return;
     }
     // SAFETY: not ours: the next allocator's pointer.
-    unsafe { (next().free)(p) }
+    unsafe { (alloc_next().free)(p) }
 }
 
 /// `calloc(3)`.
@@ -498,7 +524,7 @@ pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
         return p;
     }
     // SAFETY: the next allocator's calloc.
-    unsafe { (next().calloc)(n, size) }
+    unsafe { (alloc_next().calloc)(n, size) }
 }
 
 /// `realloc(3)`.
@@ -539,16 +565,16 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
             return q;
         }
         if size > 0 && tiered(size).is_some() {
-            let old = (next().usable)(p);
+            let old = (alloc_next().usable)(p);
             if old > 0 {
                 if let Some(q) = tier_alloc(size, 16) {
                     std::ptr::copy_nonoverlapping(p as *const u8, q as *mut u8, old.min(size));
-                    (next().free)(p);
+                    (alloc_next().free)(p);
                     return q;
                 }
             }
         }
-        (next().realloc)(p, size)
+        (alloc_next().realloc)(p, size)
     }
 }
 
@@ -583,7 +609,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
         return 0;
     }
     // SAFETY: the next allocator's posix_memalign.
-    unsafe { (next().posix_memalign)(out, align, size) }
+    unsafe { (alloc_next().posix_memalign)(out, align, size) }
 }
 
 /// `aligned_alloc(3)`.
@@ -596,7 +622,7 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
         return p;
     }
     // SAFETY: the next allocator's aligned_alloc.
-    unsafe { (next().aligned_alloc)(align, size) }
+    unsafe { (alloc_next().aligned_alloc)(align, size) }
 }
 
 /// `memalign(3)`.
@@ -609,7 +635,7 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
         return p;
     }
     // SAFETY: the next allocator's memalign.
-    unsafe { (next().memalign)(align, size) }
+    unsafe { (alloc_next().memalign)(align, size) }
 }
 
 /// `valloc(3)`.
@@ -622,7 +648,7 @@ pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
         return p;
     }
     // SAFETY: the next allocator's valloc.
-    unsafe { (next().valloc)(size) }
+    unsafe { (alloc_next().valloc)(size) }
 }
 
 /// `pvalloc(3)`.
@@ -651,7 +677,7 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
         return len;
     }
     // SAFETY: not ours: the next allocator's pointer.
-    unsafe { (next().usable)(p) }
+    unsafe { (alloc_next().usable)(p) }
 }
 
 // ---- the mapping calls ----------------------------------------------------------------
@@ -674,8 +700,6 @@ pub unsafe extern "C" fn mmap(
 ) -> *mut c_void {
     const NOT_TIERED: c_int = libc::MAP_FIXED
         | libc::MAP_FIXED_NOREPLACE
-        | libc::MAP_SHARED
-        | libc::MAP_SHARED_VALIDATE
         | libc::MAP_GROWSDOWN
         | libc::MAP_HUGETLB
         | libc::MAP_STACK
@@ -685,7 +709,7 @@ pub unsafe extern "C" fn mmap(
             && fd == -1
             && prot == RW
             && flags & libc::MAP_ANONYMOUS != 0
-            && flags & libc::MAP_PRIVATE != 0
+            && private_mapping(flags)
             && flags & NOT_TIERED == 0
         {
             if let Some(st) = tiered(len) {
@@ -701,6 +725,14 @@ pub unsafe extern "C" fn mmap(
         }
     }
     raw_mmap(addr, len, prot, flags, fd, off)
+}
+
+/// Whether `flags` ask for a private mapping: the mapping type (the low four bits, the
+/// kernel's `MAP_TYPE`) is `MAP_PRIVATE`, not `MAP_SHARED` or `MAP_SHARED_VALIDATE` (which
+/// is both bits: tested bit by bit, it excluded every private mapping too).
+pub(crate) fn private_mapping(flags: c_int) -> bool {
+    const MAP_TYPE: c_int = 0x0f;
+    flags & MAP_TYPE == libc::MAP_PRIVATE
 }
 
 /// `mmap64`: the same as `mmap` on 64-bit Linux.

@@ -408,7 +408,9 @@ fn minus(a: usize, end: usize, mut holes: Vec<(usize, usize)>) -> Vec<(usize, us
     out
 }
 
-/// `free` of `a`: `None` if it is not a region's.
+/// `free` of `a`: `None` if it is not a region's. Only a region of the malloc family is
+/// freed so: memory the program mapped itself is the program's to carve up (an allocator
+/// such as jemalloc hands out pointers at the start of its mappings, and frees them).
 pub(crate) fn free(st: Option<&'static State>, a: usize) -> Option<Action> {
     {
         let mut inh = lock(&INHERITED);
@@ -423,6 +425,9 @@ pub(crate) fn free(st: Option<&'static State>, a: usize) -> Option<Action> {
     let st = st?;
     let e = {
         let mut m = lock(&st.regions);
+        if m.get(&a)?.source != Source::Malloc {
+            return None;
+        }
         let e = m.remove(&a)?;
         NR_REGIONS.fetch_sub(1, Ordering::Relaxed);
         e
@@ -431,12 +436,16 @@ pub(crate) fn free(st: Option<&'static State>, a: usize) -> Option<Action> {
     Some(Action::default())
 }
 
-/// `malloc_usable_size` of a region's pointer.
+/// `malloc_usable_size` of a region's pointer (of the malloc family's regions only, as
+/// [`free`]).
 pub(crate) fn usable(st: Option<&'static State>, a: usize) -> Option<usize> {
     if let Some(&(_, l)) = lock(&INHERITED).iter().find(|&&(s, _)| s == a) {
         return Some(l);
     }
-    lock(&st?.regions).get(&a).map(|e| e.len)
+    lock(&st?.regions)
+        .get(&a)
+        .filter(|e| e.source == Source::Malloc)
+        .map(|e| e.len)
 }
 
 /// `munmap(a, len)`: regions wholly inside are freed (their own mappings go with them),
@@ -575,9 +584,12 @@ pub(crate) fn fork_child() -> bool {
     let Some(mut held) = held else {
         return ENABLED.load(Ordering::Acquire);
     };
+    // Those of the malloc family, which the child may pass to `free`; the mapped ones it
+    // unmaps itself, with `munmap`.
     let ranges: Vec<(usize, usize)> = held
         .regions
         .values()
+        .filter(|e| e.source == Source::Malloc)
         .map(|e| (e.start, e.map_len))
         .collect();
     held.inherited.extend(ranges);

@@ -237,3 +237,130 @@ mod tests {
         assert_eq!(emulated_cpu_in(""), None);
     }
 }
+
+/// pagemig's own threads, known by their `pthread_self()` from their first instruction on:
+/// where pagemig runs inside a program it did not write (`pagemig run`), the program's
+/// allocator may hold a lock while the program faults on a page under migration, so the
+/// threads that resolve the fault must never wait for that allocator. A thread's own
+/// thread-local set-up (Rust's spawn hooks, the C library's `__cxa_thread_atexit_impl`)
+/// calls `calloc` before any code of the thread's closure runs, so a thread-local flag set
+/// there would come too late; the preload asks [`own_thread`] in its `malloc` family
+/// instead and sends these threads to the C library's allocator.
+pub mod own_threads {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::thread::{Builder, JoinHandle};
+
+    const SLOTS: usize = 64;
+    static OWN: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+    /// Slots in use are below this.
+    static HIGH: AtomicUsize = AtomicUsize::new(0);
+    /// Spawns in flight, and the thread making them (0: none).
+    static SPAWNING: AtomicUsize = AtomicUsize::new(0);
+    static SPAWNER: AtomicU64 = AtomicU64::new(0);
+
+    fn me() -> u64 {
+        // SAFETY: pthread_self has no preconditions; it reads the thread pointer.
+        unsafe { libc::pthread_self() as u64 }
+    }
+
+    fn registered(t: u64) -> bool {
+        let high = HIGH.load(Ordering::Acquire);
+        OWN[..high].iter().any(|s| s.load(Ordering::Acquire) == t)
+    }
+
+    /// Whether the calling thread is one of pagemig's own (spawned with [`spawn`]). A
+    /// thread asking while a spawn is in flight, other than the spawning one, waits until
+    /// the new thread is registered (it may be that thread, before its spawn returned).
+    #[inline]
+    pub fn own_thread() -> bool {
+        if HIGH.load(Ordering::Relaxed) == 0 && SPAWNING.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let t = me();
+        loop {
+            if registered(t) {
+                return true;
+            }
+            if SPAWNING.load(Ordering::Acquire) == 0 || SPAWNER.load(Ordering::Acquire) == t {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Spawns a thread of pagemig's own (see the module). Joining it through the handle
+    /// returned forgets it; a thread never joined stays known for the process's life.
+    pub fn spawn<F, T>(b: Builder, f: F) -> std::io::Result<OwnThread<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        use std::os::unix::thread::JoinHandleExt as _;
+        // One spawn at a time: SPAWNER names the thread whose own allocations pass.
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _g = ONE.lock().unwrap_or_else(|p| p.into_inner());
+        SPAWNER.store(me(), Ordering::Release);
+        SPAWNING.fetch_add(1, Ordering::AcqRel);
+        let r = b.spawn(f);
+        if let Ok(h) = &r {
+            let t = h.as_pthread_t() as u64;
+            let slot = OWN
+                .iter()
+                .position(|s| {
+                    s.compare_exchange(0, t, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                })
+                .unwrap_or(SLOTS);
+            if slot < SLOTS {
+                HIGH.fetch_max(slot + 1, Ordering::AcqRel);
+            }
+        }
+        SPAWNING.fetch_sub(1, Ordering::AcqRel);
+        SPAWNER.store(0, Ordering::Release);
+        r.map(|h| OwnThread(Some(h)))
+    }
+
+    /// The handle of a thread from [`spawn`].
+    #[derive(Debug)]
+    pub struct OwnThread<T>(Option<JoinHandle<T>>);
+
+    impl<T> OwnThread<T> {
+        /// Waits for the thread to end, then forgets it (its `pthread_t` may be another
+        /// thread's from then on).
+        pub fn join(mut self) -> std::thread::Result<T> {
+            use std::os::unix::thread::JoinHandleExt as _;
+            let h = self.0.take().expect("joined once");
+            let t = h.as_pthread_t() as u64;
+            let r = h.join();
+            for s in &OWN {
+                let _ = s.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Acquire);
+            }
+            r
+        }
+
+        /// The thread.
+        pub fn thread(&self) -> &std::thread::Thread {
+            self.0.as_ref().expect("not joined").thread()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_thread_is_its_own_from_its_first_instruction_until_it_is_joined() {
+            assert!(!own_thread(), "the test's thread");
+            let h = spawn(Builder::new(), own_thread).unwrap();
+            let t = {
+                use std::os::unix::thread::JoinHandleExt as _;
+                h.0.as_ref().unwrap().as_pthread_t() as u64
+            };
+            assert!(registered(t));
+            assert!(h.join().unwrap(), "own inside");
+            assert!(!registered(t), "forgotten once joined");
+            let plain = std::thread::spawn(own_thread).join().unwrap();
+            assert!(!plain, "a thread spawned otherwise");
+        }
+    }
+}

@@ -2,7 +2,10 @@
  * while pagemig moves that memory between nodes: realloc, calloc, MADV_DONTNEED and
  * MADV_FREE, partial munmap, mremap, mprotect, system calls reading and writing it (kernel-
  * mode faults), threads, and fork (a child sees the memory as it was at the fork, and tiers
- * memory of its own). Prints one line per check and exits 1 at the first wrong byte. */
+ * memory of its own). Prints one line per check and exits 1 at the first wrong byte. Under
+ * `pagemig run` (PAGEMIG_RUN_THRESHOLD set) it also checks that its large blocks, malloc'd
+ * and mmap'd, are tiered: their mappings are registered with a userfaultfd ("um" in their
+ * VmFlags in /proc/self/smaps). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -29,6 +32,27 @@ static int zero(const void *v, size_t len) {
 }
 #define CHECK(c, what) do { if (!(c)) { printf("FAIL %s (round %d)\n", what, round); fflush(stdout); exit(1); } } while (0)
 
+/* Whether the mapping holding p is registered with a userfaultfd for missing faults. */
+static int uffd_registered(const void *p) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return 0;
+    char line[512];
+    int in = 0, yes = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        char c;
+        if (sscanf(line, "%lx-%lx %c", &lo, &hi, &c) == 3) {
+            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        } else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+            yes = strstr(line, " um") != NULL;
+            break;
+        }
+    }
+    fclose(f);
+    return yes;
+}
+#define TIERED(p, what) do { if (getenv("PAGEMIG_RUN_THRESHOLD")) CHECK(uffd_registered(p), what " is tiered"); } while (0)
+
 static void *writer(void *arg) {
     uint64_t seed = (uintptr_t)arg;
     size_t n = 24 * MiB / 8;
@@ -47,6 +71,7 @@ int main(int argc, char **argv) {
         /* realloc keeps the bytes; calloc is zero */
         size_t n = 32 * MiB / 8;
         uint64_t *a = malloc(n * 8);
+        TIERED(a, "malloc");
         fill(a, n, 1 + round);
         a = realloc(a, 2 * n * 8);
         CHECK(a && !bad(a, n, 1 + round), "realloc");
@@ -58,6 +83,7 @@ int main(int argc, char **argv) {
         /* madvise */
         uint64_t *m = mmap(NULL, 16 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         CHECK(m != MAP_FAILED, "mmap");
+        TIERED(m, "mmap");
         fill(m, 16 * MiB / 8, 7);
         CHECK(madvise((char *)m + 4 * MiB, 4 * MiB, MADV_DONTNEED) == 0, "madvise");
         CHECK(!bad(m, 4 * MiB / 8, 7) && zero((char *)m + 4 * MiB, 4 * MiB), "MADV_DONTNEED reads zero");
@@ -70,6 +96,7 @@ int main(int argc, char **argv) {
 
         /* partial munmap, then the rest */
         uint64_t *u = mmap(NULL, 8 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        TIERED(u, "mmap");
         fill(u, 8 * MiB / 8, 9);
         CHECK(munmap(u, 2 * MiB) == 0, "partial munmap");
         for (size_t i = 2 * MiB / 8; i < 8 * MiB / 8; i++) CHECK(u[i] == pat(9, i), "the rest after a partial munmap");
@@ -77,6 +104,7 @@ int main(int argc, char **argv) {
 
         /* mremap */
         uint64_t *r = mmap(NULL, 4 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        TIERED(r, "mmap");
         fill(r, 4 * MiB / 8, 11);
         r = mremap(r, 4 * MiB, 8 * MiB, MREMAP_MAYMOVE);
         CHECK(r != MAP_FAILED && !bad(r, 4 * MiB / 8, 11) && zero(r + 4 * MiB / 8, 4 * MiB), "mremap");
@@ -84,6 +112,7 @@ int main(int argc, char **argv) {
 
         /* mprotect */
         uint64_t *q = mmap(NULL, 4 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        TIERED(q, "mmap");
         fill(q, 4 * MiB / 8, 13);
         CHECK(mprotect(q, 4 * MiB, PROT_READ) == 0 && !bad(q, 4 * MiB / 8, 13), "mprotect read-only");
         CHECK(mprotect(q, 4 * MiB, PROT_READ | PROT_WRITE) == 0, "mprotect back");
@@ -130,12 +159,14 @@ int main(int argc, char **argv) {
         /* fork: the child sees the memory as it was, the parent goes on writing */
         size_t fn = 48 * MiB / 8;
         uint64_t *big = malloc(fn * 8);
+        TIERED(big, "malloc");
         fill(big, fn, 19);
         for (int k = 0; k < 4; k++) {
             pid_t c = fork();
             if (c == 0) {
                 if (bad(big, fn, 19 + k)) _exit(1);
                 uint64_t *own = malloc(16 * MiB); /* new memory of its own */
+                TIERED(own, "a forked child's malloc");
                 fill(own, 16 * MiB / 8, 23);
                 _exit(bad(own, 16 * MiB / 8, 23) ? 1 : 0);
             }
