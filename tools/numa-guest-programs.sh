@@ -157,7 +157,7 @@ redis_session() { # $1: plain or tiered; prints "DIGEST-BEFORE DIGEST-AFTER BENC
     ./redis-cli -p "$port" EVAL "for _, k in ipairs(redis.call('KEYS', 'key:*')) do redis.call('DEL', k) end return 1" 0 >/dev/null
     d2=$(./redis-cli -p "$port" DEBUG DIGEST)
     if [ "$1" = tiered ]; then
-        check_placement "$srv" 0 redis-server >&2 || b1=1
+        check_placement "$srv" "$last" redis-server >&2 || b1=1
     fi
     ./redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1
     wait "$srv"
