@@ -303,7 +303,7 @@ pub mod own_threads {
         SPAWNING.fetch_add(1, Ordering::AcqRel);
         let r = b.spawn(f);
         if let Ok(h) = &r {
-            let t = h.as_pthread_t() as u64;
+            let t: u64 = h.as_pthread_t();
             let slot = OWN
                 .iter()
                 .position(|s| {
@@ -330,7 +330,7 @@ pub mod own_threads {
         pub fn join(mut self) -> std::thread::Result<T> {
             use std::os::unix::thread::JoinHandleExt as _;
             let h = self.0.take().expect("joined once");
-            let t = h.as_pthread_t() as u64;
+            let t: u64 = h.as_pthread_t();
             let r = h.join();
             for s in &OWN {
                 let _ = s.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Acquire);
@@ -354,7 +354,7 @@ pub mod own_threads {
             let h = spawn(Builder::new(), own_thread).unwrap();
             let t = {
                 use std::os::unix::thread::JoinHandleExt as _;
-                h.0.as_ref().unwrap().as_pthread_t() as u64
+                h.0.as_ref().unwrap().as_pthread_t()
             };
             assert!(registered(t));
             assert!(h.join().unwrap(), "own inside");
