@@ -31,6 +31,31 @@ mover() {
     done
 }
 
+# compare NAME PLAIN TIERED [INPUT [OUTPUT]]: runs the command line PLAIN, then
+# `pagemig run --quiet TIERED` while the mover moves it, both with stdin from INPUT
+# (/dev/null); each must exit 0, and (OUTPUT yes, the default) print the same. Leaves the
+# outputs in /tmp/NAME-plain.out and /tmp/NAME-tiered.out; sets rc=1 on a difference.
+compare() {
+    name=$1
+    input=${4:-/dev/null}
+    eval "$2" <"$input" >"/tmp/$name-plain.out" 2>&1
+    plain_rc=$?
+    eval "exec ./pagemig run --quiet $3" <"$input" >"/tmp/$name-tiered.out" 2>&1 &
+    p=$!
+    : >"/tmp/$name-moves.txt"
+    mover "$p" "/tmp/$name-moves.txt" &
+    m=$!
+    wait "$p"
+    tiered_rc=$?
+    wait "$m"
+    echo "$name: exit $plain_rc plainly, $tiered_rc tiered; $(moved "/tmp/$name-moves.txt") pages migrated"
+    [ "$plain_rc" -eq 0 ] && [ "$tiered_rc" -eq "$plain_rc" ] || { echo "$name: exit status differs"; cat "/tmp/$name-tiered.out"; rc=1; }
+    if [ "${5:-yes}" = yes ]; then
+        cmp "/tmp/$name-plain.out" "/tmp/$name-tiered.out" || { echo "$name: output differs"; cat "/tmp/$name-plain.out" "/tmp/$name-tiered.out"; rc=1; }
+    fi
+    [ "$(moved "/tmp/$name-moves.txt")" -gt 0 ] || { echo "$name: no page moved"; rc=1; }
+}
+
 # The nodes of process $1's tiered regions, as the kernel's numa_maps gives them: one line
 # per region, "START N0=.. N1=..".
 kernel_nodes() {
@@ -76,21 +101,8 @@ DELETE FROM t WHERE id % 11 = 0;
 SELECT count(*), sum(w) FROM t;
 PRAGMA integrity_check;
 SQL
-./sqlite3 /tmp/plain.db </tmp/t.sql >/tmp/sqlite-plain.out 2>&1
-plain_rc=$?
-./pagemig run --quiet --threshold 64K -- ./sqlite3 /tmp/tiered.db </tmp/t.sql >/tmp/sqlite-tiered.out 2>&1 &
-p=$!
-: >/tmp/sqlite-moves.txt
-mover "$p" /tmp/sqlite-moves.txt &
-m=$!
-wait "$p"
-tiered_rc=$?
-wait "$m"
-echo "sqlite3: exit $plain_rc plainly, $tiered_rc tiered; $(moved /tmp/sqlite-moves.txt) pages migrated"
-[ "$plain_rc" -eq 0 ] && [ "$tiered_rc" -eq "$plain_rc" ] || { echo "sqlite3: exit status differs"; rc=1; }
-cmp /tmp/sqlite-plain.out /tmp/sqlite-tiered.out || { echo "sqlite3: output differs"; cat /tmp/sqlite-tiered.out; rc=1; }
-tail -n 1 /tmp/sqlite-tiered.out | grep -qx ok || { echo "sqlite3: integrity check"; rc=1; }
-[ "$(moved /tmp/sqlite-moves.txt)" -gt 0 ] || { echo "sqlite3: no page moved"; rc=1; }
+compare sqlite3 "./sqlite3 /tmp/plain.db" "--threshold 64K -- ./sqlite3 /tmp/tiered.db" /tmp/t.sql
+tail -n 1 /tmp/sqlite3-tiered.out | grep -qx ok || { echo "sqlite3: integrity check"; rc=1; }
 
 # python3: checksums over a large bytearray and a large list, the same answers.
 cat >/tmp/t.py <<'PY'
@@ -110,20 +122,7 @@ print(sum(x * x for x in lst) % 1_000_000_007)
 print(sum(b[::4096]))
 PY
 export PYTHONHOME=/job/py
-./py/bin/python3 /tmp/t.py >/tmp/py-plain.out 2>&1
-plain_rc=$?
-./pagemig run --quiet -- ./py/bin/python3 /tmp/t.py >/tmp/py-tiered.out 2>&1 &
-p=$!
-: >/tmp/py-moves.txt
-mover "$p" /tmp/py-moves.txt &
-m=$!
-wait "$p"
-tiered_rc=$?
-wait "$m"
-echo "python3: exit $plain_rc plainly, $tiered_rc tiered; $(moved /tmp/py-moves.txt) pages migrated"
-[ "$plain_rc" -eq 0 ] && [ "$tiered_rc" -eq "$plain_rc" ] || { echo "python3: exit status differs"; cat /tmp/py-tiered.out; rc=1; }
-cmp /tmp/py-plain.out /tmp/py-tiered.out || { echo "python3: output differs"; cat /tmp/py-plain.out /tmp/py-tiered.out; rc=1; }
-[ "$(moved /tmp/py-moves.txt)" -gt 0 ] || { echo "python3: no page moved"; rc=1; }
+compare python3 "./py/bin/python3 /tmp/t.py" "-- ./py/bin/python3 /tmp/t.py"
 unset PYTHONHOME
 
 # redis-server under redis-benchmark: the data set's digest before and after, plain and
@@ -174,19 +173,8 @@ set -- $plain $tiered
 
 # stress-ng: two forked vm workers write and verify their own memory while it moves (each
 # worker tiers its own memory and has a socket of its own).
-./stress-ng --vm 2 --vm-bytes 16M --vm-keep --verify --timeout 12s >/tmp/sng-plain.out 2>&1
-plain_rc=$?
-./pagemig run --quiet -- ./stress-ng --vm 2 --vm-bytes 16M --vm-keep --verify --timeout 12s >/tmp/sng-tiered.out 2>&1 &
-p=$!
-: >/tmp/sng-moves.txt
-mover "$p" /tmp/sng-moves.txt &
-m=$!
-wait "$p"
-tiered_rc=$?
-wait "$m"
-echo "stress-ng: exit $plain_rc plainly, $tiered_rc tiered; $(moved /tmp/sng-moves.txt) pages migrated"
-[ "$plain_rc" -eq 0 ] && [ "$tiered_rc" -eq "$plain_rc" ] || { echo "stress-ng: exit status differs"; cat /tmp/sng-tiered.out; rc=1; }
-grep -q "successful run completed" /tmp/sng-tiered.out && ! grep -q "fail:" /tmp/sng-tiered.out || { echo "stress-ng: its verification"; cat /tmp/sng-tiered.out; rc=1; }
-[ "$(moved /tmp/sng-moves.txt)" -gt 0 ] || { echo "stress-ng: no page moved"; rc=1; }
+sng="./stress-ng --vm 2 --vm-bytes 16M --vm-keep --verify --timeout 12s"
+compare stress-ng "$sng" "-- $sng" /dev/null no
+grep -q "successful run completed" /tmp/stress-ng-tiered.out && ! grep -q "fail:" /tmp/stress-ng-tiered.out || { echo "stress-ng: its verification"; cat /tmp/stress-ng-tiered.out; rc=1; }
 
 exit $rc
