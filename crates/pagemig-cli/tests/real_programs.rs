@@ -279,7 +279,6 @@ fn a_database_passes_its_integrity_check_with_the_same_answers_while_its_memory_
         std::thread::scope(|s| {
             let h = tier.map(|d| s.spawn(|| mover(d, &stop)));
             let _stop = StopOnDrop(&stop);
-            let _stop = StopOnDrop(&stop);
             let mut child = cmd
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -283,17 +283,17 @@ impl RegionBackend {
             return;
         }
         let (mut pages, mut nodes) = (Vec::new(), Vec::new());
-        for (k, (&a, &n)) in addrs.iter().zip(&now).enumerate() {
+        for (&a, &n) in addrs.iter().zip(&now) {
             let f = self.frames[(a - self.base) / PAGE_SIZE].load(Ordering::Acquire);
             if n < 0 || f == 0 {
                 continue;
             }
-            let want = match mm.node(mm.node_of(Pfn(f - 1))).map(|n| n.binding().clone()) {
-                Ok(pagemig::mm::NumaBinding::Bound(h)) => h as i32,
+            let want = match mm.node(mm.node_of(Pfn(f - 1))).map(|n| n.binding()) {
+                Ok(&pagemig::mm::NumaBinding::Bound(h)) => h as i32,
                 _ => continue,
             };
             if n != want {
-                pages.push(addrs[k]);
+                pages.push(a);
                 nodes.push(want);
             }
         }
