@@ -17,9 +17,13 @@ export PAGEMIG_PRELOAD=./libpagemig_preload.so
 # Moves the memory of process $1, and of every other process under pagemig run (its forked
 # children have sockets of their own), back and forth until $1 exits; appends the moves'
 # output to $2.
+# mover PID LOG: moves the regions of every `pagemig run` process back and forth between
+# node 0 and the last node, once a second, until PID exits or LOG.stop exists (the move in
+# flight then finishes first).
 mover() {
     to=$last
-    while kill -0 "$1" 2>/dev/null; do
+    rm -f "$2.stop"
+    while kill -0 "$1" 2>/dev/null && [ ! -e "$2.stop" ]; do
         for s in /tmp/pagemig-0/run-*.sock; do
             [ -S "$s" ] || continue
             q=${s##*/run-}
@@ -156,11 +160,13 @@ redis_session() { # $1: plain or tiered; prints "DIGEST-BEFORE DIGEST-AFTER BENC
     ./redis-cli -p "$port" EVAL "for _, k in ipairs(redis.call('KEYS', 'key:*')) do redis.call('DEL', k) end return 1" 0 >/dev/null
     d2=$(./redis-cli -p "$port" DEBUG DIGEST)
     if [ "$1" = tiered ]; then
+        # The mover stops first: a move of its own to node 0 must not race the check.
+        touch /tmp/redis-moves.txt.stop
+        wait "$mv_pid"
         check_placement "$srv" "$last" redis-server >&2 || b1=1
     fi
     ./redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1
     wait "$srv"
-    [ "$1" = tiered ] && wait "$mv_pid"
     echo "$d1 $d2 $((b1 + b2))"
 }
 plain=$(redis_session plain 6390)
