@@ -10,6 +10,11 @@
 //! assert!(v.iter().all(|&x| x == 7));
 //! ```
 //!
+//! It is also an [`allocator_api2::alloc::Allocator`] (the stable form of the standard
+//! library's `Allocator`, the one `hashbrown` and `allocator_api2`'s `Vec` and `Box`
+//! take), so one collection can be put in live regions without making the allocator
+//! global: `allocator_api2::vec::Vec::with_capacity_in(n, &ALLOC)`.
+//!
 //! # Contract
 //! Allocations of at least the threshold, aligned to at most 2 MiB, become regions of a
 //! [`Live`] made at the first one (two nodes with pools that grow on demand, or the host's
@@ -27,6 +32,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::ptr::NonNull;
+
+use allocator_api2::alloc::{AllocError, Allocator};
 use std::sync::{Mutex, OnceLock};
 
 use pagemig::mm::{Memory, MemoryConfig, NodeConfig, NodeId, Pte, VirtAddr, PAGE_SIZE};
@@ -228,7 +236,74 @@ unsafe impl GlobalAlloc for LiveAlloc {
     }
 }
 
+// SAFETY: `allocate` returns, for a zero-sized layout, a dangling pointer aligned to the
+// layout (never dereferenced, never freed), and otherwise what `GlobalAlloc::alloc` returns
+// above (a region of at least the rounded-up size, or System's block of exactly the size),
+// with the length that block really has, so every size between the layout's and that length
+// "fits" it; `deallocate` sends every block back through `GlobalAlloc::dealloc`, which tells
+// a region from System's by its address and size (a fitting size is at least the requested
+// one, so a region's is still at least the threshold). The blocks stay valid until
+// deallocated and `LiveAlloc` is not moved while they live (a `&LiveAlloc` holds it), so
+// clones of the reference are the same allocator.
+unsafe impl Allocator for LiveAlloc {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        self.allocate_with(layout, false)
+    }
+
+    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        self.allocate_with(layout, true)
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() != 0 {
+            // SAFETY: `ptr` was allocated here with a layout that `layout` fits (the
+            // caller's contract), by `GlobalAlloc::alloc` or `alloc_zeroed`.
+            unsafe { GlobalAlloc::dealloc(self, ptr.as_ptr(), layout) }
+        }
+    }
+}
+
 impl LiveAlloc {
+    fn allocate_with(&self, layout: Layout, zeroed: bool) -> Result<NonNull<[u8]>, AllocError> {
+        if layout.size() == 0 {
+            let dangling = NonNull::new(std::ptr::without_provenance_mut::<u8>(layout.align()))
+                .ok_or(AllocError)?;
+            return Ok(NonNull::slice_from_raw_parts(dangling, 0));
+        }
+        let len = if layout.size() >= self.threshold
+            && layout.align() <= 2 << 20
+            && !INSIDE.with(|c| c.get())
+        {
+            layout.size().next_multiple_of(PAGE_SIZE)
+        } else {
+            layout.size()
+        };
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe {
+            if zeroed {
+                GlobalAlloc::alloc_zeroed(self, layout)
+            } else {
+                GlobalAlloc::alloc(self, layout)
+            }
+        };
+        let p = NonNull::new(p).ok_or(AllocError)?;
+        // A region's length only where it is one (System's block otherwise: the size).
+        let len = if self.is_region(p.as_ptr()) {
+            len
+        } else {
+            layout.size()
+        };
+        Ok(NonNull::slice_from_raw_parts(p, len))
+    }
+
+    fn is_region(&self, p: *mut u8) -> bool {
+        let Some(st) = self.state.get().and_then(|s| s.as_ref().ok()) else {
+            return false;
+        };
+        let _g = Inside::enter();
+        pagemig::sync::lock(&st.regions).contains_key(&(p as usize))
+    }
+
     fn region(&self, layout: Layout) -> Option<*mut u8> {
         if layout.size() < self.threshold || layout.align() > 2 << 20 || INSIDE.with(|c| c.get()) {
             return None;

@@ -36,6 +36,44 @@ fn large_allocations_are_regions_that_migrate_with_their_bytes_and_small_ones_ar
     assert_eq!(small, vec![3u8; 1000]);
     drop(big);
     drop(boxed);
+
+    // The same allocator as an `allocator_api2` Allocator, for one collection at a time: a
+    // Vec and a hashbrown map whose tables are regions, moved with their contents, grown and
+    // shrunk.
+    let regions = |per: Vec<usize>| per.iter().sum::<usize>();
+    let before = regions(ALLOC.pages_per_node());
+    let mut v = allocator_api2::vec::Vec::with_capacity_in(1 << 20, &ALLOC);
+    v.extend((0..1u64 << 20).map(|i| i ^ 0x5a5a));
+    let mut map = hashbrown::HashMap::with_capacity_in(1 << 16, &ALLOC);
+    map.extend((0..1u32 << 16).map(|i| (i, u64::from(i) * 7)));
+    assert!(
+        regions(ALLOC.pages_per_node()) >= before + (8 << 20) / 4096,
+        "the Vec's 8 MiB is a region: {:?}",
+        ALLOC.pages_per_node()
+    );
+    for to in [1u32, 0] {
+        ALLOC.migrate_all(NodeId(to)).unwrap();
+        assert_eq!(ALLOC.pages_per_node()[(1 - to) as usize], 0);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 ^ 0x5a5a));
+        assert!((0..1u32 << 16).all(|i| map[&i] == u64::from(i) * 7));
+    }
+    v.extend(0..1u64 << 20);
+    assert!(v[1 << 20..].iter().enumerate().all(|(i, &x)| x == i as u64));
+    v.truncate(10);
+    v.shrink_to_fit();
+    assert_eq!(
+        v[..],
+        (0..10u64).map(|i| i ^ 0x5a5a).collect::<Vec<_>>()[..]
+    );
+    drop((v, map));
+    assert_eq!(
+        regions(ALLOC.pages_per_node()),
+        before,
+        "dropping them freed their regions"
+    );
+    let empty: allocator_api2::vec::Vec<u64, &LiveAlloc> = allocator_api2::vec::Vec::new_in(&ALLOC);
+    assert!(empty.is_empty());
+
     let c = ALLOC.live().unwrap().counts();
     assert_eq!((c.remap_errors, c.stray_faults), (0, 0), "{c:?}");
     assert!(ALLOC.migrate_all(NodeId(9)).is_err());
