@@ -185,6 +185,10 @@ pub enum CtlAction {
         /// Hold the migration at this rate, in MB/s.
         #[arg(long)]
         rate: Option<f64>,
+        /// Folios per batch (1 to 512; default 512, the series' batch). Fewer pages are
+        /// unmapped at a time, so a thread that touches one waits less.
+        #[arg(long)]
+        batch_pages: Option<usize>,
         /// Also write the answer as JSON to this file (`-`: standard output, alone).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -336,6 +340,7 @@ pub fn ctl(pid: u32, action: CtlAction) -> anyhow::Result<()> {
             range,
             engine,
             rate,
+            batch_pages,
             json,
         } => {
             let req = MoveRequest {
@@ -344,6 +349,7 @@ pub fn ctl(pid: u32, action: CtlAction) -> anyhow::Result<()> {
                 range: range.as_deref().map(parse_range).transpose()?,
                 engine,
                 rate_mb_s: rate,
+                batch_pages,
             };
             do_move(pid, req, &json)
         }
@@ -386,6 +392,7 @@ pub fn migratepages(pid: u32, from: &str, to: &str, json: &Option<PathBuf>) -> a
             range: None,
             engine: None,
             rate_mb_s: None,
+            batch_pages: None,
         },
         json,
     )
@@ -400,6 +407,14 @@ pub struct RunBenchArgs {
     /// Runs of each configuration (interleaved; the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
+    /// Folios per batch of the moves (`pagemig ctl move --batch-pages`; default 512).
+    #[arg(long)]
+    pub batch_pages: Option<usize>,
+    /// Each node's pool to start with, for both runs under `pagemig run` (`pagemig run
+    /// --pool`): a pool as large as the program's memory is made before the program
+    /// touches it, so no move waits for a pool to grow.
+    #[arg(long)]
+    pub pool: Option<String>,
     /// Also write the results as JSON to this file (`-`: standard output, alone).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -424,8 +439,12 @@ pub struct RunSample {
     pub stalls_over_1ms: Option<u64>,
     /// Pages the mover migrated during the run.
     pub pages_migrated: u64,
-    /// The rate the mover reached, in MB/s.
+    /// The rate the mover held while it moved, in MB/s: the pages of its completed moves
+    /// over their time (the program's start-up, before its socket exists, and a move
+    /// cut short by its exit are not in it).
     pub moved_mb_s: f64,
+    /// The same pages over the program's whole wall time, in MB/s.
+    pub moved_mb_s_wall: f64,
 }
 
 /// The report of `pagemig run-bench`.
@@ -435,6 +454,10 @@ pub struct RunBenchReport {
     pub program: Vec<String>,
     /// The rate asked for while moving, MB/s.
     pub rate_mb_s: f64,
+    /// Folios per batch of the moves (512 unless `--batch-pages` said otherwise).
+    pub batch_pages: usize,
+    /// `--pool`, if given.
+    pub pool: Option<String>,
     /// Every run.
     pub samples: Vec<RunSample>,
     /// Median throughput under `pagemig run` with no migration, over the plain median.
@@ -459,7 +482,11 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         c
     } else {
         let mut c = std::process::Command::new(std::env::current_exe()?);
-        c.args(["run", "--quiet", "--"]).args(&a.program);
+        c.args(["run", "--quiet"]);
+        if let Some(p) = &a.pool {
+            c.args(["--pool", p]);
+        }
+        c.arg("--").args(&a.program);
         c.env("PAGEMIG_RUN_DIR", &dir);
         c
     };
@@ -482,6 +509,7 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
                         range: None,
                         engine: None,
                         rate_mb_s: Some(a.rate),
+                        batch_pages: a.batch_pages,
                     });
                     match control::request_at(&path, pid, &req) {
                         Ok(Response::Ok(Reply::Moved(r))) => {
@@ -520,10 +548,11 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         stalls_over_1ms: get("stalls_over_1ms").map(|v| v as u64),
         pages_migrated: moved.0,
         moved_mb_s: if moved.1 > 0.0 {
-            moved.0 as f64 * 4096.0 / 1e6 / seconds
+            moved.0 as f64 * 4096.0 / 1e6 / moved.1
         } else {
             0.0
         },
+        moved_mb_s_wall: moved.0 as f64 * 4096.0 / 1e6 / seconds,
     })
 }
 
@@ -544,6 +573,15 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
     if !(a.rate.is_finite() && a.rate > 0.0) {
         bail!("--rate {}: a positive number of MB/s", a.rate);
+    }
+    if let Some(p) = &a.pool {
+        match parse_size(p) {
+            Ok(n) if n > 0 && n % (2 << 20) == 0 => {}
+            _ => bail!("--pool {p}: a positive multiple of 2M"),
+        }
+    }
+    if a.batch_pages.is_some_and(|n| !(1..=512).contains(&n)) {
+        bail!("--batch-pages {}: 1 to 512", a.batch_pages.unwrap_or(0));
     }
     if a.runs == 0 {
         bail!("--runs 0: at least one");
@@ -585,6 +623,8 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .collect(),
         rate_mb_s: a.rate,
+        batch_pages: a.batch_pages.unwrap_or(512),
+        pool: a.pool.clone(),
         samples: samples.clone(),
         tiered_over_plain: t / p,
         moving_over_plain: m / p,

@@ -138,6 +138,7 @@ fn mover(dir: &Path, stop: &AtomicBool) -> Moved {
                 range: None,
                 engine: Some(engines[k % engines.len()].into()),
                 rate_mb_s: None,
+                batch_pages: None,
             });
             // The process may exit at any moment: a failed request is no failure.
             let path = dir.join(format!("run-{pid}.sock"));
@@ -568,6 +569,33 @@ fn ctl_shows_moves_and_refuses_what_is_wrong() {
         "{}",
         text(&mp.stdout)
     );
+    // Smaller batches (`--batch-pages`): there and back, each batch unmapped on its own
+    // (one unmap call at least per 16 pages, where 512-page batches of contiguous memory
+    // need one per 512).
+    let unmaps = || {
+        let st = ctl(&["ctl", &pid, "stat", "--json", "-"]);
+        let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        v["live"]["unmap_ioctls"].as_u64().unwrap()
+    };
+    for to in ["1", "0"] {
+        let before = unmaps();
+        let mv = ctl(&[
+            "ctl",
+            &pid,
+            "move",
+            "--to",
+            to,
+            "--batch-pages",
+            "16",
+            "--json",
+            "-",
+        ]);
+        assert!(mv.status.success(), "{}", text(&mv.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&mv.stdout).unwrap();
+        assert_eq!(r["pages_migrated"].as_u64(), Some(n0), "{r}");
+        let calls = unmaps() - before;
+        assert!(calls >= n0 / 16, "{calls} unmap calls for {n0} pages");
+    }
     // Bad requests: a clear error, a non-zero exit, nothing moved.
     for (args, msg) in [
         (vec!["ctl", &pid, "move", "--to", "7"], "no node 7"),
@@ -578,6 +606,10 @@ fn ctl_shows_moves_and_refuses_what_is_wrong() {
         (
             vec!["ctl", &pid, "move", "--to", "1", "--range", "0x2000-0x1000"],
             "START must be below END",
+        ),
+        (
+            vec!["ctl", &pid, "move", "--to", "1", "--batch-pages", "0"],
+            "1 to 512",
         ),
         (vec!["ctl", "1", "stat"], "no control socket"),
         (

@@ -50,6 +50,12 @@ pub struct MoveRequest {
     /// Hold the rate of migration at this many MB/s (10^6 bytes), sleeping between chunks;
     /// `None`: as fast as it goes.
     pub rate_mb_s: Option<f64>,
+    /// Folios per `move_pages` call, so per batch of `migrate_pages` (at most its
+    /// `NR_MAX_BATCHED_MIGRATION`); `None`: 512, the series' batch. Smaller batches keep
+    /// fewer pages unmapped at a time: a thread of the program that touches one waits for
+    /// a shorter batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_pages: Option<usize>,
 }
 
 /// The answer.
@@ -245,6 +251,7 @@ mod tests {
             range: Some((4096, 8192)),
             engine: Some("mtcopy:2".into()),
             rate_mb_s: None,
+            batch_pages: Some(64),
         });
         let j = serde_json::to_string(&r).unwrap();
         assert!(!j.contains('\n'));

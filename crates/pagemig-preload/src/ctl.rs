@@ -195,6 +195,11 @@ fn do_move(st: &State, m: &MoveRequest) -> Result<MoveReport, String> {
             return Err(format!("rate {r} MB/s: a positive number is needed"));
         }
     }
+    let chunk = match m.batch_pages {
+        None => CHUNK,
+        Some(n) if (1..=CHUNK).contains(&n) => n,
+        Some(n) => return Err(format!("batch of {n} pages: 1 to {CHUNK} are possible")),
+    };
     let (lo, hi) = m
         .range
         .map_or((0, usize::MAX), |(a, b)| (a as usize, b as usize));
@@ -242,7 +247,7 @@ fn do_move(st: &State, m: &MoveRequest) -> Result<MoveReport, String> {
         };
         let first = e.start + (s - e.start) / step * step;
         let addrs: Vec<usize> = (first..t).step_by(step).collect();
-        for chunk in addrs.chunks(CHUNK) {
+        for chunk in addrs.chunks(chunk) {
             let _g = lock(&st.migrating);
             let g = e.region.read().unwrap_or_else(|p| p.into_inner());
             let Some(r) = g.as_ref() else { break };

@@ -15,8 +15,6 @@ mod pipeline;
 mod undo;
 mod unmap;
 
-use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
 pub use crate::migrate_mode::{Mode, Reason};
@@ -211,8 +209,7 @@ pub fn migrate_pages<'b>(
     mode: Mode,
     reason: Reason,
 ) -> Result<MigratePagesResult, MigrateError> {
-    let mut seen: HashSet<Folio, BuildHasherDefault<PfnHasher>> =
-        HashSet::with_capacity_and_hasher(from.len(), Default::default());
+    let mut pfns: Vec<u64> = Vec::with_capacity(from.len());
     for &f in from.iter() {
         let fr = mm
             .folio_checked(f)
@@ -220,11 +217,17 @@ pub fn migrate_pages<'b>(
         if !fr.test(pg::ISOLATED) {
             return Err(MigrateError::NotIsolated(f.0 .0));
         }
-        if !seen.insert(f) {
-            return Err(MigrateError::Duplicate(f.0 .0));
+        pfns.push(f.0 .0);
+    }
+    // Each folio once: sorted, a duplicate sits next to its twin. Lists in pfn order, or
+    // in reverse (a run the buddy allocator handed out), sort in one linear pass.
+    if !pfns.windows(2).all(|w| w[0] < w[1]) {
+        pfns.sort_unstable();
+        if let Some(w) = pfns.windows(2).find(|w| w[0] == w[1]) {
+            return Err(MigrateError::Duplicate(w[0]));
         }
     }
-    drop(seen);
+    drop(pfns);
     let flushes_before = mm.vm_events().nr_tlb_flushes;
     let pipeline = mm
         .offload()
@@ -526,24 +529,6 @@ fn migrate_pages_sync(
         }
     }
     Ok(nr_failed)
-}
-
-/// A multiplicative hasher for pfns (the duplicate check runs once per folio).
-#[derive(Default)]
-struct PfnHasher(u64);
-
-impl Hasher for PfnHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
 }
 
 pub(crate) fn elapsed_ns(t: Instant) -> u64 {
