@@ -14,24 +14,31 @@ last=$1
 rc=0
 export PAGEMIG_PRELOAD=./libpagemig_preload.so
 
-# Moves the memory of process $1, and of every other process under pagemig run (its forked
-# children have sockets of their own), back and forth until $1 exits; appends the moves'
-# output to $2.
-# mover PID LOG: moves the regions of every `pagemig run` process back and forth between
-# node 0 and the last node, once a second, until PID exits or LOG.stop exists (the move in
-# flight then finishes first).
+# mover PID LOG: moves the regions of process PID, and of every other process under
+# pagemig run (its forked children have sockets of their own), back and forth between node
+# 0 and the last node, once a second, until PID exits or LOG.stop exists (the move in
+# flight then finishes first); appends the moves' output to LOG. While no move migrates
+# a page (no region made yet, so no socket, or the regions are on that node already) it
+# looks again every 0.1 s: a short program must not end before its first move.
 mover() {
     to=$last
     rm -f "$2.stop"
     while kill -0 "$1" 2>/dev/null && [ ! -e "$2.stop" ]; do
+        asked=0
+        did=0
         for s in /tmp/pagemig-0/run-*.sock; do
             [ -S "$s" ] || continue
             q=${s##*/run-}
             q=${q%.sock}
-            ./pagemig ctl "$q" move --to "$to" >>"$2" 2>/dev/null
+            o=$(./pagemig ctl "$q" move --to "$to" 2>/dev/null) || continue
+            echo "$o" >>"$2"
+            asked=1
+            case $o in *"migrated 0 pages"*) ;; *) did=1 ;; esac
         done
-        if [ "$to" -eq 0 ]; then to=$last; else to=0; fi
-        sleep 1
+        if [ "$asked" -eq 1 ]; then
+            if [ "$to" -eq 0 ]; then to=$last; else to=0; fi
+        fi
+        if [ "$did" -eq 1 ]; then sleep 1; else sleep 0.1; fi
     done
 }
 
