@@ -189,6 +189,10 @@ pub enum CtlAction {
         /// unmapped at a time, so a thread that touches one waits less.
         #[arg(long)]
         batch_pages: Option<usize>,
+        /// Pipelined (beyond the series): each batch copied and moved in growing
+        /// sub-batches, in turn, so its first pages are back in the program early.
+        #[arg(long)]
+        pipeline: bool,
         /// Also write the answer as JSON to this file (`-`: standard output, alone).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -341,6 +345,7 @@ pub fn ctl(pid: u32, action: CtlAction) -> anyhow::Result<()> {
             engine,
             rate,
             batch_pages,
+            pipeline,
             json,
         } => {
             let req = MoveRequest {
@@ -350,6 +355,7 @@ pub fn ctl(pid: u32, action: CtlAction) -> anyhow::Result<()> {
                 engine,
                 rate_mb_s: rate,
                 batch_pages,
+                pipeline,
             };
             do_move(pid, req, &json)
         }
@@ -393,6 +399,7 @@ pub fn migratepages(pid: u32, from: &str, to: &str, json: &Option<PathBuf>) -> a
             engine: None,
             rate_mb_s: None,
             batch_pages: None,
+            pipeline: false,
         },
         json,
     )
@@ -415,6 +422,9 @@ pub struct RunBenchArgs {
     /// touches it, so no move waits for a pool to grow.
     #[arg(long)]
     pub pool: Option<String>,
+    /// The moves pipelined (`pagemig ctl move --pipeline`; beyond the series).
+    #[arg(long)]
+    pub pipeline: bool,
     /// Also write the results as JSON to this file (`-`: standard output, alone).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -458,6 +468,8 @@ pub struct RunBenchReport {
     pub batch_pages: usize,
     /// `--pool`, if given.
     pub pool: Option<String>,
+    /// Whether the moves were pipelined.
+    pub pipeline: bool,
     /// Every run.
     pub samples: Vec<RunSample>,
     /// Median throughput under `pagemig run` with no migration, over the plain median.
@@ -510,6 +522,7 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
                         engine: None,
                         rate_mb_s: Some(a.rate),
                         batch_pages: a.batch_pages,
+                        pipeline: a.pipeline,
                     });
                     match control::request_at(&path, pid, &req) {
                         Ok(Response::Ok(Reply::Moved(r))) => {
@@ -625,6 +638,7 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
         rate_mb_s: a.rate,
         batch_pages: a.batch_pages.unwrap_or(512),
         pool: a.pool.clone(),
+        pipeline: a.pipeline,
         samples: samples.clone(),
         tiered_over_plain: t / p,
         moving_over_plain: m / p,

@@ -139,6 +139,7 @@ fn mover(dir: &Path, stop: &AtomicBool) -> Moved {
                 engine: Some(engines[k % engines.len()].into()),
                 rate_mb_s: None,
                 batch_pages: None,
+                pipeline: false,
             });
             // The process may exit at any moment: a failed request is no failure.
             let path = dir.join(format!("run-{pid}.sock"));
@@ -595,6 +596,22 @@ fn ctl_shows_moves_and_refuses_what_is_wrong() {
         assert_eq!(r["pages_migrated"].as_u64(), Some(n0), "{r}");
         let calls = unmaps() - before;
         assert!(calls >= n0 / 16, "{calls} unmap calls for {n0} pages");
+    }
+    // Pipelined: each batch moved back into the program in sub-batches of at most 64
+    // pages, so at least one remap call per 64 pages (one per 512 without the pipeline).
+    let remaps = || {
+        let st = ctl(&["ctl", &pid, "stat", "--json", "-"]);
+        let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        v["live"]["remap_ioctls"].as_u64().unwrap()
+    };
+    for to in ["1", "0"] {
+        let before = remaps();
+        let mv = ctl(&["ctl", &pid, "move", "--to", to, "--pipeline", "--json", "-"]);
+        assert!(mv.status.success(), "{}", text(&mv.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&mv.stdout).unwrap();
+        assert_eq!(r["pages_migrated"].as_u64(), Some(n0), "{r}");
+        let calls = remaps() - before;
+        assert!(calls >= n0 / 64, "{calls} remap calls for {n0} pages");
     }
     // Bad requests: a clear error, a non-zero exit, nothing moved.
     for (args, msg) in [

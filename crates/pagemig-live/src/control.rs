@@ -56,6 +56,11 @@ pub struct MoveRequest {
     /// a shorter batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_pages: Option<usize>,
+    /// Copy and move each batch in growing sub-batches, in turn, so that the first pages
+    /// of a batch are back in the program early (the pipelined batch copy, beyond the
+    /// series; `false`: the series' path).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pipeline: bool,
 }
 
 /// The answer.
@@ -252,6 +257,7 @@ mod tests {
             engine: Some("mtcopy:2".into()),
             rate_mb_s: None,
             batch_pages: Some(64),
+            pipeline: true,
         });
         let j = serde_json::to_string(&r).unwrap();
         assert!(!j.contains('\n'));

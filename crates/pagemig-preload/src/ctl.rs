@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pagemig::mm::PAGE_SIZE;
+use pagemig::offload::PipelineConfig;
 use pagemig::sync::lock;
 use pagemig_engines::{Engine, EngineSpec};
 use pagemig_live::control::{
@@ -229,6 +230,20 @@ fn do_move(st: &State, m: &MoveRequest) -> Result<MoveReport, String> {
             }
         }
     }
+    // The pipeline for this move only (moves are made one at a time, on this thread), and
+    // only in turn: the overlap's helper thread would not be one of pagemig's own.
+    struct Restore<'a>(&'a pagemig::offload::Registry, Option<PipelineConfig>);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.set_pipeline(self.1);
+        }
+    }
+    let _restore = m.pipeline.then(|| {
+        let off = st.mm.offload();
+        let was = off.pipeline();
+        off.set_pipeline(Some(PipelineConfig::default()));
+        Restore(off, was)
+    });
     let t0 = Instant::now();
     let mut rep = MoveReport::default();
     let mut bytes_moved = 0u64;
