@@ -33,9 +33,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
+use std::sync::{Mutex, OnceLock};
 
 use allocator_api2::alloc::{AllocError, Allocator};
-use std::sync::{Mutex, OnceLock};
 
 use pagemig::mm::{Memory, MemoryConfig, NodeConfig, NodeId, Pte, VirtAddr, PAGE_SIZE};
 
