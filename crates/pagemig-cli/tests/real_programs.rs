@@ -570,48 +570,32 @@ fn ctl_shows_moves_and_refuses_what_is_wrong() {
         "{}",
         text(&mp.stdout)
     );
-    // Smaller batches (`--batch-pages`): there and back, each batch unmapped on its own
-    // (one unmap call at least per 16 pages, where 512-page batches of contiguous memory
-    // need one per 512).
-    let unmaps = || {
+    // Smaller batches (`--batch-pages`), then the pipeline: there and back with each, and
+    // the live backend's calls counted. Batches of 16 pages are unmapped on their own (one
+    // unmap call at least per 16 pages, where 512-page batches of contiguous memory need
+    // one per 512); pipelined batches move back into the program in sub-batches of at most
+    // 64 pages (one remap call at least per 64 pages, one per 512 without the pipeline).
+    let counter = |key: &str| {
         let st = ctl(&["ctl", &pid, "stat", "--json", "-"]);
         let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-        v["live"]["unmap_ioctls"].as_u64().unwrap()
+        v["live"][key].as_u64().unwrap()
     };
-    for to in ["1", "0"] {
-        let before = unmaps();
-        let mv = ctl(&[
-            "ctl",
-            &pid,
-            "move",
-            "--to",
-            to,
-            "--batch-pages",
-            "16",
-            "--json",
-            "-",
-        ]);
-        assert!(mv.status.success(), "{}", text(&mv.stderr));
-        let r: serde_json::Value = serde_json::from_slice(&mv.stdout).unwrap();
-        assert_eq!(r["pages_migrated"].as_u64(), Some(n0), "{r}");
-        let calls = unmaps() - before;
-        assert!(calls >= n0 / 16, "{calls} unmap calls for {n0} pages");
-    }
-    // Pipelined: each batch moved back into the program in sub-batches of at most 64
-    // pages, so at least one remap call per 64 pages (one per 512 without the pipeline).
-    let remaps = || {
-        let st = ctl(&["ctl", &pid, "stat", "--json", "-"]);
-        let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-        v["live"]["remap_ioctls"].as_u64().unwrap()
-    };
-    for to in ["1", "0"] {
-        let before = remaps();
-        let mv = ctl(&["ctl", &pid, "move", "--to", to, "--pipeline", "--json", "-"]);
-        assert!(mv.status.success(), "{}", text(&mv.stderr));
-        let r: serde_json::Value = serde_json::from_slice(&mv.stdout).unwrap();
-        assert_eq!(r["pages_migrated"].as_u64(), Some(n0), "{r}");
-        let calls = remaps() - before;
-        assert!(calls >= n0 / 64, "{calls} remap calls for {n0} pages");
+    for (opts, key, per) in [
+        (&["--batch-pages", "16"][..], "unmap_ioctls", 16),
+        (&["--pipeline"][..], "remap_ioctls", 64),
+    ] {
+        for to in ["1", "0"] {
+            let before = counter(key);
+            let mut args = vec!["ctl", &pid, "move", "--to", to];
+            args.extend(opts);
+            args.extend(["--json", "-"]);
+            let mv = ctl(&args);
+            assert!(mv.status.success(), "{opts:?}: {}", text(&mv.stderr));
+            let r: serde_json::Value = serde_json::from_slice(&mv.stdout).unwrap();
+            assert_eq!(r["pages_migrated"].as_u64(), Some(n0), "{opts:?}: {r}");
+            let calls = counter(key) - before;
+            assert!(calls >= n0 / per, "{opts:?}: {calls} {key} for {n0} pages");
+        }
     }
     // Bad requests: a clear error, a non-zero exit, nothing moved.
     for (args, msg) in [

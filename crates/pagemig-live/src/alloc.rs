@@ -270,14 +270,11 @@ impl LiveAlloc {
                 .ok_or(AllocError)?;
             return Ok(NonNull::slice_from_raw_parts(dangling, 0));
         }
-        let len = if layout.size() >= self.threshold
+        // Only a layout that may become a region is looked up afterwards (the others are
+        // System's, and take no lock here).
+        let may_be_region = layout.size() >= self.threshold
             && layout.align() <= 2 << 20
-            && !INSIDE.with(|c| c.get())
-        {
-            layout.size().next_multiple_of(PAGE_SIZE)
-        } else {
-            layout.size()
-        };
+            && !INSIDE.with(|c| c.get());
         // SAFETY: the layout has a non-zero size.
         let p = unsafe {
             if zeroed {
@@ -288,8 +285,8 @@ impl LiveAlloc {
         };
         let p = NonNull::new(p).ok_or(AllocError)?;
         // A region's length only where it is one (System's block otherwise: the size).
-        let len = if self.is_region(p.as_ptr()) {
-            len
+        let len = if may_be_region && self.is_region(p.as_ptr()) {
+            layout.size().next_multiple_of(PAGE_SIZE)
         } else {
             layout.size()
         };
