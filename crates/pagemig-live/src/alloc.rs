@@ -272,9 +272,7 @@ impl LiveAlloc {
         }
         // Only a layout that may become a region is looked up afterwards (the others are
         // System's, and take no lock here).
-        let may_be_region = layout.size() >= self.threshold
-            && layout.align() <= 2 << 20
-            && !INSIDE.with(|c| c.get());
+        let may_be_region = self.may_be_region(layout);
         // SAFETY: the layout has a non-zero size.
         let p = unsafe {
             if zeroed {
@@ -301,8 +299,14 @@ impl LiveAlloc {
         pagemig::sync::lock(&st.regions).contains_key(&(p as usize))
     }
 
+    /// Whether an allocation of `layout` on this thread becomes a region (if the backend can
+    /// make one): at least the threshold, aligned to at most 2 MiB, not the backend's own.
+    fn may_be_region(&self, layout: Layout) -> bool {
+        layout.size() >= self.threshold && layout.align() <= 2 << 20 && !INSIDE.with(|c| c.get())
+    }
+
     fn region(&self, layout: Layout) -> Option<*mut u8> {
-        if layout.size() < self.threshold || layout.align() > 2 << 20 || INSIDE.with(|c| c.get()) {
+        if !self.may_be_region(layout) {
             return None;
         }
         let st = self.state()?;
