@@ -425,6 +425,12 @@ pub struct RunBenchArgs {
     /// The moves pipelined (`pagemig ctl move --pipeline`; beyond the series).
     #[arg(long)]
     pub pipeline: bool,
+    /// Transparent huge pages in every run: the program's regions are THP regions under
+    /// `pagemig run` (`pagemig run --thp`), and its plain runs get them from glibc's malloc
+    /// (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which advises its mappings
+    /// `MADV_HUGEPAGE`), so that both sides have the same page size.
+    #[arg(long)]
+    pub thp: bool,
     /// Also write the results as JSON to this file (`-`: standard output, alone).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -470,6 +476,8 @@ pub struct RunBenchReport {
     pub pool: Option<String>,
     /// Whether the moves were pipelined.
     pub pipeline: bool,
+    /// Whether every run had transparent huge pages (`--thp`).
+    pub thp: bool,
     /// Every run.
     pub samples: Vec<RunSample>,
     /// Median throughput under `pagemig run` with no migration, over the plain median.
@@ -498,10 +506,16 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         if let Some(p) = &a.pool {
             c.args(["--pool", p]);
         }
+        if a.thp {
+            c.arg("--thp");
+        }
         c.arg("--").args(&a.program);
         c.env("PAGEMIG_RUN_DIR", &dir);
         c
     };
+    if a.thp {
+        cmd.env("GLIBC_TUNABLES", thp_tunables());
+    }
     cmd.stdout(std::process::Stdio::piped());
     let t0 = std::time::Instant::now();
     let child = cmd
@@ -567,6 +581,17 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         },
         moved_mb_s_wall: moved.0 as f64 * 4096.0 / 1e6 / seconds,
     })
+}
+
+/// `GLIBC_TUNABLES` with glibc's malloc advising its mappings `MADV_HUGEPAGE`, after
+/// whatever tunables the environment already sets.
+fn thp_tunables() -> OsString {
+    let mut t = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+    if !t.is_empty() {
+        t.push(":");
+    }
+    t.push("glibc.malloc.hugetlb=1");
+    t
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
@@ -639,6 +664,7 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
         batch_pages: a.batch_pages.unwrap_or(512),
         pool: a.pool.clone(),
         pipeline: a.pipeline,
+        thp: a.thp,
         samples: samples.clone(),
         tiered_over_plain: t / p,
         moving_over_plain: m / p,
