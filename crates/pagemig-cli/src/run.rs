@@ -431,6 +431,10 @@ pub struct RunBenchArgs {
     /// `MADV_HUGEPAGE`), so that both sides have the same page size.
     #[arg(long)]
     pub thp: bool,
+    /// The copy engine of the runs under `pagemig run` (`pagemig run --engine`; `batch`
+    /// unless given).
+    #[arg(long)]
+    pub engine: Option<String>,
     /// Also write the results as JSON to this file (`-`: standard output, alone).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -461,6 +465,11 @@ pub struct RunSample {
     pub moved_mb_s: f64,
     /// The same pages over the program's whole wall time, in MB/s.
     pub moved_mb_s_wall: f64,
+    /// The engine that copied, as `pagemig ctl stat` showed it to the mover before its
+    /// first move (`None` in the runs without a mover).
+    pub engine: Option<String>,
+    /// The largest folio size of the program's regions then (2 MiB with `--thp`).
+    pub largest_folio_bytes: Option<u64>,
 }
 
 /// The report of `pagemig run-bench`.
@@ -478,6 +487,8 @@ pub struct RunBenchReport {
     pub pipeline: bool,
     /// Whether every run had transparent huge pages (`--thp`).
     pub thp: bool,
+    /// The copy engine under `pagemig run`.
+    pub engine: String,
     /// Every run.
     pub samples: Vec<RunSample>,
     /// Median throughput under `pagemig run` with no migration, over the plain median.
@@ -509,6 +520,9 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         if a.thp {
             c.arg("--thp");
         }
+        if let Some(e) = &a.engine {
+            c.args(["--engine", e]);
+        }
         c.arg("--").args(&a.program);
         c.env("PAGEMIG_RUN_DIR", &dir);
         c
@@ -528,7 +542,20 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
             s.spawn(|| {
                 let path = dir.join(format!("run-{pid}.sock"));
                 let (mut pages, mut secs, mut to) = (0u64, 0f64, 1u32);
+                let mut seen: Option<(String, u64)> = None;
                 while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    if seen.is_none() {
+                        match control::request_at(&path, pid, &Request::Stat) {
+                            Ok(Response::Ok(Reply::Stat(st))) => {
+                                let folio = st.regions.iter().map(|r| r.folio_bytes).max();
+                                seen = Some((st.engine.clone(), folio.unwrap_or(0)));
+                            }
+                            _ => {
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                                continue;
+                            }
+                        }
+                    }
                     let req = Request::Move(MoveRequest {
                         from: None,
                         to: vec![to],
@@ -547,12 +574,15 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
                         _ => std::thread::sleep(std::time::Duration::from_millis(5)),
                     }
                 }
-                (pages, secs)
+                (pages, secs, seen)
             })
         });
         let out = child.wait_with_output();
         stop.store(true, std::sync::atomic::Ordering::Release);
-        (out, mover.map(|m| m.join().unwrap()).unwrap_or((0, 0.0)))
+        (
+            out,
+            mover.map(|m| m.join().unwrap()).unwrap_or((0, 0.0, None)),
+        )
     });
     let seconds = t0.elapsed().as_secs_f64();
     let out = out?;
@@ -580,6 +610,8 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
             0.0
         },
         moved_mb_s_wall: moved.0 as f64 * 4096.0 / 1e6 / seconds,
+        engine: moved.2.as_ref().map(|s| s.0.clone()),
+        largest_folio_bytes: moved.2.map(|s| s.1),
     })
 }
 
@@ -624,6 +656,10 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
     if a.runs == 0 {
         bail!("--runs 0: at least one");
     }
+    if let Some(e) = &a.engine {
+        e.parse::<pagemig_engines::EngineSpec>()
+            .map_err(|err| anyhow::anyhow!("--engine {e:?}: {err:?}"))?;
+    }
     preload_path()?;
     let mut samples = Vec::new();
     for i in 0..a.runs {
@@ -665,6 +701,7 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
         pool: a.pool.clone(),
         pipeline: a.pipeline,
         thp: a.thp,
+        engine: a.engine.clone().unwrap_or_else(|| "batch".into()),
         samples: samples.clone(),
         tiered_over_plain: t / p,
         moving_over_plain: m / p,

@@ -675,3 +675,73 @@ fn a_program_s_own_checks_of_every_memory_call_pass_while_its_memory_moves() {
     let (out, moved) = run_while_moving(sock.path(), &mut tiered(sock.path(), &[], &[exe_s, "4"]));
     assert_same(&plain, &out, &moved, "semantics.c");
 }
+
+#[test]
+fn run_bench_runs_the_workload_three_ways_with_the_page_size_and_engine_asked_for() {
+    let _s = serial();
+    let workload = env!("CARGO_BIN_EXE_pagemig-workload");
+    let bench = |opts: &[&str]| {
+        Command::new(pagemig())
+            .arg("run-bench")
+            .args(opts)
+            .args([
+                "--json",
+                "-",
+                "--",
+                workload,
+                "--mib",
+                "16",
+                "--seconds",
+                "1",
+            ])
+            .env("PAGEMIG_PRELOAD", preload())
+            .output()
+            .unwrap()
+    };
+    for (bad, says) in [
+        (&["--engine", "warp:9"][..], "--engine"),
+        (&["--rate", "0"][..], "--rate"),
+        (&["--batch-pages", "0"][..], "--batch-pages"),
+        (&["--pool", "3M"][..], "--pool"),
+        (&["--runs", "0"][..], "--runs"),
+    ] {
+        let out = bench(bad);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(
+            err.contains(says) && !err.contains("panicked"),
+            "{bad:?}: {err}"
+        );
+    }
+    for (opts, folio, engine) in [
+        (
+            &["--thp", "--engine", "mtcopy:2"][..],
+            2u64 << 20,
+            "mtcopy:2",
+        ),
+        (&[][..], 4096, "batch"),
+    ] {
+        let mut all = vec!["--runs", "1", "--rate", "300", "--pool", "64M"];
+        all.extend_from_slice(opts);
+        let out = bench(&all);
+        assert!(out.status.success(), "{opts:?}: {}", text(&out.stderr));
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rep["thp"], opts.contains(&"--thp"), "{rep}");
+        assert_eq!(rep["engine"], engine, "{rep}");
+        let samples = rep["samples"].as_array().unwrap();
+        let configs: Vec<&str> = samples
+            .iter()
+            .map(|s| s["config"].as_str().unwrap())
+            .collect();
+        assert_eq!(configs, ["plain", "tiered", "moving"]);
+        for s in samples {
+            assert!(s["throughput"].as_f64().unwrap() > 0.0, "{s}");
+        }
+        let moving = &samples[2];
+        // What the program under `pagemig run` had: the engine and page size asked for.
+        assert_eq!(moving["engine"], engine, "{moving}");
+        assert_eq!(moving["largest_folio_bytes"], folio, "{moving}");
+        assert!(moving["pages_migrated"].as_u64().unwrap() > 0, "{moving}");
+        assert_eq!(samples[1]["pages_migrated"], 0, "{}", samples[1]);
+    }
+}
