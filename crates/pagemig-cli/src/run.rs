@@ -465,10 +465,10 @@ pub struct RunSample {
     pub moved_mb_s: f64,
     /// The same pages over the program's whole wall time, in MB/s.
     pub moved_mb_s_wall: f64,
-    /// The engine that copied, as `pagemig ctl stat` showed it to the mover before its
-    /// first move (`None` in the runs without a mover).
+    /// The engine that copied, as `pagemig ctl stat` showed it to the mover after its
+    /// moves (`None` in the runs without a mover).
     pub engine: Option<String>,
-    /// The largest folio size of the program's regions then (2 MiB with `--thp`).
+    /// The largest folio size of the program's regions it saw then (2 MiB with `--thp`).
     pub largest_folio_bytes: Option<u64>,
 }
 
@@ -527,7 +527,8 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         c.env("PAGEMIG_RUN_DIR", &dir);
         c
     };
-    if a.thp {
+    if a.thp && config == "plain" {
+        // Under `pagemig run` the program's large allocations are THP regions already.
         cmd.env("GLIBC_TUNABLES", thp_tunables());
     }
     cmd.stdout(std::process::Stdio::piped());
@@ -544,18 +545,6 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
                 let (mut pages, mut secs, mut to) = (0u64, 0f64, 1u32);
                 let mut seen: Option<(String, u64)> = None;
                 while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                    if seen.is_none() {
-                        match control::request_at(&path, pid, &Request::Stat) {
-                            Ok(Response::Ok(Reply::Stat(st))) => {
-                                let folio = st.regions.iter().map(|r| r.folio_bytes).max();
-                                seen = Some((st.engine.clone(), folio.unwrap_or(0)));
-                            }
-                            _ => {
-                                std::thread::sleep(std::time::Duration::from_millis(5));
-                                continue;
-                            }
-                        }
-                    }
                     let req = Request::Move(MoveRequest {
                         from: None,
                         to: vec![to],
@@ -570,6 +559,16 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
                             pages += r.pages_migrated;
                             secs += r.seconds;
                             to ^= 1;
+                            // What the moved regions were (between moves: a stat does
+                            // not wait for a move).
+                            if let Ok(Response::Ok(Reply::Stat(st))) =
+                                control::request_at(&path, pid, &Request::Stat)
+                            {
+                                let folio = st.regions.iter().map(|r| r.folio_bytes).max();
+                                let folio =
+                                    folio.unwrap_or(0).max(seen.as_ref().map_or(0, |s| s.1));
+                                seen = Some((st.engine.clone(), folio));
+                            }
                         }
                         _ => std::thread::sleep(std::time::Duration::from_millis(5)),
                     }
