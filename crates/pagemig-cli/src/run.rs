@@ -543,7 +543,7 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
             s.spawn(|| {
                 let path = dir.join(format!("run-{pid}.sock"));
                 let (mut pages, mut secs, mut to) = (0u64, 0f64, 1u32);
-                let mut seen: Option<(String, u64)> = None;
+                let (mut engine, mut largest) = (None::<String>, None::<u64>);
                 while !stop.load(std::sync::atomic::Ordering::Acquire) {
                     let req = Request::Move(MoveRequest {
                         from: None,
@@ -564,23 +564,24 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
                             if let Ok(Response::Ok(Reply::Stat(st))) =
                                 control::request_at(&path, pid, &Request::Stat)
                             {
-                                let folio = st.regions.iter().map(|r| r.folio_bytes).max();
-                                let folio =
-                                    folio.unwrap_or(0).max(seen.as_ref().map_or(0, |s| s.1));
-                                seen = Some((st.engine.clone(), folio));
+                                largest =
+                                    largest.max(st.regions.iter().map(|r| r.folio_bytes).max());
+                                engine = Some(st.engine);
                             }
                         }
                         _ => std::thread::sleep(std::time::Duration::from_millis(5)),
                     }
                 }
-                (pages, secs, seen)
+                (pages, secs, engine, largest)
             })
         });
         let out = child.wait_with_output();
         stop.store(true, std::sync::atomic::Ordering::Release);
         (
             out,
-            mover.map(|m| m.join().unwrap()).unwrap_or((0, 0.0, None)),
+            mover
+                .map(|m| m.join().unwrap())
+                .unwrap_or((0, 0.0, None, None)),
         )
     });
     let seconds = t0.elapsed().as_secs_f64();
@@ -609,8 +610,8 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
             0.0
         },
         moved_mb_s_wall: moved.0 as f64 * 4096.0 / 1e6 / seconds,
-        engine: moved.2.as_ref().map(|s| s.0.clone()),
-        largest_folio_bytes: moved.2.map(|s| s.1),
+        engine: moved.2,
+        largest_folio_bytes: moved.3,
     })
 }
 
