@@ -431,10 +431,9 @@ pub struct RunBenchArgs {
     /// `MADV_HUGEPAGE`), so that both sides have the same page size.
     #[arg(long)]
     pub thp: bool,
-    /// The copy engine of the runs under `pagemig run` (`pagemig run --engine`; `batch`
-    /// unless given).
-    #[arg(long)]
-    pub engine: Option<String>,
+    /// The copy engine of the runs under `pagemig run` (`pagemig run --engine`).
+    #[arg(long, default_value = "batch")]
+    pub engine: String,
     /// Also write the results as JSON to this file (`-`: standard output, alone).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -520,9 +519,7 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         if a.thp {
             c.arg("--thp");
         }
-        if let Some(e) = &a.engine {
-            c.args(["--engine", e]);
-        }
+        c.args(["--engine", &a.engine]);
         c.arg("--").args(&a.program);
         c.env("PAGEMIG_RUN_DIR", &dir);
         c
@@ -656,10 +653,9 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
     if a.runs == 0 {
         bail!("--runs 0: at least one");
     }
-    if let Some(e) = &a.engine {
-        e.parse::<pagemig_engines::EngineSpec>()
-            .map_err(|err| anyhow::anyhow!("--engine {e:?}: {err:?}"))?;
-    }
+    a.engine
+        .parse::<pagemig_engines::EngineSpec>()
+        .map_err(|err| anyhow::anyhow!("--engine {:?}: {err:?}", a.engine))?;
     preload_path()?;
     let mut samples = Vec::new();
     for i in 0..a.runs {
@@ -701,7 +697,7 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
         pool: a.pool.clone(),
         pipeline: a.pipeline,
         thp: a.thp,
-        engine: a.engine.clone().unwrap_or_else(|| "batch".into()),
+        engine: a.engine.clone(),
         samples: samples.clone(),
         tiered_over_plain: t / p,
         moving_over_plain: m / p,
