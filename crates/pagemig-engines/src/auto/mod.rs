@@ -303,10 +303,13 @@ impl Auto {
             if o.order >= learned.len() {
                 continue;
             }
+            // Only full-batch engines: the learner may settle the cheapest of them against
+            // the prior's choice from the first batch.
             let costs: Vec<(usize, f64)> = o
                 .costs
                 .iter()
                 .filter_map(|(n, &c)| idx(n).map(|k| (k, c)))
+                .filter(|(k, _)| self.inner.eligible.contains(k))
                 .collect();
             learned[o.order] = Learned::seeded(&names, cur, &costs, o.batches);
             applied += 1;
