@@ -456,6 +456,13 @@ pub struct RunSample {
     pub max_stall_us: Option<f64>,
     /// Stalls over 1 ms it reported.
     pub stalls_over_1ms: Option<u64>,
+    /// The share of its measuring threads' time on a CPU, as it reported it
+    /// (`pagemig-workload`: from `/proc/thread-self/schedstat`); below 1, the rest is time
+    /// asleep — on pages under migration, when it moves.
+    pub on_cpu: Option<f64>,
+    /// Times per second each of those threads was switched in (after a sleep or a
+    /// preemption), as it reported it.
+    pub switches_per_s: Option<f64>,
     /// Pages the mover migrated during the run.
     pub pages_migrated: u64,
     /// The rate the mover held while it moved, in MB/s: the pages of its completed moves
@@ -600,6 +607,8 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         seconds,
         max_stall_us: get("max_stall_us"),
         stalls_over_1ms: get("stalls_over_1ms").map(|v| v as u64),
+        on_cpu: get("on_cpu"),
+        switches_per_s: get("switches_per_s"),
         pages_migrated: moved.0,
         moved_mb_s: if moved.1 > 0.0 {
             moved.0 as f64 * 4096.0 / 1e6 / moved.1
@@ -705,7 +714,7 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
     let mut o = out(&a.json);
     writeln!(
         o,
-        "config   throughput (median)   vs plain   max stall   stalls > 1 ms   migrated"
+        "config   throughput (median)   vs plain   max stall   stalls > 1 ms   on CPU   switches/s   migrated"
     )?;
     for (c, v) in [("plain", p), ("tiered", t), ("moving", m)] {
         let mine: Vec<&RunSample> = samples.iter().filter(|s| s.config == c).collect();
@@ -715,9 +724,16 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
             .fold(f64::NAN, f64::max);
         let over: u64 = mine.iter().filter_map(|s| s.stalls_over_1ms).sum();
         let mb = median(mine.iter().map(|s| s.moved_mb_s).collect());
+        // Medians of what the program reported (`-`: it reports none).
+        let med_of = |f: fn(&RunSample) -> Option<f64>| {
+            let v: Vec<f64> = mine.iter().filter_map(|s| f(s)).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let on = med_of(|s| s.on_cpu).map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
+        let sw = med_of(|s| s.switches_per_s).map_or("-".into(), |v| format!("{v:.0}"));
         writeln!(
             o,
-            "{c:<8} {v:>18.0}/s   {:>8.3}   {:>7.0} µs   {:>13}   {}",
+            "{c:<8} {v:>18.0}/s   {:>8.3}   {:>7.0} µs   {:>13}   {on:>6}   {sw:>10}   {}",
             v / p,
             stall,
             over,

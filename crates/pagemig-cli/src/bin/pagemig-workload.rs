@@ -2,8 +2,10 @@
 //! and write random 8-byte words of one large array (a `Vec`: the malloc family, so
 //! `pagemig run` tiers it) for a fixed time, and each records how many operations it made
 //! and its stalls: the longest gap between two consecutive operations, and how many gaps
-//! passed 100 µs and 1 ms. Prints one JSON line. Checks its data at the end: every word
-//! holds its index plus the number of times it was incremented.
+//! passed 100 µs and 1 ms — and, from `/proc/thread-self/schedstat`, how long it was on a
+//! CPU and how many times it was switched in (a thread that sleeps on a page under
+//! migration is switched in again when the page is back). Prints one JSON line. Checks its
+//! data at the end: every word holds its index plus the number of times it was incremented.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,16 @@ fn arg(name: &str, default: u64) -> u64 {
     default
 }
 
+/// This thread's (time on a CPU in ns, times switched in), from
+/// `/proc/thread-self/schedstat` (`None` where the kernel does not keep it).
+fn schedstat() -> Option<(u64, u64)> {
+    let t = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = t.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let run = f.next()??;
+    let _wait = f.next()??;
+    Some((run, f.next()??))
+}
+
 fn main() {
     let mib = arg("--mib", 256);
     let threads = arg("--threads", 1).max(1);
@@ -37,7 +49,8 @@ fn main() {
     }
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(secs);
-    let results: Vec<(u64, u64, u64, u64)> = std::thread::scope(|s| {
+    type Res = (u64, u64, u64, u64, Option<(u64, u64, f64)>);
+    let results: Vec<Res> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
                 let (words, counts) = (&words, &counts);
@@ -45,7 +58,9 @@ fn main() {
                     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t + 1);
                     let (mut ops, mut max_gap, mut over_100us, mut over_1ms) =
                         (0u64, 0u64, 0u64, 0u64);
+                    let sched0 = schedstat();
                     let mut last = Instant::now();
+                    let start = last;
                     while last < until {
                         for _ in 0..64 {
                             x ^= x << 13;
@@ -63,7 +78,15 @@ fn main() {
                         over_1ms += (gap > 1_000_000) as u64;
                         last = now;
                     }
-                    (ops, max_gap, over_100us, over_1ms)
+                    let sched = match (sched0, schedstat()) {
+                        (Some((r0, n0)), Some((r1, n1))) => Some((
+                            r1.saturating_sub(r0),
+                            n1.saturating_sub(n0),
+                            (last - start).as_secs_f64(),
+                        )),
+                        _ => None,
+                    };
+                    (ops, max_gap, over_100us, over_1ms, sched)
                 })
             })
             .collect();
@@ -77,8 +100,19 @@ fn main() {
         .filter(|(i, (w, c))| w.load(Ordering::Relaxed) != *i as u64 + c.load(Ordering::Relaxed))
         .count();
     let ops: u64 = results.iter().map(|r| r.0).sum();
+    // Over all threads: the share of their time on a CPU, and switches-in per second each.
+    let sched: Option<Vec<(u64, u64, f64)>> = results.iter().map(|r| r.4).collect();
+    let sched = sched
+        .filter(|v| v.iter().all(|t| t.2 > 0.0))
+        .map(|v| {
+            let secs: f64 = v.iter().map(|t| t.2).sum();
+            let on = v.iter().map(|t| t.0 as f64 / 1e9).sum::<f64>() / secs;
+            let sw = v.iter().map(|t| t.1 as f64).sum::<f64>() / secs;
+            format!(", \"on_cpu\": {on:.4}, \"switches_per_s\": {sw:.1}")
+        })
+        .unwrap_or_default();
     println!(
-        "{{\"ops\": {ops}, \"seconds\": {elapsed:.3}, \"ops_per_s\": {:.0}, \"max_stall_us\": {:.1}, \"stalls_over_100us\": {}, \"stalls_over_1ms\": {}, \"bad_words\": {bad}}}",
+        "{{\"ops\": {ops}, \"seconds\": {elapsed:.3}, \"ops_per_s\": {:.0}, \"max_stall_us\": {:.1}, \"stalls_over_100us\": {}, \"stalls_over_1ms\": {}{sched}, \"bad_words\": {bad}}}",
         ops as f64 / elapsed,
         results.iter().map(|r| r.1).max().unwrap_or(0) as f64 / 1e3,
         results.iter().map(|r| r.2).sum::<u64>(),
