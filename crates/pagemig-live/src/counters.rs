@@ -29,6 +29,7 @@ pub(crate) struct Counters {
     pub(crate) faulted_around: AtomicU64,
     pub(crate) slots_refilled: AtomicU64,
     pub(crate) wrong_node_fixups: AtomicU64,
+    pub(crate) fixup_failures: AtomicU64,
 }
 
 /// A snapshot of the live backend's counters.
@@ -92,6 +93,11 @@ pub struct LiveCounts {
     /// several NUMA nodes only).
     #[serde(default)]
     pub wrong_node_fixups: u64,
+    /// Pages that a zero-page or wrong-node fix-up could not fix (the move out of the
+    /// zero page, or the kernel's migration to the frame's node, failed each time it was
+    /// tried): the page may stay off its frame's node until its next move.
+    #[serde(default)]
+    pub fixup_failures: u64,
 }
 
 impl Counters {
@@ -120,6 +126,7 @@ impl Counters {
             faulted_around: g(&self.faulted_around),
             slots_refilled: g(&self.slots_refilled),
             wrong_node_fixups: g(&self.wrong_node_fixups),
+            fixup_failures: g(&self.fixup_failures),
         }
     }
 }

@@ -244,8 +244,14 @@ impl RegionBackend {
             }
             let pfn = Pfn(f - 1);
             let s = self.slot(pfn);
-            // A page shared with a forked child stays where it is (the move out fails).
-            if sys::move_pages(uffd, s, v, PAGE_SIZE, sys::UFFDIO_MOVE_MODE_DONTWAKE).is_err() {
+            // A page shared with a forked child stays where it is (the move out fails);
+            // so does one the kernel holds for a moment (tried again once).
+            let out = || sys::move_pages(uffd, s, v, PAGE_SIZE, sys::UFFDIO_MOVE_MODE_DONTWAKE);
+            if let Err((e, _)) = out().or_else(|_| {
+                std::thread::yield_now();
+                out()
+            }) {
+                self.fixup_failed("the zero page's move out of the program", &e.to_string());
                 continue;
             }
             // Still the zero page in the slot (no program thread wrote it meanwhile; the slot
@@ -297,13 +303,61 @@ impl RegionBackend {
                 nodes.push(want);
             }
         }
-        if pages.is_empty() {
-            return;
+        // The kernel's migration can fail for a moment (`EBUSY`, `EAGAIN`: the page is
+        // locked or has a passing extra reference): the pages not moved are tried again,
+        // three times in all; what still fails is counted and said once.
+        let mut last = 0i32;
+        for attempt in 0..3 {
+            if pages.is_empty() {
+                return;
+            }
+            if attempt > 0 {
+                std::thread::yield_now();
+            }
+            let mut status = vec![0i32; pages.len()];
+            if let Err(e) =
+                crate::kernel::move_pages(&pages, Some(&nodes), &mut status, crate::MPOL_MF_MOVE)
+            {
+                last = -e.raw_os_error().unwrap_or(libc::EIO);
+                break;
+            }
+            let mut fixed = 0;
+            let (mut again_p, mut again_n) = (Vec::new(), Vec::new());
+            for ((&a, &n), &st) in pages.iter().zip(&nodes).zip(&status) {
+                if st == n {
+                    fixed += 1;
+                } else {
+                    last = st;
+                    again_p.push(a);
+                    again_n.push(n);
+                }
+            }
+            inc(&self.shared.counters.wrong_node_fixups, fixed);
+            (pages, nodes) = (again_p, again_n);
         }
-        let mut status = vec![0i32; pages.len()];
-        let _ = crate::kernel::move_pages(&pages, Some(&nodes), &mut status, crate::MPOL_MF_MOVE);
-        let fixed = status.iter().zip(&nodes).filter(|(s, n)| s == n).count();
-        inc(&self.shared.counters.wrong_node_fixups, fixed as u64);
+        if !pages.is_empty() {
+            inc(&self.shared.counters.fixup_failures, pages.len() as u64 - 1);
+            self.fixup_failed(
+                "the kernel's migration to the frame's node",
+                &format!("{} pages, status {last}", pages.len()),
+            );
+        }
+    }
+
+    /// Counts one page a fix-up could not fix, and says the first such failure.
+    fn fixup_failed(&self, what: &str, why: &str) {
+        if self
+            .shared
+            .counters
+            .fixup_failures
+            .fetch_add(1, Ordering::Relaxed)
+            == 0
+        {
+            eprintln!(
+                "pagemig live: a placement fix-up failed ({what}: {why}); the page may stay off \
+                 its frame's node until it moves again (counted in fixup_failures)"
+            );
+        }
     }
 
     /// The frame whose arena slot is at `slot`.

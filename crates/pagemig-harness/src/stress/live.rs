@@ -147,7 +147,31 @@ fn placement_mismatches(regions: &[pagemig_live::LiveRegion]) -> u64 {
             n += addrs.len() as u64;
             continue;
         }
-        n += ours.iter().zip(&theirs).filter(|(a, b)| a != b).count() as u64;
+        let bad: Vec<(usize, i32, i32)> = addrs
+            .iter()
+            .zip(ours.iter().zip(&theirs))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(&v, (&a, &b))| (v, a, b))
+            .collect();
+        if !bad.is_empty() {
+            // What kind of disagreement, for whoever reads a failed run: the kernel naming
+            // another node, or giving a status (a negative errno: the zero page, no page).
+            let other = bad.iter().filter(|b| b.2 >= 0).count();
+            let first: Vec<String> = bad
+                .iter()
+                .take(4)
+                .map(|(v, a, b)| format!("{v:#x}: pagemig {a}, kernel {b}"))
+                .collect();
+            eprintln!(
+                "placement: {} page(s) of a region of {} disagree ({other} on another node, {} \
+                 with a kernel status); first: {}",
+                bad.len(),
+                r.len(),
+                bad.len() - other,
+                first.join("; ")
+            );
+        }
+        n += bad.len() as u64;
     }
     n
 }
@@ -263,6 +287,7 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
         ("live.remap_retries", lc.remap_retries),
         ("live.zero_page_fixups", lc.zero_page_fixups),
         ("live.wrong_node_fixups", lc.wrong_node_fixups),
+        ("live.fixup_failures", lc.fixup_failures),
         (
             "live.huge_slot_collapses_failed",
             lc.huge_slot_collapses_failed,
