@@ -251,7 +251,7 @@ impl RegionBackend {
                 std::thread::yield_now();
                 out()
             }) {
-                self.fixup_failed("the zero page's move out of the program", &e.to_string());
+                self.fixup_failed(1, "the zero page's move out of the program", &e.to_string());
                 continue;
             }
             // Still the zero page in the slot (no program thread wrote it meanwhile; the slot
@@ -336,21 +336,21 @@ impl RegionBackend {
             (pages, nodes) = (again_p, again_n);
         }
         if !pages.is_empty() {
-            inc(&self.shared.counters.fixup_failures, pages.len() as u64 - 1);
             self.fixup_failed(
+                pages.len() as u64,
                 "the kernel's migration to the frame's node",
                 &format!("{} pages, status {last}", pages.len()),
             );
         }
     }
 
-    /// Counts one page a fix-up could not fix, and says the first such failure.
-    fn fixup_failed(&self, what: &str, why: &str) {
+    /// Counts `n` pages a fix-up could not fix, and says the first such failure.
+    fn fixup_failed(&self, n: u64, what: &str, why: &str) {
         if self
             .shared
             .counters
             .fixup_failures
-            .fetch_add(1, Ordering::Relaxed)
+            .fetch_add(n, Ordering::Relaxed)
             == 0
         {
             eprintln!(
