@@ -257,13 +257,12 @@ impl Learned {
         // switch), as after the first rounds. Without this a short run keeps the prior's
         // choice until its first challenge, a thousand batches on: 0.90 of the best fixed
         // engine at 4K where the prior kept `dcbm:2` and ranked `batch` 6% cheaper.
-        let cost = |k: usize| costs.iter().find(|c| c.0 == k).map(|c| c.1);
-        let cheaper = costs
-            .iter()
-            .copied()
-            .filter(|&(k, _)| k != current && k < l.stats.len())
+        let cheaper = (0..l.stats.len())
+            .filter(|&k| k != current)
+            .filter_map(|k| l.stats[k].visit_cost.map(|c| (k, c)))
             .min_by(|a, b| a.1.total_cmp(&b.1));
-        if let (Some(mc), Some((k, mk))) = (cost(current), cheaper) {
+        let in_use = l.stats.get(current).and_then(|s| s.visit_cost);
+        if let (Some(mc), Some((k, mk))) = (in_use, cheaper) {
             if mk < mc {
                 let text = format!(
                     "the learned costs rank {} {:.0} below {} {:.0} µs/MiB: settling",
