@@ -198,6 +198,9 @@ pub fn markdown(rep: &BenchReport, svg_dir: Option<&Path>) -> String {
         m.copy_limit_samples_1t.len(),
         limits.join(", ")
     );
+    if let Some(line) = crate::tables::steal_line(m.cpu_steal) {
+        let _ = writeln!(s, "{line}.\n");
+    }
     let zs = sizes(rep);
     let header = |s: &mut String| {
         let _ = write!(s, "| engine |");

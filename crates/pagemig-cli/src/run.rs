@@ -476,6 +476,10 @@ pub struct RunSample {
     pub engine: Option<String>,
     /// The largest folio size of the program's regions it saw then (2 MiB with `--thp`).
     pub largest_folio_bytes: Option<u64>,
+    /// The share of the CPU time the machine asked for (all but idle) that the hypervisor
+    /// gave to other guests during the run (`/proc/stat`'s steal; `None` where the kernel
+    /// does not say).
+    pub cpu_steal: Option<f64>,
 }
 
 /// The report of `pagemig run-bench`.
@@ -536,6 +540,7 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         cmd.env("GLIBC_TUNABLES", thp_tunables());
     }
     cmd.stdout(std::process::Stdio::piped());
+    let cpu0 = pagemig::sys::CpuTimes::now();
     let t0 = std::time::Instant::now();
     let child = cmd
         .spawn()
@@ -589,6 +594,9 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         )
     });
     let seconds = t0.elapsed().as_secs_f64();
+    let cpu_steal = cpu0
+        .zip(pagemig::sys::CpuTimes::now())
+        .and_then(|(a, b)| b.steal_since(&a));
     let out = out?;
     let _ = std::fs::remove_dir_all(&dir);
     if !out.status.success() {
@@ -618,6 +626,7 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         moved_mb_s_wall: moved.0 as f64 * 4096.0 / 1e6 / seconds,
         engine: moved.2,
         largest_folio_bytes: moved.3,
+        cpu_steal,
     })
 }
 
@@ -714,7 +723,7 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
     let mut o = out(&a.json);
     writeln!(
         o,
-        "config   throughput (median)   vs plain   max stall   stalls > 1 ms   on CPU   switches/s   migrated"
+        "config   throughput (median)   vs plain   max stall   stalls > 1 ms   on CPU   switches/s    steal   migrated"
     )?;
     for (c, v) in [("plain", p), ("tiered", t), ("moving", m)] {
         let mine: Vec<&RunSample> = samples.iter().filter(|s| s.config == c).collect();
@@ -731,9 +740,10 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
         };
         let on = med_of(|s| s.on_cpu).map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
         let sw = med_of(|s| s.switches_per_s).map_or("-".into(), |v| format!("{v:.0}"));
+        let st = med_of(|s| s.cpu_steal).map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
         writeln!(
             o,
-            "{c:<8} {v:>18.0}/s   {:>8.3}   {:>7.0} µs   {:>13}   {on:>6}   {sw:>10}   {}",
+            "{c:<8} {v:>18.0}/s   {:>8.3}   {:>7.0} µs   {:>13}   {on:>6}   {sw:>10}   {st:>6}   {}",
             v / p,
             stall,
             over,
@@ -743,6 +753,14 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
                 "-".into()
             }
         )?;
+    }
+    // Said only when it matters: steal slows the runs unevenly, so the ratios above
+    // carry more than the program's own noise.
+    let steal: Vec<f64> = samples.iter().filter_map(|s| s.cpu_steal).collect();
+    if !steal.is_empty() && median(steal.clone()) >= crate::tables::STEAL_WARN {
+        if let Some(line) = crate::tables::steal_line(Some(median(steal))) {
+            writeln!(o, "{line}")?;
+        }
     }
     if let Some(path) = &a.json {
         write_json(path, &rep)?;

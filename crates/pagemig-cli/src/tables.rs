@@ -9,6 +9,28 @@ use pagemig_harness::kernel::KernelReport;
 use pagemig_harness::spec::{format_size, EngineSpec};
 use pagemig_harness::stress::StressReport;
 
+/// Above this share of stolen CPU time (of the time the machine's CPUs had work) a run's
+/// figures are called out as slowed by the hypervisor.
+pub const STEAL_WARN: f64 = 0.05;
+
+/// The line on the CPU time the hypervisor took while a run was measured (none where the
+/// kernel does not say).
+pub fn steal_line(steal: Option<f64>) -> Option<String> {
+    let f = steal?;
+    Some(if f >= STEAL_WARN {
+        format!(
+            "CPU steal: the hypervisor held back {:.0}% of the CPU time this machine asked for during the run; \
+             every figure is slowed and noisier than the machine's own drift, compare only within this run",
+            f * 100.0
+        )
+    } else {
+        format!(
+            "CPU steal: {:.1}% of the CPU time this machine asked for during the run",
+            f * 100.0
+        )
+    })
+}
+
 /// Renders the series-style tables: baseline, mtcopy by threads, dcbm by channels.
 pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) -> String {
     let mut s = String::new();
@@ -25,6 +47,10 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
         rep.machine.copy_limit_samples_1t.len(),
         limits.join(", ")
     ));
+    if let Some(line) = steal_line(rep.machine.cpu_steal) {
+        s.push_str(&line);
+        s.push('\n');
+    }
     // The limits every cell is read against: one thread, and every CPU of the machine.
     let one = rep.machine.copy_limit_gbps.get("1").copied().unwrap_or(0.0);
     let all = rep

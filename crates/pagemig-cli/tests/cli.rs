@@ -45,6 +45,13 @@ fn quick_bench_prints_the_table_and_writes_json_with_verified_results() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let limit = v["machine"]["copy_limit_gbps"]["1"].as_f64().unwrap();
     assert!(limit > 0.1);
+    // The hypervisor's share of the CPUs while it ran, where the kernel counts steal.
+    let steal = v["machine"]["cpu_steal"].as_f64();
+    assert_eq!(steal.is_some(), pagemig::sys::CpuTimes::now().is_some());
+    if let Some(f) = steal {
+        assert!((0.0..=1.0).contains(&f), "{f}");
+        assert!(text.contains("CPU steal: "), "{text}");
+    }
     if std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

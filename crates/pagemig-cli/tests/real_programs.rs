@@ -737,8 +737,16 @@ fn run_bench_runs_the_workload_three_ways_with_the_page_size_and_engine_asked_fo
         // The workload's own account of its thread, where the kernel keeps schedstat
         // (CONFIG_SCHED_INFO; where it does not, the fields are absent, not made up).
         let schedstat = std::path::Path::new("/proc/thread-self/schedstat").exists();
+        let steal = pagemig::sys::CpuTimes::now().is_some();
         for s in samples {
             assert!(s["throughput"].as_f64().unwrap() > 0.0, "{s}");
+            assert_eq!(
+                s["cpu_steal"]
+                    .as_f64()
+                    .is_some_and(|f| (0.0..=1.0).contains(&f)),
+                steal,
+                "{s}"
+            );
             if schedstat {
                 let on = s["on_cpu"].as_f64().unwrap();
                 assert!(on > 0.0 && on <= 1.05, "{s}");

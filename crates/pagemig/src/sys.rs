@@ -186,6 +186,53 @@ pub fn mbind(addr: usize, len: usize, policy: MemPolicy) -> io::Result<()> {
     Ok(())
 }
 
+/// The whole machine's CPU time so far, from the `cpu` line of `/proc/stat`, in clock
+/// ticks: all of it, the idle part, and the part in which a CPU had work but the
+/// hypervisor ran something else (steal), which no guest-side figure shows otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// user + nice + system + idle + iowait + irq + softirq + steal (guest time is
+    /// counted in user and nice already).
+    pub total: u64,
+    /// idle + iowait: time no one asked for (a halted virtual CPU is not stolen from).
+    pub idle: u64,
+    /// steal.
+    pub steal: u64,
+}
+
+impl CpuTimes {
+    /// Now; `None` where `/proc/stat` cannot be read or has no steal column.
+    pub fn now() -> Option<CpuTimes> {
+        cpu_times_in(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The share of the CPU time the machine asked for (everything but idle) that was
+    /// stolen between `earlier` and `self`; `None` when the CPUs asked for none.
+    pub fn steal_since(&self, earlier: &CpuTimes) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total)?;
+        let idle = self.idle.checked_sub(earlier.idle)?;
+        let steal = self.steal.checked_sub(earlier.steal)?;
+        let busy = total.checked_sub(idle)?;
+        (busy > 0).then(|| (steal as f64 / busy as f64).min(1.0))
+    }
+}
+
+fn cpu_times_in(stat: &str) -> Option<CpuTimes> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (v.len() == 8).then(|| CpuTimes {
+        total: v.iter().sum(),
+        idle: v[3] + v[4],
+        steal: v[7],
+    })
+}
+
 /// The CPU's model name when it is emulated in software (QEMU's TCG: "QEMU TCG CPU version
 /// 2.5+"), where every timing is the emulator's, not the hardware's; `None` on real or
 /// hardware-virtualized CPUs.
@@ -220,6 +267,25 @@ mod tests {
         .unwrap();
         assert!(mmap_aligned(4096, 3).is_err());
         assert!(mmap_aligned(0, 4096).is_err());
+    }
+
+    #[test]
+    fn steal_is_read_from_the_cpu_line_of_proc_stat() {
+        let a = "cpu  100 0 20 800 5 0 1 74 0 0\ncpu0 50 0 10 400 2 0 1 37 0 0\nintr 1\n";
+        let b = "cpu  150 0 30 850 5 0 1 114 0 0\n";
+        let a = cpu_times_in(a).unwrap();
+        let b = cpu_times_in(b).unwrap();
+        assert_eq!((a.total, a.idle, a.steal), (1000, 805, 74));
+        // 150 ticks passed, 50 of them idle and 40 stolen from the other 100.
+        assert!((b.steal_since(&a).unwrap() - 0.4).abs() < 1e-12);
+        let idle = "cpu  100 0 20 900 5 0 1 74 0 0\n";
+        assert_eq!(cpu_times_in(idle).unwrap().steal_since(&a), None);
+        assert_eq!(a.steal_since(&a), None);
+        assert_eq!(a.steal_since(&b), None);
+        // A kernel without a steal column (before 2.6.11), or no cpu line.
+        assert_eq!(cpu_times_in("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(cpu_times_in("intr 1\n"), None);
+        assert!(CpuTimes::now().is_some());
     }
 
     #[test]

@@ -411,6 +411,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             kind: opts.kind.name(),
         });
     }
+    let cpu_at_start = pagemig::sys::CpuTimes::now();
     let slack = 8 << 20;
     let mm = Memory::new(bench_memory_config(opts, 2 * opts.total_bytes + slack))?;
     mm.trace().enable();
@@ -675,6 +676,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             cpus: nr_cpus,
             kernel: pagemig::sys::kernel_release(),
             host_numa_nodes: pagemig::mm::numa::host_numa_nodes().len(),
+            cpu_steal: cpu_at_start
+                .zip(pagemig::sys::CpuTimes::now())
+                .and_then(|(a, b)| b.steal_since(&a)),
         },
         total_bytes: opts.total_bytes,
         batch_pages: opts.batch_pages[0],

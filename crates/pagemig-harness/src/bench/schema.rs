@@ -39,6 +39,13 @@ pub struct MachineInfo {
     pub kernel: String,
     /// Host NUMA nodes.
     pub host_numa_nodes: usize,
+    /// The share of the CPU time the machine asked for (all but idle) that the hypervisor
+    /// gave to other guests while the bench ran (`/proc/stat`'s steal); absent where the
+    /// kernel does not say. Every
+    /// timing of a run with much steal is slowed and noisier than the machine's own drift
+    /// (added in version 2 without a bump).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_steal: Option<f64>,
 }
 
 /// Per-phase times (mean over runs, ns per migration).
