@@ -30,6 +30,7 @@ pub(crate) struct Counters {
     pub(crate) slots_refilled: AtomicU64,
     pub(crate) wrong_node_fixups: AtomicU64,
     pub(crate) fixup_failures: AtomicU64,
+    pub(crate) moves_misreported: AtomicU64,
 }
 
 /// A snapshot of the live backend's counters.
@@ -98,6 +99,11 @@ pub struct LiveCounts {
     /// tried): the page may stay off its frame's node until its next move.
     #[serde(default)]
     pub fixup_failures: u64,
+    /// Pages that a `UFFDIO_MOVE` reported as not moved (an error, `EEXIST` where it was
+    /// seen) but that the pagemap showed moved: the page left its source and its
+    /// destination is mapped. Counted as moved; the move goes on after them.
+    #[serde(default)]
+    pub moves_misreported: u64,
 }
 
 impl Counters {
@@ -127,6 +133,7 @@ impl Counters {
             slots_refilled: g(&self.slots_refilled),
             wrong_node_fixups: g(&self.wrong_node_fixups),
             fixup_failures: g(&self.fixup_failures),
+            moves_misreported: g(&self.moves_misreported),
         }
     }
 }

@@ -34,6 +34,13 @@ pub(crate) struct QueuedOut {
 /// Consecutive flushes with failed moves into the program before it counts as an error.
 pub(crate) const REMAP_GIVE_UP: u32 = 64;
 
+/// What a region's backend has queued. Its lock is also the lock of every kernel move of
+/// the region's pages and of the fix-ups that follow a move (`fix_zero_pages`,
+/// `fix_wrong_nodes`): a fix-up moves a page out of the program and back, and looks at
+/// pages around the ones moved (the rest of a THP the move split), so two of them at once
+/// — the fault handler's after a move in, a migrating thread's after a move out — would
+/// move the same page from under each other (seen as a page whose slot was filled while
+/// the program mapped the zero page, and a program that hung on it).
 #[derive(Default)]
 pub(crate) struct Pending {
     /// Consecutive flushes that left moves into the program queued.
@@ -85,6 +92,16 @@ pub(crate) fn move_errno(e: &std::io::Error) -> Errno {
             });
             Errno::Inval
         }
+    }
+}
+
+/// Whether the page of a move from `src` to `dst` is at `dst` now: `src` empty and `dst`
+/// mapped.
+fn moved_anyway(pm: &crate::kernel::Pagemap, src: usize, dst: usize) -> bool {
+    use crate::kernel::PM_PRESENT;
+    match (pm.range(src, 1), pm.range(dst, 1)) {
+        (Ok(a), Ok(b)) => a[0] & PM_PRESENT == 0 && b[0] & PM_PRESENT != 0,
+        _ => false,
     }
 }
 
@@ -144,7 +161,7 @@ impl RegionBackend {
             Dir::In if check => (va, slot, sys::UFFDIO_MOVE_MODE_DONTWAKE),
             Dir::In => (va, slot, 0),
         };
-        let r = sys::move_pages(&self.shared.uffd, dst, src, len, mode);
+        let r = self.move_checked(dst, src, len, mode);
         let (ioctls, pages) = match dir {
             Dir::Out => (&c.unmap_ioctls, &c.pages_unmapped),
             Dir::In => (&c.remap_ioctls, &c.pages_remapped),
@@ -202,6 +219,51 @@ impl RegionBackend {
         }
     }
 
+    /// `UFFDIO_MOVE` of `len` bytes from `src` to `dst`, with what the kernel reports
+    /// checked against what happened. Linux 6.18 was seen to return `EEXIST` for a single
+    /// page it had moved (its source empty, its destination mapped, while a program thread
+    /// was writing the pages around it): taken at its word, that page was lost to the
+    /// program — its address stayed empty while the shadow page table mapped it, and the
+    /// thread that touched it waited forever. So where the pagemap is readable, the page
+    /// at which a move stopped is looked at, counted as moved when it did move
+    /// (`moves_misreported`), and the move goes on after it. A page that did not move is
+    /// left to the caller's error path, as before. (A page whose move failed has its
+    /// source mapped still, so it never reads as moved.)
+    fn move_checked(
+        &self,
+        dst: usize,
+        src: usize,
+        len: usize,
+        mode: u64,
+    ) -> Result<usize, (std::io::Error, usize)> {
+        let uffd = &self.shared.uffd;
+        let mut r = sys::move_pages(uffd, dst, src, len, mode);
+        let Some(pm) = &self.shared.pagemap else {
+            return r;
+        };
+        while let Err((_, n)) = &r {
+            let n = *n;
+            if n >= len || !moved_anyway(pm, src + n, dst + n) {
+                break;
+            }
+            inc(&self.shared.counters.moves_misreported, 1);
+            let done = n + PAGE_SIZE;
+            if mode & sys::UFFDIO_MOVE_MODE_DONTWAKE == 0 {
+                // The kernel wakes only what it says it moved.
+                let _ = sys::wake(uffd, dst + n, PAGE_SIZE);
+            }
+            r = if done == len {
+                Ok(len)
+            } else {
+                match sys::move_pages(uffd, dst + done, src + done, len - done, mode) {
+                    Ok(m) => Ok(done + m),
+                    Err((e, m)) => Err((e, done + m)),
+                }
+            };
+        }
+        r
+    }
+
     /// After a move into the program of `len` bytes at `va` from the arena at `slot` (or a
     /// move out that left them in the program): makes every page there that is the kernel's
     /// shared zero page a real page on its node.
@@ -246,7 +308,7 @@ impl RegionBackend {
             let s = self.slot(pfn);
             // A page shared with a forked child stays where it is (the move out fails);
             // so does one the kernel holds for a moment (tried again once).
-            let out = || sys::move_pages(uffd, s, v, PAGE_SIZE, sys::UFFDIO_MOVE_MODE_DONTWAKE);
+            let out = || self.move_checked(s, v, PAGE_SIZE, sys::UFFDIO_MOVE_MODE_DONTWAKE);
             if let Err((e, _)) = out().or_else(|_| {
                 std::thread::yield_now();
                 out()
@@ -260,9 +322,14 @@ impl RegionBackend {
             if pm.range(s, 1).is_ok_and(|e| crate::kernel::pm_shared(e[0])) {
                 self.shared.mm.page_write(pfn, 0, &[0]);
             }
-            if sys::move_pages(uffd, v, s, PAGE_SIZE, 0).is_err() {
+            if self
+                .move_checked(v, s, PAGE_SIZE, sys::UFFDIO_MOVE_MODE_DONTWAKE)
+                .is_err()
+            {
                 inc(&self.shared.counters.remap_errors, 1);
             }
+            // Whoever waits for it (a thread that faulted on it while it was out).
+            let _ = sys::wake(uffd, v, PAGE_SIZE);
             inc(&self.shared.counters.zero_page_fixups, 1);
         }
     }
@@ -543,10 +610,12 @@ impl SpaceBackend for RegionBackend {
             pfn,
             nr,
         };
+        let mut p = lock(&self.pending);
         if let (Some(batch), true) = (defer, self.batch_moves.load(Ordering::Relaxed)) {
-            lock(&self.pending).out.push(QueuedOut { batch, mv: m });
+            p.out.push(QueuedOut { batch, mv: m });
             return Ok(());
         }
+        // Moves (and their fix-ups) only under the pending lock: see `Pending`.
         self.mv_folio(Dir::Out, m).inspect_err(|_| {
             inc(&self.shared.counters.unmap_failures, 1);
         })
@@ -554,15 +623,15 @@ impl SpaceBackend for RegionBackend {
 
     fn flush_unmaps(&self, batch: u64) -> Vec<FailedUnmap> {
         // Only this batch's: a failure must reach the batch whose folio it is.
-        let list: Vec<Mv> = {
-            let mut p = lock(&self.pending);
-            let (mine, others): (Vec<QueuedOut>, Vec<QueuedOut>) = std::mem::take(&mut p.out)
-                .into_iter()
-                .partition(|q| q.batch == batch);
-            p.out = others;
-            mine.into_iter().map(|q| q.mv).collect()
-        };
+        let mut p = lock(&self.pending);
+        let (mine, others): (Vec<QueuedOut>, Vec<QueuedOut>) = std::mem::take(&mut p.out)
+            .into_iter()
+            .partition(|q| q.batch == batch);
+        p.out = others;
+        let list: Vec<Mv> = mine.into_iter().map(|q| q.mv).collect();
+        // The moves under the lock, as every move of the region's pages is (`Pending`).
         let failed = self.run_moves(Dir::Out, list);
+        drop(p);
         inc(&self.shared.counters.unmap_failures, failed.len() as u64);
         failed
             .into_iter()
@@ -584,12 +653,10 @@ impl SpaceBackend for RegionBackend {
                 return;
             }
             // Not reached by the core (it flushes before it copies); keep the data right.
-            drop(p);
             if self.mv_folio(Dir::Out, m).is_err() {
                 inc(&self.shared.counters.remap_errors, 1);
                 return;
             }
-            p = lock(&self.pending);
         }
         p.inn.push(Mv { va, pfn: new, nr });
         let now = !self.batch_moves.load(Ordering::Relaxed);

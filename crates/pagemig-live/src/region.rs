@@ -203,7 +203,11 @@ impl LiveRegion {
                 _ => zero.push((s, e)),
             }
         }
-        let failed = b.run_moves(Dir::Out, back.clone());
+        // Under the pending lock, as every move of the region's pages is.
+        let failed = {
+            let _p = pagemig::sync::lock(&b.pending);
+            b.run_moves(Dir::Out, back.clone())
+        };
         let mut given = 0;
         for m in back {
             if failed.iter().any(|(f, _)| f.va == m.va) {
@@ -276,7 +280,10 @@ impl Drop for LiveRegion {
             }
             va += step;
         }
-        let failed = b.run_moves(Dir::Out, back.clone());
+        let failed = {
+            let _p = pagemig::sync::lock(&b.pending);
+            b.run_moves(Dir::Out, back.clone())
+        };
         // A page that could not go back (one shared with a forked child, `EBUSY`) stays in
         // the program's mapping, which goes away below; its frame's slot is empty. The slot
         // is backed again by the zero page (its bytes no longer matter), so the frame can go

@@ -285,14 +285,11 @@ impl State {
             return None;
         }
         let mut rc = RegionConfig::new(len, if huge { 9 } else { 0 });
-        // Fault-around only on pools of base pages: on THP-advised pools (--thp) a run of
-        // base pages moved out of an arena THP splits it, and the zero-page fix-ups that
-        // follow are slow (and hung once in three runs at 64 pages; see DESIGN.md).
-        rc.fault_around = if self.cfg.thp {
-            1
-        } else {
-            self.cfg.fault_around
-        };
+        // Fault-around on every region of base pages, THP-advised pools (--thp) too: there
+        // a first touch moves base pages out of an arena THP, which splits it, and the
+        // zero-page fix-ups that follow run while the woken thread writes the pages around
+        // them (DESIGN.md, "First touch"). A region of THPs is populated a folio a fault.
+        rc.fault_around = if huge { 1 } else { self.cfg.fault_around };
         match self.cfg.place {
             Some(n) => rc.placement = NodeId(n),
             None => rc.interleave = true,

@@ -288,6 +288,7 @@ pub fn run_live(spec: EngineSpec, o: &StressOptions) -> Result<StressReport, Str
         ("live.zero_page_fixups", lc.zero_page_fixups),
         ("live.wrong_node_fixups", lc.wrong_node_fixups),
         ("live.fixup_failures", lc.fixup_failures),
+        ("live.moves_misreported", lc.moves_misreported),
         (
             "live.huge_slot_collapses_failed",
             lc.huge_slot_collapses_failed,
