@@ -29,15 +29,74 @@ pub struct RunArgs {
     /// Each node's pool to start with (it grows on demand).
     #[arg(long, default_value = "16M")]
     pub pool: String,
-    /// Back regions of 2 MiB and more with 2 MiB folios (THPs).
-    #[arg(long)]
-    pub thp: bool,
+    /// Regions of 2 MiB and more backed with 2 MiB folios (THPs): `--thp` (or
+    /// `--thp=always`), `--thp=never`, or `--thp=auto`, the default: THPs where the kernel
+    /// would give the program's large mappings THPs unasked (`transparent_hugepage`
+    /// `always`, for 2 MiB pages; THP not disabled for the program by `prctl`).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = ThpWhen::Auto,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "always"
+    )]
+    pub thp: ThpWhen,
     /// No notes on standard error (warnings and refusals are still printed).
     #[arg(long)]
     pub quiet: bool,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub program: Vec<OsString>,
+}
+
+/// When `pagemig run` backs a program's regions with THPs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ThpWhen {
+    /// As the kernel would back the program's anonymous memory without an `madvise`.
+    Auto,
+    /// Every region of 2 MiB and more.
+    Always,
+    /// Never: base pages only.
+    Never,
+}
+
+/// The word in brackets of a `transparent_hugepage` setting (`always [madvise] never`).
+fn bracketed_word(setting: &str) -> Option<&str> {
+    setting
+        .split_whitespace()
+        .find(|w| w.starts_with('['))
+        .map(|w| w.trim_matches(|c| c == '[' || c == ']'))
+}
+
+/// Whether the kernel gives a process 2 MiB THPs for its anonymous memory without an
+/// `madvise(MADV_HUGEPAGE)`, from the contents of
+/// `/sys/kernel/mm/transparent_hugepage/enabled`, of `hugepages-2048kB/enabled` beside it
+/// (Linux 6.8+: `inherit` defers to the first) and of `/proc/self/status` (whose
+/// `THP_enabled: 0` says `PR_SET_THP_DISABLE`, inherited across `fork` and `exec`).
+/// Anything unreadable counts as no.
+pub fn kernel_gives_thp(enabled: &str, enabled_2m: Option<&str>, status: &str) -> bool {
+    let top = bracketed_word(enabled);
+    let mode = match enabled_2m.and_then(bracketed_word) {
+        Some("inherit") | None => top,
+        m => m,
+    };
+    let disabled = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .is_some_and(|v| v.trim() == "0");
+    mode == Some("always") && !disabled
+}
+
+/// [`kernel_gives_thp`] for this process (and so for a program it execs).
+pub fn host_gives_thp() -> bool {
+    const DIR: &str = "/sys/kernel/mm/transparent_hugepage";
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    kernel_gives_thp(
+        &read(&format!("{DIR}/enabled")).unwrap_or_default(),
+        read(&format!("{DIR}/hugepages-2048kB/enabled")).as_deref(),
+        &read("/proc/self/status").unwrap_or_default(),
+    )
 }
 
 /// Where the preload library is: `$PAGEMIG_PRELOAD`, else beside the `pagemig` executable.
@@ -134,6 +193,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             file.display()
         );
     }
+    let thp = match a.thp {
+        ThpWhen::Always => true,
+        ThpWhen::Never => false,
+        ThpWhen::Auto => host_gives_thp(),
+    };
+    if !a.quiet && a.thp == ThpWhen::Auto && thp {
+        eprintln!(
+            "pagemig run: the kernel gives this program transparent huge pages unasked (transparent_hugepage: always), so its regions of 2 MiB and more are 2 MiB folios (--thp=never for base pages)"
+        );
+    }
     if !a.quiet && hosts.len() <= 1 {
         eprintln!(
             "pagemig run: this host has one NUMA node; the program's nodes 0 and 1 are two pools of it (moves between them copy memory but change no speed)"
@@ -151,7 +220,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .env("PAGEMIG_RUN_PLACE", place)
         .env("PAGEMIG_RUN_ENGINE", engine.to_string())
         .env("PAGEMIG_RUN_POOL", pool.to_string())
-        .env("PAGEMIG_RUN_THP", if a.thp { "1" } else { "0" });
+        .env("PAGEMIG_RUN_THP", if thp { "1" } else { "0" });
     if a.quiet {
         cmd.env("PAGEMIG_RUN_QUIET", "1");
     }
@@ -271,11 +340,12 @@ pub fn render_stat(s: &Stat) -> String {
             .map(|(i, p)| format!("N{i}={p}"))
             .collect();
         t += &format!(
-            "{:x}-{:x} {} {} {}\n",
+            "{:x}-{:x} {} {} {} folios {}\n",
             r.start,
             r.end,
             mib(r.end - r.start),
             r.source,
+            format_size(r.folio_bytes as usize),
             if per.is_empty() {
                 "untouched".into()
             } else {
@@ -527,9 +597,9 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         if let Some(p) = &a.pool {
             c.args(["--pool", p]);
         }
-        if a.thp {
-            c.arg("--thp");
-        }
+        // Like the plain runs: THPs with --thp, base pages without (whatever the host's
+        // transparent_hugepage setting, which `pagemig run` follows by default).
+        c.arg(if a.thp { "--thp" } else { "--thp=never" });
         c.args(["--engine", &a.engine]);
         c.arg("--").args(&a.program);
         c.env("PAGEMIG_RUN_DIR", &dir);
@@ -675,6 +745,11 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
         .parse::<pagemig_engines::EngineSpec>()
         .map_err(|err| anyhow::anyhow!("--engine {:?}: {err:?}", a.engine))?;
     preload_path()?;
+    if !a.thp && host_gives_thp() {
+        eprintln!(
+            "pagemig run-bench: this host gives programs transparent huge pages unasked (transparent_hugepage: always): the plain runs get them and the runs under pagemig run base pages (--thp=never); pass --thp to compare like with like"
+        );
+    }
     let mut samples = Vec::new();
     for i in 0..a.runs {
         for config in ["plain", "tiered", "moving"] {
@@ -766,4 +841,36 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
         write_json(path, &rep)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_gives_thp;
+
+    const ON: &str = "Name:\tx\nTHP_enabled:\t1\n";
+    const OFF: &str = "Name:\tx\nTHP_enabled:\t0\n";
+
+    #[test]
+    fn thp_follows_the_kernels_setting_for_2m_pages_and_the_processs_prctl() {
+        // The top-level setting, with no per-size one (before Linux 6.8).
+        assert!(kernel_gives_thp("[always] madvise never\n", None, ON));
+        assert!(!kernel_gives_thp("always [madvise] never\n", None, ON));
+        assert!(!kernel_gives_thp("always madvise [never]\n", None, ON));
+        // The 2 MiB size's own setting decides unless it inherits.
+        let inherit = Some("always inherit madvise [never]\n");
+        assert!(!kernel_gives_thp("[always] madvise never\n", inherit, ON));
+        let inherit = Some("always [inherit] madvise never\n");
+        assert!(kernel_gives_thp("[always] madvise never\n", inherit, ON));
+        let own = Some("[always] inherit madvise never\n");
+        assert!(kernel_gives_thp("always [madvise] never\n", own, ON));
+        // PR_SET_THP_DISABLE (THP_enabled: 0) wins; no line (before Linux 5.0) does not.
+        assert!(!kernel_gives_thp("[always] madvise never\n", None, OFF));
+        assert!(kernel_gives_thp(
+            "[always] madvise never\n",
+            None,
+            "Name:\tx\n"
+        ));
+        // Unreadable: no.
+        assert!(!kernel_gives_thp("", None, ""));
+    }
 }

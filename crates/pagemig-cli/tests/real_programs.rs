@@ -9,7 +9,7 @@
 //! `.ci/run` does anyway), and is a failure otherwise. The tests run one at a time: they
 //! are sized for this machine's two cores.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,10 +90,13 @@ fn need(prog: &str, package: &str) {
 /// `pagemig run` with these options, its control socket in `dir`.
 fn tiered(dir: &Path, opts: &[&str], prog: &[&str]) -> Command {
     let mut c = Command::new(pagemig());
-    c.arg("run")
-        .arg("--quiet")
-        .args(opts)
-        .arg("--")
+    c.arg("run").arg("--quiet").args(opts);
+    if !opts.iter().any(|o| o.starts_with("--thp")) {
+        // Base pages unless asked, whatever this host's transparent_hugepage setting
+        // (which `pagemig run` follows by default; tested on its own).
+        c.arg("--thp=never");
+    }
+    c.arg("--")
         .args(prog)
         .env("PAGEMIG_PRELOAD", preload())
         .env("PAGEMIG_RUN_DIR", dir);
@@ -521,6 +524,94 @@ fn without_kernel_mode_faults_the_program_runs_untiered_and_says_so() {
         "{err}"
     );
     assert!(tiered_pids(dir.path()).is_empty());
+}
+
+/// `pagemig run` backs a program's regions of 2 MiB and more with THPs where the kernel
+/// would give the program THPs unasked (this host's `transparent_hugepage` setting), and as
+/// told with `--thp` or `--thp=never`; a `--thp` it does not know is refused.
+#[test]
+fn regions_get_the_page_size_the_kernel_would_give_the_program_unless_told() {
+    let _s = serial();
+    need("python3", "python3");
+    let prog = "import sys\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = i % 251\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(b[::4096]))";
+    let plain = Command::new("python3")
+        .args(["-c", prog])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let expect_sum = text(&plain.stdout).lines().last().unwrap_or("").to_string();
+    let host = pagemig_cli::run::host_gives_thp();
+    for (opts, huge) in [
+        (&[][..], host),
+        (&["--thp=auto"][..], host),
+        (&["--thp"][..], true),
+        (&["--thp=never"][..], false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        // Not `tiered()`, which asks for base pages unless told: the default is the point.
+        let mut child = Command::new(pagemig())
+            .args(["run", "--quiet"])
+            .args(opts)
+            .args(["--", "python3", "-c", prog])
+            .env("PAGEMIG_PRELOAD", preload())
+            .env("PAGEMIG_RUN_DIR", dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready", "{opts:?}");
+        let st = Command::new(pagemig())
+            .args(["ctl", &child.id().to_string(), "stat", "--json", "-"])
+            .env("PAGEMIG_RUN_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{opts:?}: {}", text(&st.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        let big: Vec<u64> = v["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                let len = r["end"].as_u64().unwrap() - r["start"].as_u64().unwrap();
+                len >= 64 << 20
+            })
+            .map(|r| r["folio_bytes"].as_u64().unwrap())
+            .collect();
+        assert!(
+            !big.is_empty(),
+            "{opts:?}: no region for the 64 MiB array: {v}"
+        );
+        let want = if huge { 2 << 20 } else { 4096 };
+        assert!(
+            big.iter().all(|&f| f == want),
+            "{opts:?} (host THP {host}): {big:?}"
+        );
+        // The human form says it too.
+        let human = Command::new(pagemig())
+            .args(["ctl", &child.id().to_string(), "stat"])
+            .env("PAGEMIG_RUN_DIR", dir.path())
+            .output()
+            .unwrap();
+        let folios = if huge { "2M folios" } else { "4K folios" };
+        assert!(
+            text(&human.stdout).contains(folios),
+            "{opts:?}: {}",
+            text(&human.stdout)
+        );
+        child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        let sum = lines.next().unwrap().unwrap();
+        assert_eq!(sum, expect_sum, "{opts:?}");
+        assert!(child.wait().unwrap().success(), "{opts:?}");
+    }
+    let bad = Command::new(pagemig())
+        .args(["run", "--thp=sometimes", "--", "true"])
+        .env("PAGEMIG_PRELOAD", preload())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("--thp"), "{}", text(&bad.stderr));
 }
 
 #[test]
