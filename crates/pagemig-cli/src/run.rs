@@ -69,13 +69,22 @@ fn bracketed_word(setting: &str) -> Option<&str> {
         .map(|w| w.trim_matches(|c| c == '[' || c == ']'))
 }
 
-/// Whether the kernel gives a process 2 MiB THPs for its anonymous memory without an
-/// `madvise(MADV_HUGEPAGE)`, from the contents of
-/// `/sys/kernel/mm/transparent_hugepage/enabled`, of `hugepages-2048kB/enabled` beside it
-/// (Linux 6.8+: `inherit` defers to the first) and of `/proc/self/status` (whose
-/// `THP_enabled: 0` says `PR_SET_THP_DISABLE`, inherited across `fork` and `exec`).
-/// Anything unreadable counts as no.
-pub fn kernel_gives_thp(enabled: &str, enabled_2m: Option<&str>, status: &str) -> bool {
+/// What the kernel does about 2 MiB THPs for a process's anonymous memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelThp {
+    /// THPs unasked (`always`).
+    Always,
+    /// THPs where the process advises `MADV_HUGEPAGE` (`madvise`).
+    Madvise,
+    /// None (`never`, THP disabled for the process, or unreadable).
+    Never,
+}
+
+/// [`KernelThp`] from the contents of `/sys/kernel/mm/transparent_hugepage/enabled`, of
+/// `hugepages-2048kB/enabled` beside it (Linux 6.8+: `inherit` defers to the first) and of
+/// `/proc/self/status` (whose `THP_enabled: 0` says `PR_SET_THP_DISABLE`, inherited across
+/// `fork` and `exec`). Anything unreadable counts as `Never`.
+pub fn kernel_thp(enabled: &str, enabled_2m: Option<&str>, status: &str) -> KernelThp {
     let top = bracketed_word(enabled);
     let mode = match enabled_2m.and_then(bracketed_word) {
         Some("inherit") | None => top,
@@ -85,18 +94,48 @@ pub fn kernel_gives_thp(enabled: &str, enabled_2m: Option<&str>, status: &str) -
         .lines()
         .find_map(|l| l.strip_prefix("THP_enabled:"))
         .is_some_and(|v| v.trim() == "0");
-    mode == Some("always") && !disabled
+    match mode {
+        _ if disabled => KernelThp::Never,
+        Some("always") => KernelThp::Always,
+        Some("madvise") => KernelThp::Madvise,
+        _ => KernelThp::Never,
+    }
 }
 
-/// [`kernel_gives_thp`] for this process (and so for a program it execs).
-pub fn host_gives_thp() -> bool {
+/// Whether `GLIBC_TUNABLES` tells glibc's malloc to advise its mappings `MADV_HUGEPAGE`
+/// (`glibc.malloc.hugetlb=1`; the last setting counts, as in glibc).
+pub fn malloc_advises_thp(tunables: &str) -> bool {
+    tunables
+        .rsplit(':')
+        .find_map(|t| t.strip_prefix("glibc.malloc.hugetlb="))
+        .is_some_and(|v| v.trim() == "1")
+}
+
+/// Which of a program's regions `--thp=auto` makes THP regions, as (every region, the
+/// malloc family's): every one where the kernel gives THPs unasked; the malloc family's
+/// also where it gives them on advice and glibc's malloc was told to advise
+/// (`malloc_tunables`: `GLIBC_TUNABLES`), since under `pagemig run` the malloc family is
+/// pagemig's and glibc's advice is never made.
+pub fn auto_thp(kernel: KernelThp, malloc_tunables: &str) -> (bool, bool) {
+    let all = kernel == KernelThp::Always;
+    let malloc = all || (kernel == KernelThp::Madvise && malloc_advises_thp(malloc_tunables));
+    (all, malloc)
+}
+
+/// [`KernelThp`] for this process (and so for a program it execs).
+pub fn host_thp() -> KernelThp {
     const DIR: &str = "/sys/kernel/mm/transparent_hugepage";
     let read = |p: &str| std::fs::read_to_string(p).ok();
-    kernel_gives_thp(
+    kernel_thp(
         &read(&format!("{DIR}/enabled")).unwrap_or_default(),
         read(&format!("{DIR}/hugepages-2048kB/enabled")).as_deref(),
         &read("/proc/self/status").unwrap_or_default(),
     )
+}
+
+/// Whether the kernel gives this process (and a program it execs) THPs unasked.
+pub fn host_gives_thp() -> bool {
+    host_thp() == KernelThp::Always
 }
 
 /// Where the preload library is: `$PAGEMIG_PRELOAD`, else beside the `pagemig` executable.
@@ -193,14 +232,21 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             file.display()
         );
     }
-    let thp = match a.thp {
-        ThpWhen::Always => true,
-        ThpWhen::Never => false,
-        ThpWhen::Auto => host_gives_thp(),
+    let (thp, thp_malloc) = match a.thp {
+        ThpWhen::Always => (true, true),
+        ThpWhen::Never => (false, false),
+        ThpWhen::Auto => {
+            let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+            auto_thp(host_thp(), &tunables)
+        }
     };
     if !a.quiet && a.thp == ThpWhen::Auto && thp {
         eprintln!(
             "pagemig run: the kernel gives this program transparent huge pages unasked (transparent_hugepage: always), so its regions of 2 MiB and more are 2 MiB folios (--thp=never for base pages)"
+        );
+    } else if !a.quiet && a.thp == ThpWhen::Auto && thp_malloc {
+        eprintln!(
+            "pagemig run: GLIBC_TUNABLES asks glibc's malloc for transparent huge pages (glibc.malloc.hugetlb=1), so the program's allocations of 2 MiB and more are 2 MiB folios; its own mappings are base pages, as the kernel gives them without advice (--thp=never for base pages everywhere)"
         );
     }
     if !a.quiet && hosts.len() <= 1 {
@@ -220,7 +266,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .env("PAGEMIG_RUN_PLACE", place)
         .env("PAGEMIG_RUN_ENGINE", engine.to_string())
         .env("PAGEMIG_RUN_POOL", pool.to_string())
-        .env("PAGEMIG_RUN_THP", if thp { "1" } else { "0" });
+        .env(
+            "PAGEMIG_RUN_THP",
+            match (thp, thp_malloc) {
+                (true, _) => "1",
+                (false, true) => "malloc",
+                (false, false) => "0",
+            },
+        );
     if a.quiet {
         cmd.env("PAGEMIG_RUN_QUIET", "1");
     }
@@ -845,32 +898,54 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_gives_thp;
+    use super::{auto_thp, kernel_thp, malloc_advises_thp, KernelThp};
 
     const ON: &str = "Name:\tx\nTHP_enabled:\t1\n";
     const OFF: &str = "Name:\tx\nTHP_enabled:\t0\n";
+    const ALWAYS: &str = "[always] madvise never\n";
+    const MADVISE: &str = "always [madvise] never\n";
+    const NEVER: &str = "always madvise [never]\n";
 
     #[test]
     fn thp_follows_the_kernels_setting_for_2m_pages_and_the_processs_prctl() {
+        use KernelThp::*;
         // The top-level setting, with no per-size one (before Linux 6.8).
-        assert!(kernel_gives_thp("[always] madvise never\n", None, ON));
-        assert!(!kernel_gives_thp("always [madvise] never\n", None, ON));
-        assert!(!kernel_gives_thp("always madvise [never]\n", None, ON));
+        assert_eq!(kernel_thp(ALWAYS, None, ON), Always);
+        assert_eq!(kernel_thp(MADVISE, None, ON), Madvise);
+        assert_eq!(kernel_thp(NEVER, None, ON), Never);
         // The 2 MiB size's own setting decides unless it inherits.
-        let inherit = Some("always inherit madvise [never]\n");
-        assert!(!kernel_gives_thp("[always] madvise never\n", inherit, ON));
+        let own_never = Some("always inherit madvise [never]\n");
+        assert_eq!(kernel_thp(ALWAYS, own_never, ON), Never);
         let inherit = Some("always [inherit] madvise never\n");
-        assert!(kernel_gives_thp("[always] madvise never\n", inherit, ON));
-        let own = Some("[always] inherit madvise never\n");
-        assert!(kernel_gives_thp("always [madvise] never\n", own, ON));
+        assert_eq!(kernel_thp(ALWAYS, inherit, ON), Always);
+        let own_always = Some("[always] inherit madvise never\n");
+        assert_eq!(kernel_thp(MADVISE, own_always, ON), Always);
         // PR_SET_THP_DISABLE (THP_enabled: 0) wins; no line (before Linux 5.0) does not.
-        assert!(!kernel_gives_thp("[always] madvise never\n", None, OFF));
-        assert!(kernel_gives_thp(
-            "[always] madvise never\n",
-            None,
-            "Name:\tx\n"
+        assert_eq!(kernel_thp(ALWAYS, None, OFF), Never);
+        assert_eq!(kernel_thp(MADVISE, None, OFF), Never);
+        assert_eq!(kernel_thp(ALWAYS, None, "Name:\tx\n"), Always);
+        // Unreadable: none.
+        assert_eq!(kernel_thp("", None, ""), Never);
+    }
+
+    #[test]
+    fn malloc_regions_are_thps_where_glibcs_malloc_would_have_advised_them() {
+        use KernelThp::*;
+        assert!(malloc_advises_thp("glibc.malloc.hugetlb=1"));
+        assert!(malloc_advises_thp(
+            "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
         ));
-        // Unreadable: no.
-        assert!(!kernel_gives_thp("", None, ""));
+        assert!(!malloc_advises_thp("glibc.malloc.hugetlb=0"));
+        assert!(!malloc_advises_thp(
+            "glibc.malloc.hugetlb=1:glibc.malloc.hugetlb=0"
+        ));
+        assert!(!malloc_advises_thp("glibc.malloc.hugetlb=2"));
+        assert!(!malloc_advises_thp(""));
+        let asks = "glibc.malloc.hugetlb=1";
+        assert_eq!(auto_thp(Always, ""), (true, true));
+        assert_eq!(auto_thp(Always, asks), (true, true));
+        assert_eq!(auto_thp(Madvise, ""), (false, false));
+        assert_eq!(auto_thp(Madvise, asks), (false, true));
+        assert_eq!(auto_thp(Never, asks), (false, false));
     }
 }

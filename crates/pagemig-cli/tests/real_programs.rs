@@ -527,26 +527,35 @@ fn without_kernel_mode_faults_the_program_runs_untiered_and_says_so() {
 }
 
 /// `pagemig run` backs a program's regions of 2 MiB and more with THPs where the kernel
-/// would give the program THPs unasked (this host's `transparent_hugepage` setting), and as
-/// told with `--thp` or `--thp=never`; a `--thp` it does not know is refused.
+/// would give the program THPs (this host's `transparent_hugepage` setting; for the malloc
+/// family's also where `GLIBC_TUNABLES` asks glibc's malloc to advise them), and as told
+/// with `--thp` or `--thp=never`; a `--thp` it does not know is refused.
 #[test]
 fn regions_get_the_page_size_the_kernel_would_give_the_program_unless_told() {
+    use pagemig_cli::run::{host_thp, KernelThp};
     let _s = serial();
     need("python3", "python3");
-    let prog = "import sys\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = i % 251\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(b[::4096]))";
+    // 64 MiB from malloc (a bytearray) and 64 MiB of a private anonymous mapping.
+    let prog = "import mmap, sys\nb = bytearray(64 << 20)\nm = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE)\nfor i in range(0, len(b), 4096): b[i] = i % 251; m[i] = i % 241\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(b[::4096]) + sum(m[i] for i in range(0, len(m), 4096)))";
     let plain = Command::new("python3")
         .args(["-c", prog])
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let expect_sum = text(&plain.stdout).lines().last().unwrap_or("").to_string();
-    let host = pagemig_cli::run::host_gives_thp();
-    for (opts, huge) in [
-        (&[][..], host),
-        (&["--thp=auto"][..], host),
-        (&["--thp"][..], true),
-        (&["--thp=never"][..], false),
+    let host = host_thp();
+    let always = host == KernelThp::Always;
+    let advised = host != KernelThp::Never;
+    let asks = "glibc.malloc.hugetlb=1";
+    // (options, GLIBC_TUNABLES, malloc's region huge, the mapping huge)
+    for (opts, tunables, malloc_huge, mmap_huge) in [
+        (&[][..], "", always, always),
+        (&["--thp=auto"][..], "", always, always),
+        (&[][..], asks, advised, always),
+        (&["--thp"][..], "", true, true),
+        (&["--thp=never"][..], asks, false, false),
     ] {
+        let what = format!("{opts:?} GLIBC_TUNABLES={tunables:?} (host {host:?})");
         let dir = tempfile::tempdir().unwrap();
         // Not `tiered()`, which asks for base pages unless told: the default is the point.
         let mut child = Command::new(pagemig())
@@ -555,55 +564,61 @@ fn regions_get_the_page_size_the_kernel_would_give_the_program_unless_told() {
             .args(["--", "python3", "-c", prog])
             .env("PAGEMIG_PRELOAD", preload())
             .env("PAGEMIG_RUN_DIR", dir.path())
+            .env("GLIBC_TUNABLES", tunables)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert_eq!(lines.next().unwrap().unwrap(), "ready", "{opts:?}");
+        assert_eq!(lines.next().unwrap().unwrap(), "ready", "{what}");
         let st = Command::new(pagemig())
             .args(["ctl", &child.id().to_string(), "stat", "--json", "-"])
             .env("PAGEMIG_RUN_DIR", dir.path())
             .output()
             .unwrap();
-        assert!(st.status.success(), "{opts:?}: {}", text(&st.stderr));
+        assert!(st.status.success(), "{what}: {}", text(&st.stderr));
         let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-        let big: Vec<u64> = v["regions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| {
-                let len = r["end"].as_u64().unwrap() - r["start"].as_u64().unwrap();
-                len >= 64 << 20
-            })
-            .map(|r| r["folio_bytes"].as_u64().unwrap())
-            .collect();
-        assert!(
-            !big.is_empty(),
-            "{opts:?}: no region for the 64 MiB array: {v}"
-        );
-        let want = if huge { 2 << 20 } else { 4096 };
-        assert!(
-            big.iter().all(|&f| f == want),
-            "{opts:?} (host THP {host}): {big:?}"
-        );
+        let folios = |source: &str| -> Vec<u64> {
+            v["regions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| {
+                    let len = r["end"].as_u64().unwrap() - r["start"].as_u64().unwrap();
+                    len >= 64 << 20 && r["source"] == source
+                })
+                .map(|r| r["folio_bytes"].as_u64().unwrap())
+                .collect()
+        };
+        for (source, huge) in [("malloc", malloc_huge), ("mmap", mmap_huge)] {
+            let got = folios(source);
+            let want = if huge { 2 << 20 } else { 4096 };
+            assert!(
+                !got.is_empty() && got.iter().all(|&f| f == want),
+                "{what}: the {source} region's folios: {got:?}, not {want}: {v}"
+            );
+        }
         // The human form says it too.
         let human = Command::new(pagemig())
             .args(["ctl", &child.id().to_string(), "stat"])
             .env("PAGEMIG_RUN_DIR", dir.path())
             .output()
             .unwrap();
-        let folios = if huge { "2M folios" } else { "4K folios" };
+        let shown = if malloc_huge {
+            "2M folios"
+        } else {
+            "4K folios"
+        };
         assert!(
-            text(&human.stdout).contains(folios),
-            "{opts:?}: {}",
+            text(&human.stdout).contains(shown),
+            "{what}: {}",
             text(&human.stdout)
         );
         child.stdin.take().unwrap().write_all(b"\n").unwrap();
         let sum = lines.next().unwrap().unwrap();
-        assert_eq!(sum, expect_sum, "{opts:?}");
-        assert!(child.wait().unwrap().success(), "{opts:?}");
+        assert_eq!(sum, expect_sum, "{what}");
+        assert!(child.wait().unwrap().success(), "{what}");
     }
     let bad = Command::new(pagemig())
         .args(["run", "--thp=sometimes", "--", "true"])

@@ -35,7 +35,11 @@ pub(crate) struct Config {
     pub(crate) engine: String,
     pub(crate) pool_bytes: usize,
     pub(crate) max_region: usize,
+    /// THP regions for every source (`PAGEMIG_RUN_THP=1`).
     pub(crate) thp: bool,
+    /// THP regions for the malloc family's allocations (`PAGEMIG_RUN_THP=malloc`: glibc's
+    /// malloc was told to advise its mappings `MADV_HUGEPAGE`; or with `thp`).
+    pub(crate) thp_malloc: bool,
     pub(crate) fault_around: usize,
 }
 
@@ -66,6 +70,7 @@ impl Config {
             pool_bytes: env_size("PAGEMIG_RUN_POOL", 16 << 20)?,
             max_region: env_size("PAGEMIG_RUN_MAX_REGION", 16 << 30)?,
             thp: std::env::var("PAGEMIG_RUN_THP").is_ok_and(|v| v == "1"),
+            thp_malloc: std::env::var("PAGEMIG_RUN_THP").is_ok_and(|v| v == "1" || v == "malloc"),
             fault_around: env_size("PAGEMIG_RUN_FAULT_AROUND", 64)?.clamp(1, 512),
         };
         if c.pool_bytes == 0 || c.pool_bytes % (2 << 20) != 0 {
@@ -165,7 +170,7 @@ pub(crate) fn init(child: bool) -> Option<&'static State> {
                         capacity_bytes: cfg.pool_bytes,
                         max_bytes: Some(h.mem_total_bytes as usize),
                         host_node: Some(h.id),
-                        no_huge_pages: !cfg.thp,
+                        no_huge_pages: !cfg.thp_malloc,
                     },
                     Some(h.id),
                 )
@@ -180,7 +185,7 @@ pub(crate) fn init(child: bool) -> Option<&'static State> {
                         capacity_bytes: cfg.pool_bytes,
                         max_bytes: Some(total),
                         host_node: None,
-                        no_huge_pages: !cfg.thp,
+                        no_huge_pages: !cfg.thp_malloc,
                     },
                     None,
                 )
@@ -274,7 +279,8 @@ impl State {
     /// A new region of at least `size` bytes; `None`: leave it to the kernel or the next
     /// allocator.
     pub(crate) fn alloc(&self, size: usize, source: Source, populate: bool) -> Option<usize> {
-        let huge = self.cfg.thp && size >= REGION_ALIGN;
+        let thp = self.cfg.thp || (self.cfg.thp_malloc && source == Source::Malloc);
+        let huge = thp && size >= REGION_ALIGN;
         let unit = if huge { REGION_ALIGN } else { PAGE_SIZE };
         let len = size.checked_next_multiple_of(unit)?;
         if len > self.cfg.max_region {
