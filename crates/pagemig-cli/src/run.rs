@@ -133,11 +133,6 @@ pub fn host_thp() -> KernelThp {
     )
 }
 
-/// Whether the kernel gives this process (and a program it execs) THPs unasked.
-pub fn host_gives_thp() -> bool {
-    host_thp() == KernelThp::Always
-}
-
 /// Where the preload library is: `$PAGEMIG_PRELOAD`, else beside the `pagemig` executable.
 fn preload_path() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("PAGEMIG_PRELOAD") {
@@ -798,9 +793,10 @@ pub fn run_bench(a: RunBenchArgs) -> anyhow::Result<()> {
         .parse::<pagemig_engines::EngineSpec>()
         .map_err(|err| anyhow::anyhow!("--engine {:?}: {err:?}", a.engine))?;
     preload_path()?;
-    if !a.thp && host_gives_thp() {
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if !a.thp && auto_thp(host_thp(), &tunables).1 {
         eprintln!(
-            "pagemig run-bench: this host gives programs transparent huge pages unasked (transparent_hugepage: always): the plain runs get them and the runs under pagemig run base pages (--thp=never); pass --thp to compare like with like"
+            "pagemig run-bench: the plain runs get transparent huge pages (transparent_hugepage: always, or GLIBC_TUNABLES with glibc.malloc.hugetlb=1) and the runs under pagemig run base pages (--thp=never); pass --thp to compare like with like"
         );
     }
     let mut samples = Vec::new();
