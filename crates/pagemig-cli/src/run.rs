@@ -31,8 +31,9 @@ pub struct RunArgs {
     pub pool: String,
     /// Regions of 2 MiB and more backed with 2 MiB folios (THPs): `--thp` (or
     /// `--thp=always`), `--thp=never`, or `--thp=auto`, the default: THPs where the kernel
-    /// would give the program's large mappings THPs unasked (`transparent_hugepage`
-    /// `always`, for 2 MiB pages; THP not disabled for the program by `prctl`).
+    /// would give them to the program (`transparent_hugepage` `always` for 2 MiB pages; for
+    /// its allocations also `madvise` with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`; none
+    /// while the program has THP disabled with `prctl`).
     #[arg(
         long,
         value_enum,
@@ -53,7 +54,10 @@ pub struct RunArgs {
 /// When `pagemig run` backs a program's regions with THPs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ThpWhen {
-    /// As the kernel would back the program's anonymous memory without an `madvise`.
+    /// As the kernel would back the program's anonymous memory: THPs where it gives them
+    /// unasked, for the malloc family's allocations also where `GLIBC_TUNABLES` has glibc's
+    /// malloc advise them (`glibc.malloc.hugetlb=1`), and none while the program has THP
+    /// disabled for itself (`PR_SET_THP_DISABLE`).
     Auto,
     /// Every region of 2 MiB and more.
     Always,
@@ -237,7 +241,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     if !a.quiet && a.thp == ThpWhen::Auto && thp {
         eprintln!(
-            "pagemig run: the kernel gives this program transparent huge pages unasked (transparent_hugepage: always), so its regions of 2 MiB and more are 2 MiB folios (--thp=never for base pages)"
+            "pagemig run: the kernel gives this program transparent huge pages unasked (transparent_hugepage: always), so its regions of 2 MiB and more are 2 MiB folios unless it disables THP for itself (--thp=never for base pages)"
         );
     } else if !a.quiet && a.thp == ThpWhen::Auto && thp_malloc {
         eprintln!(
@@ -263,10 +267,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .env("PAGEMIG_RUN_POOL", pool.to_string())
         .env(
             "PAGEMIG_RUN_THP",
-            match (thp, thp_malloc) {
-                (true, _) => "1",
-                (false, true) => "malloc",
-                (false, false) => "0",
+            match (a.thp, thp, thp_malloc) {
+                (ThpWhen::Auto, true, _) => "auto:all",
+                (ThpWhen::Auto, false, true) => "auto:malloc",
+                (_, true, _) => "1",
+                (_, false, _) => "0",
             },
         );
     if a.quiet {

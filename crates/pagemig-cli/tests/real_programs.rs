@@ -528,17 +528,18 @@ fn without_kernel_mode_faults_the_program_runs_untiered_and_says_so() {
 
 /// `pagemig run` backs a program's regions of 2 MiB and more with THPs where the kernel
 /// would give the program THPs (this host's `transparent_hugepage` setting; for the malloc
-/// family's also where `GLIBC_TUNABLES` asks glibc's malloc to advise them), and as told
-/// with `--thp` or `--thp=never`; a `--thp` it does not know is refused.
+/// family's also where `GLIBC_TUNABLES` asks glibc's malloc to advise them; none while the
+/// program has THP disabled for itself), and as told with `--thp` or `--thp=never`; a
+/// `--thp` it does not know is refused.
 #[test]
 fn regions_get_the_page_size_the_kernel_would_give_the_program_unless_told() {
     use pagemig_cli::run::{host_thp, KernelThp};
     let _s = serial();
     need("python3", "python3");
     // 64 MiB from malloc (a bytearray) and 64 MiB of a private anonymous mapping.
-    let prog = "import mmap, sys\nb = bytearray(64 << 20)\nm = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE)\nfor i in range(0, len(b), 4096): b[i] = i % 251; m[i] = i % 241\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(b[::4096]) + sum(m[i] for i in range(0, len(m), 4096)))";
+    let prog = "import mmap, sys\nif sys.argv[1] == 'off': import ctypes; assert ctypes.CDLL(None).prctl(41, 1, 0, 0, 0) == 0\nb = bytearray(64 << 20)\nm = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE)\nfor i in range(0, len(b), 4096): b[i] = i % 251; m[i] = i % 241\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(b[::4096]) + sum(m[i] for i in range(0, len(m), 4096)))";
     let plain = Command::new("python3")
-        .args(["-c", prog])
+        .args(["-c", prog, "on"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -547,21 +548,24 @@ fn regions_get_the_page_size_the_kernel_would_give_the_program_unless_told() {
     let always = host == KernelThp::Always;
     let advised = host != KernelThp::Never;
     let asks = "glibc.malloc.hugetlb=1";
-    // (options, GLIBC_TUNABLES, malloc's region huge, the mapping huge)
-    for (opts, tunables, malloc_huge, mmap_huge) in [
-        (&[][..], "", always, always),
-        (&["--thp=auto"][..], "", always, always),
-        (&[][..], asks, advised, always),
-        (&["--thp"][..], "", true, true),
-        (&["--thp=never"][..], asks, false, false),
+    // (options, GLIBC_TUNABLES, THP on or off for itself (PR_SET_THP_DISABLE), malloc's
+    // region huge, the mapping huge)
+    for (opts, tunables, own, malloc_huge, mmap_huge) in [
+        (&[][..], "", "on", always, always),
+        (&["--thp=auto"][..], "", "on", always, always),
+        (&[][..], asks, "on", advised, always),
+        (&[][..], asks, "off", false, false),
+        (&["--thp"][..], "", "on", true, true),
+        (&["--thp"][..], "", "off", true, true),
+        (&["--thp=never"][..], asks, "on", false, false),
     ] {
-        let what = format!("{opts:?} GLIBC_TUNABLES={tunables:?} (host {host:?})");
+        let what = format!("{opts:?} GLIBC_TUNABLES={tunables:?} THP {own} (host {host:?})");
         let dir = tempfile::tempdir().unwrap();
         // Not `tiered()`, which asks for base pages unless told: the default is the point.
         let mut child = Command::new(pagemig())
             .args(["run", "--quiet"])
             .args(opts)
-            .args(["--", "python3", "-c", prog])
+            .args(["--", "python3", "-c", prog, own])
             .env("PAGEMIG_PRELOAD", preload())
             .env("PAGEMIG_RUN_DIR", dir.path())
             .env("GLIBC_TUNABLES", tunables)

@@ -423,6 +423,14 @@ fn raw_madvise(a: usize, len: usize, advice: c_int) -> c_int {
     unsafe { libc::syscall(libc::SYS_madvise, a, len, advice) as c_int }
 }
 
+/// Whether THP is disabled for this process (`prctl(PR_GET_THP_DISABLE)`: set by the
+/// program, or inherited from its parent).
+pub(crate) fn thp_disabled() -> bool {
+    // SAFETY: prctl(PR_GET_THP_DISABLE) takes no pointer and only reads a flag of the
+    // process.
+    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) > 0 }
+}
+
 fn set_errno(e: c_int) {
     // SAFETY: errno is this thread's.
     unsafe { *libc::__errno_location() = e };

@@ -40,6 +40,9 @@ pub(crate) struct Config {
     /// THP regions for the malloc family's allocations (`PAGEMIG_RUN_THP=malloc`: glibc's
     /// malloc was told to advise its mappings `MADV_HUGEPAGE`; or with `thp`).
     pub(crate) thp_malloc: bool,
+    /// `--thp=auto`: no THP region while the program has THP disabled for itself
+    /// (`PR_SET_THP_DISABLE`, as redis does at startup), as the kernel would give it none.
+    pub(crate) thp_follows_prctl: bool,
     pub(crate) fault_around: usize,
 }
 
@@ -63,14 +66,20 @@ impl Config {
                     .map_err(|_| format!("PAGEMIG_RUN_PLACE={n:?}: a node number or interleave"))?,
             ),
         };
+        // "1" (--thp), "0", or what --thp=auto chose: "auto:all", "auto:malloc" (the
+        // malloc family's regions only).
+        let thp = std::env::var("PAGEMIG_RUN_THP");
         let c = Config {
             threshold: env_size("PAGEMIG_RUN_THRESHOLD", 1 << 20)?.max(PAGE_SIZE),
             place,
             engine: std::env::var("PAGEMIG_RUN_ENGINE").unwrap_or_else(|_| "batch".into()),
             pool_bytes: env_size("PAGEMIG_RUN_POOL", 16 << 20)?,
             max_region: env_size("PAGEMIG_RUN_MAX_REGION", 16 << 30)?,
-            thp: std::env::var("PAGEMIG_RUN_THP").is_ok_and(|v| v == "1"),
-            thp_malloc: std::env::var("PAGEMIG_RUN_THP").is_ok_and(|v| v == "1" || v == "malloc"),
+            thp: thp.as_deref().is_ok_and(|v| v == "1" || v == "auto:all"),
+            thp_malloc: thp
+                .as_deref()
+                .is_ok_and(|v| ["1", "auto:all", "auto:malloc"].contains(&v)),
+            thp_follows_prctl: thp.as_deref().is_ok_and(|v| v.starts_with("auto:")),
             fault_around: env_size("PAGEMIG_RUN_FAULT_AROUND", 64)?.clamp(1, 512),
         };
         if c.pool_bytes == 0 || c.pool_bytes % (2 << 20) != 0 {
@@ -279,7 +288,8 @@ impl State {
     /// A new region of at least `size` bytes; `None`: leave it to the kernel or the next
     /// allocator.
     pub(crate) fn alloc(&self, size: usize, source: Source, populate: bool) -> Option<usize> {
-        let thp = self.cfg.thp || (self.cfg.thp_malloc && source == Source::Malloc);
+        let thp = (self.cfg.thp || (self.cfg.thp_malloc && source == Source::Malloc))
+            && !(self.cfg.thp_follows_prctl && crate::interpose::thp_disabled());
         let huge = thp && size >= REGION_ALIGN;
         let unit = if huge { REGION_ALIGN } else { PAGE_SIZE };
         let len = size.checked_next_multiple_of(unit)?;
