@@ -526,6 +526,23 @@ fn without_kernel_mode_faults_the_program_runs_untiered_and_says_so() {
     assert!(tiered_pids(dir.path()).is_empty());
 }
 
+/// Starts `cmd` with its standard streams piped and waits for its first line, "ready";
+/// the child and the rest of its output's lines.
+fn spawn_until_ready(
+    cmd: &mut Command,
+    what: &str,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready", "{what}");
+    (child, lines)
+}
+
 /// `pagemig run` backs a program's regions of 2 MiB and more with THPs where the kernel
 /// would give the program THPs (this host's `transparent_hugepage` setting; for the malloc
 /// family's also where `GLIBC_TUNABLES` asks glibc's malloc to advise them; none while the
@@ -562,20 +579,14 @@ fn regions_get_the_page_size_the_kernel_would_give_the_program_unless_told() {
         let what = format!("{opts:?} GLIBC_TUNABLES={tunables:?} THP {own} (host {host:?})");
         let dir = tempfile::tempdir().unwrap();
         // Not `tiered()`, which asks for base pages unless told: the default is the point.
-        let mut child = Command::new(pagemig())
-            .args(["run", "--quiet"])
+        let mut cmd = Command::new(pagemig());
+        cmd.args(["run", "--quiet"])
             .args(opts)
             .args(["--", "python3", "-c", prog, own])
             .env("PAGEMIG_PRELOAD", preload())
             .env("PAGEMIG_RUN_DIR", dir.path())
-            .env("GLIBC_TUNABLES", tunables)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        assert_eq!(lines.next().unwrap().unwrap(), "ready", "{what}");
+            .env("GLIBC_TUNABLES", tunables);
+        let (mut child, mut lines) = spawn_until_ready(&mut cmd, &what);
         let st = Command::new(pagemig())
             .args(["ctl", &child.id().to_string(), "stat", "--json", "-"])
             .env("PAGEMIG_RUN_DIR", dir.path())
@@ -640,14 +651,8 @@ fn ctl_shows_moves_and_refuses_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     // A program that fills 64 MiB, says so, and waits for a line on stdin.
     let prog = "import sys\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = i % 251\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(b[::4096]))";
-    let mut child = tiered(dir.path(), &[], &["python3", "-c", prog])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let mut cmd = tiered(dir.path(), &[], &["python3", "-c", prog]);
+    let (mut child, mut lines) = spawn_until_ready(&mut cmd, "python3");
     let pid = child.id().to_string();
     let ctl = |args: &[&str]| {
         Command::new(pagemig())
@@ -759,6 +764,21 @@ fn ctl_shows_moves_and_refuses_what_is_wrong() {
     assert!(child.wait().unwrap().success());
 }
 
+/// Compiles `tests/programs/NAME.c` with the system `cc` into `dir`; its path.
+fn compile(dir: &Path, name: &str, libs: &[&str]) -> PathBuf {
+    let exe = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
+    let cc = Command::new("cc")
+        .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .args(libs)
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "cc {name}.c: {}", text(&cc.stderr));
+    exe
+}
+
 /// What a program may do with its memory (realloc, calloc, `MADV_DONTNEED`/`MADV_FREE`,
 /// partial `munmap`, `mremap`, `mprotect`, system calls into it, threads, `fork`), checked
 /// by a C program of our own (tests/programs/semantics.c) that verifies every byte, plainly
@@ -768,16 +788,7 @@ fn a_program_s_own_checks_of_every_memory_call_pass_while_its_memory_moves() {
     let _s = serial();
     need("cc", "gcc");
     let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("semantics");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/semantics.c");
-    let cc = Command::new("cc")
-        .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .arg("-lpthread")
-        .output()
-        .unwrap();
-    assert!(cc.status.success(), "cc: {}", text(&cc.stderr));
+    let exe = compile(dir.path(), "semantics", &["-lpthread"]);
     let exe_s = exe.to_str().unwrap();
     let plain = Command::new(exe_s).arg("4").output().unwrap();
     assert!(plain.status.success(), "{}", text(&plain.stdout));
@@ -816,15 +827,7 @@ fn regions_of_base_pages_in_thp_pools_are_first_touched_64_folios_at_a_time_and_
     let _s = serial();
     need("cc", "gcc");
     let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("blocks");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/blocks.c");
-    let cc = Command::new("cc")
-        .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(cc.status.success(), "cc: {}", text(&cc.stderr));
+    let exe = compile(dir.path(), "blocks", &[]);
     let exe_s = exe.to_str().unwrap();
     let args = [exe_s, "64", "30"];
     let plain = Command::new(exe_s).args(&args[1..]).output().unwrap();
