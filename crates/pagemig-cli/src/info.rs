@@ -52,10 +52,9 @@ pub struct Info {
 
 fn bracketed(path: &str) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.split_whitespace()
-        .find(|w| w.starts_with('['))
-        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
-        .unwrap_or_else(|| "unavailable".into())
+    crate::run::bracketed_word(&text)
+        .unwrap_or("unavailable")
+        .to_string()
 }
 
 impl From<HostNode> for NodeInfo {

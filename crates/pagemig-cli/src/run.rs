@@ -66,7 +66,7 @@ pub enum ThpWhen {
 }
 
 /// The word in brackets of a `transparent_hugepage` setting (`always [madvise] never`).
-fn bracketed_word(setting: &str) -> Option<&str> {
+pub(crate) fn bracketed_word(setting: &str) -> Option<&str> {
     setting
         .split_whitespace()
         .find(|w| w.starts_with('['))
