@@ -35,9 +35,9 @@ pub(crate) struct Config {
     pub(crate) engine: String,
     pub(crate) pool_bytes: usize,
     pub(crate) max_region: usize,
-    /// THP regions for every source (`PAGEMIG_RUN_THP=1`).
+    /// THP regions for every source (`PAGEMIG_RUN_THP=1` or `auto:all`).
     pub(crate) thp: bool,
-    /// THP regions for the malloc family's allocations (`PAGEMIG_RUN_THP=malloc`: glibc's
+    /// THP regions for the malloc family's allocations (`PAGEMIG_RUN_THP=auto:malloc`: glibc's
     /// malloc was told to advise its mappings `MADV_HUGEPAGE`; or with `thp`).
     pub(crate) thp_malloc: bool,
     /// `--thp=auto`: no THP region while the program has THP disabled for itself
