@@ -329,6 +329,12 @@ pub mod own_threads {
         unsafe { libc::pthread_self() as u64 }
     }
 
+    thread_local! {
+        /// Set once this thread asked while no spawn was in flight and was not one of
+        /// pagemig's own: a thread of the program, which never waits for a spawn again.
+        static PROGRAM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
     fn registered(t: u64) -> bool {
         let high = HIGH.load(Ordering::Acquire);
         OWN[..high].iter().any(|s| s.load(Ordering::Acquire) == t)
@@ -336,10 +342,17 @@ pub mod own_threads {
 
     /// Whether the calling thread is one of pagemig's own (spawned with [`spawn`]). A
     /// thread asking while a spawn is in flight, other than the spawning one, waits until
-    /// the new thread is registered (it may be that thread, before its spawn returned).
+    /// the new thread is registered (it may be that thread, before its spawn returned) —
+    /// unless it is known to be a thread of the program (it once asked with no spawn in
+    /// flight). Without that exception a program thread that called `malloc` while it held
+    /// a lock of the C library that the spawn needs (`dlopen`'s, which `pthread_create`
+    /// takes to set up the new thread's TLS) spun here for ever, and the spawn waited for
+    /// it: a python importing `hashlib` while `pagemig ctl` started an `mtcopy` pool.
     #[inline]
     pub fn own_thread() -> bool {
         if HIGH.load(Ordering::Relaxed) == 0 && SPAWNING.load(Ordering::Relaxed) == 0 {
+            // (A thread being spawned sees its spawn in flight: it starts after the count.)
+            PROGRAM.set(true);
             return false;
         }
         let t = me();
@@ -347,7 +360,11 @@ pub mod own_threads {
             if registered(t) {
                 return true;
             }
-            if SPAWNING.load(Ordering::Acquire) == 0 || SPAWNER.load(Ordering::Acquire) == t {
+            if SPAWNING.load(Ordering::Acquire) == 0 {
+                PROGRAM.set(true);
+                return false;
+            }
+            if SPAWNER.load(Ordering::Acquire) == t || PROGRAM.get() {
                 return false;
             }
             std::hint::spin_loop();
@@ -427,6 +444,45 @@ pub mod own_threads {
             assert!(!registered(t), "forgotten once joined");
             let plain = std::thread::spawn(own_thread).join().unwrap();
             assert!(!plain, "a thread spawned otherwise");
+        }
+
+        #[test]
+        fn a_program_thread_seen_before_never_waits_for_a_spawn_in_flight() {
+            use std::sync::mpsc;
+            use std::time::Duration;
+            // A thread of the program: it asks once with no spawn of ours in flight (one
+            // made by the other test at the same time at most delays this).
+            let (ask, asked) = mpsc::channel::<()>();
+            let (said, answer) = mpsc::channel();
+            let program = std::thread::spawn(move || {
+                while SPAWNING.load(Ordering::Acquire) != 0 {
+                    std::thread::yield_now();
+                }
+                let _ = own_thread();
+                said.send(own_thread()).unwrap();
+                asked.recv().unwrap();
+                said.send(own_thread()).unwrap();
+            });
+            assert!(!answer.recv().unwrap());
+            // A spawn in flight that does not end (one blocked inside pthread_create, on a
+            // lock the program thread may hold): the program thread must not wait for it.
+            HIGH.fetch_max(1, Ordering::AcqRel);
+            SPAWNING.fetch_add(1, Ordering::AcqRel);
+            ask.send(()).unwrap();
+            let r = answer.recv_timeout(Duration::from_secs(5));
+            // A thread never seen before waits (it may be the thread being spawned).
+            let (said2, answer2) = mpsc::channel();
+            let fresh = std::thread::spawn(move || said2.send(own_thread()).unwrap());
+            let waited = answer2.recv_timeout(Duration::from_millis(200)).is_err();
+            SPAWNING.fetch_sub(1, Ordering::AcqRel);
+            assert_eq!(r, Ok(false), "the program thread waited for the spawn");
+            assert!(waited, "a thread never seen before did not wait");
+            assert!(
+                !answer2.recv().unwrap(),
+                "a thread never seen before: not ours"
+            );
+            program.join().unwrap();
+            fresh.join().unwrap();
         }
     }
 }
