@@ -466,7 +466,6 @@ pub mod own_threads {
             assert!(!answer.recv().unwrap());
             // A spawn in flight that does not end (one blocked inside pthread_create, on a
             // lock the program thread may hold): the program thread must not wait for it.
-            HIGH.fetch_max(1, Ordering::AcqRel);
             SPAWNING.fetch_add(1, Ordering::AcqRel);
             ask.send(()).unwrap();
             let r = answer.recv_timeout(Duration::from_secs(5));
