@@ -247,16 +247,23 @@ pub fn live_calls_text(rep: &BenchReport) -> String {
         return String::new();
     }
     let mut s = String::from(
-        "\nlive backend: UFFDIO_MOVE calls per migration (each is one kernel TLB flush), unmap-phase time\n",
+        "\nlive backend: UFFDIO_MOVE calls per migration (each is one kernel TLB flush), TLB-shootdown IPIs\nthe CPUs received per migration (/proc/interrupts, system-wide), unmap-phase time\n",
     );
     s.push_str(&format!(
-        "{:<18} {:>6} {:>10} {:>12} {:>12} {:>10} {:>12}\n",
-        "engine", "folio", "moves", "unmap calls", "remap calls", "faults", "unmap+flush"
+        "{:<18} {:>6} {:>10} {:>12} {:>12} {:>10} {:>9} {:>12}\n",
+        "engine",
+        "folio",
+        "moves",
+        "unmap calls",
+        "remap calls",
+        "faults",
+        "TLB IPIs",
+        "unmap+flush"
     ));
     for r in rows {
         let l = r.live.expect("filtered");
         s.push_str(&format!(
-            "{:<18} {:>6} {:>10} {:>12.1} {:>12.1} {:>10.1} {:>10.0}us\n",
+            "{:<18} {:>6} {:>10} {:>12.1} {:>12.1} {:>10.1} {:>9} {:>10.0}us\n",
             r.label(),
             format_size(r.folio_size),
             if l.batch_moves {
@@ -267,6 +274,7 @@ pub fn live_calls_text(rep: &BenchReport) -> String {
             l.unmap_calls,
             l.remap_calls,
             l.faults,
+            l.tlb_ipis.map_or("-".to_string(), |v| format!("{v:.1}")),
             (r.phases_ns.unmap + r.phases_ns.flush) as f64 / 1e3
         ));
     }

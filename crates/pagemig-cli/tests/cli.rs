@@ -467,6 +467,8 @@ fn live_bench_moves_this_process_pages_and_reports_kernel_calls() {
     assert_eq!(v["backend"], "live");
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 6);
+    let has_tlb_row = std::fs::read_to_string("/proc/interrupts")
+        .is_ok_and(|t| t.lines().any(|l| l.trim_start().starts_with("TLB:")));
     for r in results {
         assert_eq!(r["backend"], "live");
         assert_eq!(r["nr_failed"], 0);
@@ -475,7 +477,10 @@ fn live_bench_moves_this_process_pages_and_reports_kernel_calls() {
         // 32M per run: at least one kernel call out and one back per migration.
         assert!(l["unmap_calls"].as_f64().unwrap() >= 1.0);
         assert!(l["remap_calls"].as_f64().unwrap() >= 1.0);
+        // The TLB IPIs are counted where the kernel has the row for them (x86), and only there.
+        assert_eq!(l["tlb_ipis"].as_f64().is_some(), has_tlb_row, "{l}");
     }
+    assert!(text.contains("TLB IPIs"), "{text}");
     // Batched: a 4K migration of 32M (8192 pages) takes far fewer calls than pages.
     let four_k = results
         .iter()

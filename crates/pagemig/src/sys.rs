@@ -248,6 +248,25 @@ fn emulated_cpu_in(cpuinfo: &str) -> Option<String> {
         .filter(|m| m.contains("TCG"))
 }
 
+/// TLB shootdowns this machine's CPUs have received since boot: the sum of the `TLB`
+/// row of `/proc/interrupts` (each is one remote flush request, an IPI, taken by one
+/// CPU). System-wide: other processes' flushes count too. `None` where the file or the
+/// row is missing (not x86).
+pub fn tlb_shootdowns_received() -> Option<u64> {
+    tlb_shootdowns_in(&std::fs::read_to_string("/proc/interrupts").ok()?)
+}
+
+fn tlb_shootdowns_in(interrupts: &str) -> Option<u64> {
+    let rest = interrupts
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("TLB:"))?;
+    let counts: Vec<u64> = rest
+        .split_whitespace()
+        .map_while(|w| w.parse().ok())
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +304,19 @@ mod tests {
         // A kernel without a steal column (before 2.6.11), or no cpu line.
         assert_eq!(cpu_times_in("cpu  1 2 3 4 5 6 7\n"), None);
         assert_eq!(cpu_times_in("intr 1\n"), None);
+    }
+
+    #[test]
+    fn tlb_shootdowns_are_the_tlb_row_summed_over_cpus() {
+        let two = "           CPU0       CPU1\n  NMI:          0          0   Non-maskable interrupts\n  TLB:    3656032    3742221   TLB shootdowns\n  TRM:          0          0   Thermal event interrupts\n";
+        assert_eq!(tlb_shootdowns_in(two), Some(3656032 + 3742221));
+        let one = "           CPU0\n  TLB:         17   TLB shootdowns\n";
+        assert_eq!(tlb_shootdowns_in(one), Some(17));
+        assert_eq!(
+            tlb_shootdowns_in("           CPU0\n  NMI:   0   Non-maskable\n"),
+            None
+        );
+        assert_eq!(tlb_shootdowns_in("  TLB:   TLB shootdowns\n"), None);
         assert!(CpuTimes::now().is_some());
     }
 

@@ -142,6 +142,9 @@ pub(crate) const SPACE_BASE: u64 = 0x10_0000_0000;
 
 struct RunOutcome {
     live: Option<LiveCounts>,
+    /// Live backend: TLB shootdown IPIs this machine's CPUs received during the migration
+    /// (system-wide; `None` where `/proc/interrupts` has no TLB row).
+    tlb_ipis: Option<u64>,
     gbps: f64,
     nr_failed: usize,
     phases: PhaseTimes,
@@ -175,10 +178,17 @@ fn migrate_once(
     }
     let mut alloc = alloc_on_node(target);
     let live0 = w.region.as_ref().map(|r| r.counts());
+    let ipis0 = live0
+        .is_some()
+        .then(pagemig::sys::tlb_shootdowns_received)
+        .flatten();
     let t = Instant::now();
     let res = migrate_pages(mm, &mut list, &mut alloc, None, mode, reason)
         .expect("bench input lists are valid");
     let secs = t.elapsed().as_secs_f64();
+    let tlb_ipis = ipis0
+        .zip(pagemig::sys::tlb_shootdowns_received())
+        .map(|(a, b)| b.saturating_sub(a));
     // The tracepoint saw the same call (its totals are the kernel's trace fields).
     let events = mm.trace().take();
     let trace = match events[..] {
@@ -265,6 +275,7 @@ fn migrate_once(
     w.node = if nr_failed == 0 { target } else { w.node };
     let moved = (w.nr_folios - nr_failed) * w.folio_size;
     Ok(RunOutcome {
+        tlb_ipis,
         live,
         gbps: moved as f64 / secs / 1e9,
         nr_failed,
@@ -586,7 +597,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                         .sum::<f64>()
                         / n as f64
                 };
+                let ipis: Option<Vec<u64>> = o.iter().map(|o| o.tlb_ipis).collect();
                 LiveRunStats {
+                    tlb_ipis: ipis.map(|v| v.iter().sum::<u64>() as f64 / n as f64),
                     batch_moves: opts.live_batch_moves,
                     unmap_calls: f(|l| l.unmap_ioctls),
                     remap_calls: f(|l| l.remap_ioctls),

@@ -22,6 +22,12 @@ pub struct LiveRunStats {
     pub remap_calls: f64,
     /// Page faults the handler served.
     pub faults: f64,
+    /// TLB shootdown IPIs received by this machine's CPUs during a migration (mean; the
+    /// `TLB` row of `/proc/interrupts`, system-wide; absent where there is none). A move
+    /// of a PMD-mapped THP flushes every CPU that ran one of the process's threads since
+    /// its last flush, idle or not (DESIGN.md, "The live backend's copy engines").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tlb_ipis: Option<f64>,
 }
 
 /// The machine section of the JSON.
