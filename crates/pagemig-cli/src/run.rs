@@ -586,6 +586,10 @@ pub struct RunSample {
     /// Times per second each of those threads was switched in (after a sleep or a
     /// preemption), as it reported it.
     pub switches_per_s: Option<f64>,
+    /// Times per second each of those threads went to sleep itself (voluntary context
+    /// switches: on a page under migration, when it moves), as it reported it; unlike
+    /// the switches-in, no other load on the machine adds to these.
+    pub sleeps_per_s: Option<f64>,
     /// Pages the mover migrated during the run.
     pub pages_migrated: u64,
     /// The rate the mover held while it moved, in MB/s: the pages of its completed moves
@@ -740,6 +744,7 @@ fn one_run(a: &RunBenchArgs, config: &str) -> anyhow::Result<RunSample> {
         stalls_over_1ms: get("stalls_over_1ms").map(|v| v as u64),
         on_cpu: get("on_cpu"),
         switches_per_s: get("switches_per_s"),
+        sleeps_per_s: get("sleeps_per_s"),
         pages_migrated: moved.0,
         moved_mb_s: if moved.1 > 0.0 {
             moved.0 as f64 * 4096.0 / 1e6 / moved.1

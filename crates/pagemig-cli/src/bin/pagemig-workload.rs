@@ -4,7 +4,10 @@
 //! and its stalls: the longest gap between two consecutive operations, and how many gaps
 //! passed 100 µs and 1 ms — and, from `/proc/thread-self/schedstat`, how long it was on a
 //! CPU and how many times it was switched in (a thread that sleeps on a page under
-//! migration is switched in again when the page is back). Prints one JSON line. Checks its
+//! migration is switched in again when the page is back), and from
+//! `/proc/thread-self/status` how many of those followed a sleep of its own
+//! (`voluntary_ctxt_switches`; the rest are preemptions, which other load on the machine
+//! makes). Prints one JSON line. Checks its
 //! data at the end: every word holds its index plus the number of times it was incremented.
 
 #![forbid(unsafe_code)]
@@ -35,6 +38,17 @@ fn schedstat() -> Option<(u64, u64)> {
     Some((run, f.next()??))
 }
 
+/// This thread's voluntary context switches (its sleeps), from `/proc/thread-self/status`.
+fn voluntary_switches() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn main() {
     let mib = arg("--mib", 256);
     let threads = arg("--threads", 1).max(1);
@@ -49,7 +63,14 @@ fn main() {
     }
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(secs);
-    type Res = (u64, u64, u64, u64, Option<(u64, u64, f64)>);
+    type Res = (
+        u64,
+        u64,
+        u64,
+        u64,
+        Option<(u64, u64, f64)>,
+        Option<(u64, f64)>,
+    );
     let results: Vec<Res> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
@@ -59,6 +80,7 @@ fn main() {
                     let (mut ops, mut max_gap, mut over_100us, mut over_1ms) =
                         (0u64, 0u64, 0u64, 0u64);
                     let sched0 = schedstat();
+                    let sleeps0 = voluntary_switches();
                     let mut last = Instant::now();
                     let start = last;
                     while last < until {
@@ -86,7 +108,10 @@ fn main() {
                         )),
                         _ => None,
                     };
-                    (ops, max_gap, over_100us, over_1ms, sched)
+                    let sleeps = sleeps0
+                        .zip(voluntary_switches())
+                        .map(|(a, b)| (b.saturating_sub(a), (last - start).as_secs_f64()));
+                    (ops, max_gap, over_100us, over_1ms, sched, sleeps)
                 })
             })
             .collect();
@@ -111,8 +136,18 @@ fn main() {
             format!(", \"on_cpu\": {on:.4}, \"switches_per_s\": {sw:.1}")
         })
         .unwrap_or_default();
+    // Sleeps per second each, over all threads.
+    let sleeps: Option<Vec<(u64, f64)>> = results.iter().map(|r| r.5).collect();
+    let sleeps = sleeps
+        .filter(|v| v.iter().all(|t| t.1 > 0.0))
+        .map(|v| {
+            let secs: f64 = v.iter().map(|t| t.1).sum();
+            let n = v.iter().map(|t| t.0 as f64).sum::<f64>();
+            format!(", \"sleeps_per_s\": {:.1}", n / secs)
+        })
+        .unwrap_or_default();
     println!(
-        "{{\"ops\": {ops}, \"seconds\": {elapsed:.3}, \"ops_per_s\": {:.0}, \"max_stall_us\": {:.1}, \"stalls_over_100us\": {}, \"stalls_over_1ms\": {}{sched}, \"bad_words\": {bad}}}",
+        "{{\"ops\": {ops}, \"seconds\": {elapsed:.3}, \"ops_per_s\": {:.0}, \"max_stall_us\": {:.1}, \"stalls_over_100us\": {}, \"stalls_over_1ms\": {}{sched}{sleeps}, \"bad_words\": {bad}}}",
         ops as f64 / elapsed,
         results.iter().map(|r| r.1).max().unwrap_or(0) as f64 / 1e3,
         results.iter().map(|r| r.2).sum::<u64>(),
