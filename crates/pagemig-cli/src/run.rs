@@ -56,8 +56,10 @@ pub struct RunArgs {
 pub enum ThpWhen {
     /// As the kernel would back the program's anonymous memory: THPs where it gives them
     /// unasked, for the malloc family's allocations also where `GLIBC_TUNABLES` has glibc's
-    /// malloc advise them (`glibc.malloc.hugetlb=1`), and none while the program has THP
-    /// disabled for itself (`PR_SET_THP_DISABLE`).
+    /// malloc advise them (`glibc.malloc.hugetlb=1`), for a region the program advises
+    /// `MADV_HUGEPAGE` before it touches it (and none for one it advises
+    /// `MADV_NOHUGEPAGE`), and none while the program has THP disabled for itself
+    /// (`PR_SET_THP_DISABLE`).
     Auto,
     /// Every region of 2 MiB and more.
     Always,
@@ -231,12 +233,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             file.display()
         );
     }
+    // With auto: whether the kernel gives THPs at all (then the program's advice counts).
+    let mut kernel_gives_thp = false;
     let (thp, thp_malloc) = match a.thp {
         ThpWhen::Always => (true, true),
         ThpWhen::Never => (false, false),
         ThpWhen::Auto => {
             let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-            auto_thp(host_thp(), &tunables)
+            let kernel = host_thp();
+            kernel_gives_thp = kernel != KernelThp::Never;
+            auto_thp(kernel, &tunables)
         }
     };
     if !a.quiet && a.thp == ThpWhen::Auto && thp {
@@ -270,6 +276,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             match (a.thp, thp, thp_malloc) {
                 (ThpWhen::Auto, true, _) => "auto:all",
                 (ThpWhen::Auto, false, true) => "auto:malloc",
+                (ThpWhen::Auto, false, false) if kernel_gives_thp => "auto:advice",
                 (_, true, _) => "1",
                 (_, false, _) => "0",
             },
@@ -419,6 +426,12 @@ pub fn render_stat(s: &Stat) -> String {
         c.regions_freed,
         c.forks
     );
+    if c.regions_remade + c.thp_advice_not_followed > 0 {
+        t += &format!(
+            "the program's THP advice: {} regions remade with the folio size it asked for, {} kept theirs (pages in use, or advice on part of a region)\n",
+            c.regions_remade, c.thp_advice_not_followed
+        );
+    }
     let u = &s.untiered;
     if u.detached_regions + u.passed_through > 0 {
         t += &format!(

@@ -553,10 +553,12 @@ fn regions_get_the_page_size_the_kernel_would_give_the_program_unless_told() {
     use pagemig_cli::run::{host_thp, KernelThp};
     let _s = serial();
     need("python3", "python3");
-    // 64 MiB from malloc (a bytearray) and 64 MiB of a private anonymous mapping.
-    let prog = "import mmap, sys\nif sys.argv[1] == 'off': import ctypes; assert ctypes.CDLL(None).prctl(41, 1, 0, 0, 0) == 0\nb = bytearray(64 << 20)\nm = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE)\nfor i in range(0, len(b), 4096): b[i] = i % 251; m[i] = i % 241\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(b[::4096]) + sum(m[i] for i in range(0, len(m), 4096)))";
+    // 64 MiB from malloc (a bytearray) and 64 MiB of a private anonymous mapping, which
+    // the program advises MADV_HUGEPAGE before touching it ("huge"), MADV_NOHUGEPAGE
+    // ("nohuge"), MADV_HUGEPAGE after touching it ("late"), or not at all ("none").
+    let prog = "import mmap, sys\nif sys.argv[1] == 'off': import ctypes; assert ctypes.CDLL(None).prctl(41, 1, 0, 0, 0) == 0\nadv = sys.argv[2]\nb = bytearray(64 << 20)\nm = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE)\nif adv == 'huge': m.madvise(mmap.MADV_HUGEPAGE)\nif adv == 'nohuge': m.madvise(mmap.MADV_NOHUGEPAGE)\nfor i in range(0, len(b), 4096): b[i] = i % 251; m[i] = i % 241\nif adv == 'late': m.madvise(mmap.MADV_HUGEPAGE)\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(b[::4096]) + sum(m[i] for i in range(0, len(m), 4096)))";
     let plain = Command::new("python3")
-        .args(["-c", prog, "on"])
+        .args(["-c", prog, "on", "none"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -565,24 +567,33 @@ fn regions_get_the_page_size_the_kernel_would_give_the_program_unless_told() {
     let always = host == KernelThp::Always;
     let advised = host != KernelThp::Never;
     let asks = "glibc.malloc.hugetlb=1";
-    // (options, GLIBC_TUNABLES, THP on or off for itself (PR_SET_THP_DISABLE), malloc's
-    // region huge, the mapping huge)
-    for (opts, tunables, own, malloc_huge, mmap_huge) in [
-        (&[][..], "", "on", always, always),
-        (&["--thp=auto"][..], "", "on", always, always),
-        (&[][..], asks, "on", advised, always),
-        (&[][..], asks, "off", false, false),
-        (&["--thp"][..], "", "on", true, true),
-        (&["--thp"][..], "", "off", true, true),
-        (&["--thp=never"][..], asks, "on", false, false),
+    // (options, GLIBC_TUNABLES, THP on or off for itself (PR_SET_THP_DISABLE), the
+    // mapping's advice, malloc's region huge, the mapping huge)
+    for (opts, tunables, own, adv, malloc_huge, mmap_huge) in [
+        (&[][..], "", "on", "none", always, always),
+        (&["--thp=auto"][..], "", "on", "none", always, always),
+        (&[][..], asks, "on", "none", advised, always),
+        (&[][..], asks, "off", "none", false, false),
+        (&["--thp"][..], "", "on", "none", true, true),
+        (&["--thp"][..], "", "off", "none", true, true),
+        (&["--thp=never"][..], asks, "on", "none", false, false),
+        // The program's own advice, before its first touch, counts as the kernel's would;
+        // after it, the folio size stays (the kernel would leave it to khugepaged).
+        (&[][..], "", "on", "huge", always, advised),
+        (&[][..], "", "off", "huge", false, false),
+        (&[][..], "", "on", "nohuge", always, false),
+        (&[][..], "", "on", "late", always, always),
+        (&["--thp"][..], "", "on", "nohuge", true, true),
+        (&["--thp=never"][..], "", "on", "huge", false, false),
     ] {
-        let what = format!("{opts:?} GLIBC_TUNABLES={tunables:?} THP {own} (host {host:?})");
+        let what =
+            format!("{opts:?} GLIBC_TUNABLES={tunables:?} THP {own}, advice {adv} (host {host:?})");
         let dir = tempfile::tempdir().unwrap();
         // Not `tiered()`, which asks for base pages unless told: the default is the point.
         let mut cmd = Command::new(pagemig());
         cmd.args(["run", "--quiet"])
             .args(opts)
-            .args(["--", "python3", "-c", prog, own])
+            .args(["--", "python3", "-c", prog, own, adv])
             .env("PAGEMIG_PRELOAD", preload())
             .env("PAGEMIG_RUN_DIR", dir.path())
             .env("GLIBC_TUNABLES", tunables);
@@ -614,6 +625,14 @@ fn regions_get_the_page_size_the_kernel_would_give_the_program_unless_told() {
                 "{what}: the {source} region's folios: {got:?}, not {want}: {v}"
             );
         }
+        // Where the advice changed the folio size, the region was remade; where it came
+        // too late to, that is counted.
+        let c = &v["counters"];
+        let auto = !opts.iter().any(|o| *o == "--thp" || *o == "--thp=never");
+        let remade = auto && own == "on" && mmap_huge != always;
+        assert_eq!(c["regions_remade"], u64::from(remade), "{what}: {c}");
+        let late = auto && adv == "late" && advised && !always;
+        assert_eq!(c["thp_advice_not_followed"], u64::from(late), "{what}: {c}");
         // The human form says it too.
         let human = Command::new(pagemig())
             .args(["ctl", &child.id().to_string(), "stat"])

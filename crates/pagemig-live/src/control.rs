@@ -190,6 +190,14 @@ pub struct Counters {
     pub remap_errors: u64,
     /// Forks seen (the child runs untiered).
     pub forks: u64,
+    /// Regions remade with the folio size the program's `MADV_HUGEPAGE` or
+    /// `MADV_NOHUGEPAGE` asked for before it touched them (`--thp=auto`).
+    #[serde(default)]
+    pub regions_remade: u64,
+    /// Regions whose folio size such advice could not change: some of their pages were in
+    /// use already, or the advice covered part of them.
+    #[serde(default)]
+    pub thp_advice_not_followed: u64,
 }
 
 /// What a move did.

@@ -51,6 +51,15 @@ pub enum LiveError {
         #[source]
         source: std::io::Error,
     },
+    /// A region that [`LiveRegion::remake`](crate::LiveRegion::remake) was asked to remake
+    /// has pages in use.
+    #[error("the region of {len} bytes at {addr:#x} has pages in use: its folio size stays")]
+    Touched {
+        /// the region's first address
+        addr: usize,
+        /// its length
+        len: usize,
+    },
     /// A bad region configuration.
     #[error("invalid live region: {0}")]
     InvalidConfig(String),

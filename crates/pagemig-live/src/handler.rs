@@ -258,32 +258,8 @@ impl Live {
                 source: None,
             });
         }
-        let backend = Arc::new(RegionBackend {
-            shared: sh.clone(),
-            base: map.addr(),
-            len: cfg.len_bytes,
-            order: cfg.folio_order,
-            placement: AtomicU32::new(cfg.placement.0),
-            interleave: cfg.interleave,
-            fault_around: cfg.fault_around.max(1),
-            batch_moves: AtomicBool::new(cfg.batch_moves),
-            pending: Mutex::new(Pending::default()),
-            space: OnceLock::new(),
-            frames: (0..cfg.len_bytes / PAGE_SIZE)
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
-            dead: AtomicBool::new(false),
-        });
-        let dynb: Arc<dyn SpaceBackend> = backend.clone();
-        let space =
-            sh.mm
-                .new_space_with_backend(VirtAddr(map.addr() as u64), cfg.len_bytes, Some(dynb))?;
-        let _ = backend.space.set(Arc::downgrade(&space));
-        {
-            let mut r = sh.regions.write().ignore_poison();
-            r.retain(|w| w.strong_count() > 0);
-            r.push(Arc::downgrade(&backend));
-        }
+        let (backend, space) = new_backend(sh, map.addr(), &cfg)?;
+        publish(sh, &backend);
         Ok(LiveRegion {
             backend,
             space,
@@ -292,6 +268,45 @@ impl Live {
             detached: false,
         })
     }
+}
+
+/// The backend and the shadow page table of a region of `cfg` at `base` (a mapping
+/// registered with the userfaultfd already), not yet seen by the fault handler.
+pub(crate) fn new_backend(
+    sh: &Arc<Shared>,
+    base: usize,
+    cfg: &RegionConfig,
+) -> Result<(Arc<RegionBackend>, Arc<AddressSpace>), LiveError> {
+    let backend = Arc::new(RegionBackend {
+        shared: sh.clone(),
+        base,
+        len: cfg.len_bytes,
+        order: cfg.folio_order,
+        placement: AtomicU32::new(cfg.placement.0),
+        interleave: cfg.interleave,
+        fault_around: cfg.fault_around.max(1),
+        batch_moves: AtomicBool::new(cfg.batch_moves),
+        pending: Mutex::new(Pending::default()),
+        space: OnceLock::new(),
+        frames: (0..cfg.len_bytes / PAGE_SIZE)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
+        dead: AtomicBool::new(false),
+        faulting: Mutex::new(()),
+    });
+    let dynb: Arc<dyn SpaceBackend> = backend.clone();
+    let space = sh
+        .mm
+        .new_space_with_backend(VirtAddr(base as u64), cfg.len_bytes, Some(dynb))?;
+    let _ = backend.space.set(Arc::downgrade(&space));
+    Ok((backend, space))
+}
+
+/// Makes `backend` the fault handler's for its range.
+pub(crate) fn publish(sh: &Shared, backend: &Arc<RegionBackend>) {
+    let mut r = sh.regions.write().ignore_poison();
+    r.retain(|w| w.strong_count() > 0);
+    r.push(Arc::downgrade(backend));
 }
 
 /// Registers `[a, a + l)` of node `node`'s arena for missing faults, and checks that it
@@ -375,6 +390,13 @@ impl RegionBackend {
     /// The fault handler's work for one fault at `addr` (inside this region).
     pub(crate) fn handle_fault(&self, addr: usize) {
         let c = &self.shared.counters;
+        let _serving = lock(&self.faulting);
+        if self.dead.load(Ordering::Acquire) {
+            // Retired while this fault waited for it (a region remade, or dropped): the
+            // access faults again, on whatever region is there now.
+            let _ = sys::wake(&self.shared.uffd, addr & !(PAGE_SIZE - 1), PAGE_SIZE);
+            return;
+        }
         let Some(space) = self.space.get().and_then(|w| w.upgrade()) else {
             // Never leave a faulting thread asleep: if its region is going away there is
             // nothing to populate, and the access faults again on whatever is there then.

@@ -76,6 +76,12 @@ pub(crate) struct RegionBackend {
     /// and anything still queued is dropped. Whoever still holds the backend (an
     /// end-of-batch flush, a fault in flight) holds a dead one.
     pub(crate) dead: AtomicBool,
+    /// Held by the fault handler while it serves a fault of this region, and by
+    /// [`LiveRegion::remake`](crate::LiveRegion::remake) while it checks that no page was
+    /// ever touched and retires this backend: a first touch is then either wholly before
+    /// (and the region is not remade) or finds the backend dead (and faults again on the
+    /// new one).
+    pub(crate) faulting: Mutex<()>,
 }
 
 /// The error of a failed `UFFDIO_MOVE` as the kernel gave it (`EEXIST` for a page

@@ -251,6 +251,72 @@ impl LiveRegion {
         pages
     }
 
+    /// Remakes a region of which no page was ever touched with folios of `folio_order`
+    /// (0 or 9), at the same address: what a program's `madvise(MADV_HUGEPAGE)` (or
+    /// `MADV_NOHUGEPAGE`) right after its `mmap` asks of the kernel, whose folio size is
+    /// chosen at the first touch. A 2 MiB region spans the whole mapping (its length
+    /// rounded up to 2 MiB, [`LiveRegion::mapping_len`]); a base-page region keeps its
+    /// length. The mapping is advised to match, as [`Live::region`](crate::Live::region)
+    /// does. `fault_around` is the new region's ([`RegionConfig::fault_around`](crate::RegionConfig)).
+    ///
+    /// Refused, the region unchanged, with [`LiveError::Touched`] once any page was
+    /// touched, populated or queued for a move: the folio size of a page in use is not
+    /// changed (the kernel does not either; `khugepaged` would collapse it later, which a
+    /// region registered with a userfaultfd never gets). A first touch racing with this
+    /// call is either served before it (and the call is refused) or after it, by the new
+    /// region. The caller keeps migrations of the region out meanwhile.
+    pub fn remake(&mut self, folio_order: u8, fault_around: usize) -> Result<(), LiveError> {
+        let b = self.backend.clone();
+        let huge = match folio_order {
+            0 => false,
+            pagemig::mm::HPAGE_PMD_ORDER => true,
+            o => {
+                return Err(LiveError::InvalidConfig(format!(
+                    "a region is remade with 4 KiB or 2 MiB folios, not order {o}"
+                )))
+            }
+        };
+        if folio_order == b.order {
+            return Ok(());
+        }
+        let sh = b.shared.clone();
+        let _serving = pagemig::sync::lock(&b.faulting);
+        b.do_flush_remaps();
+        let p = pagemig::sync::lock(&b.pending);
+        let queued = !p.inn.is_empty() || !p.out.is_empty();
+        let touched = queued
+            || (self.addr()..self.addr() + self.len())
+                .step_by(PAGE_SIZE)
+                .any(|va| !matches!(self.space.pte(VirtAddr(va as u64)), Ok(Pte::None)));
+        if touched {
+            return Err(LiveError::Touched {
+                addr: self.addr(),
+                len: self.len(),
+            });
+        }
+        let cfg = crate::RegionConfig {
+            len_bytes: if huge { self.map.len() } else { self.len() },
+            folio_order,
+            placement: NodeId(b.placement.load(Ordering::Relaxed)),
+            interleave: b.interleave,
+            fault_around,
+            batch_moves: b.batch_moves.load(Ordering::Relaxed),
+        };
+        let (nb, space) = crate::handler::new_backend(&sh, self.addr(), &cfg)?;
+        self.map
+            .advise_thp(huge)
+            .map_err(|e| crate::error::sys_err("madvise", e))?;
+        // The old backend retires before the new one is seen: a fault in between finds
+        // neither and faults again (the handler wakes it).
+        b.dead.store(true, Ordering::Release);
+        drop(p);
+        crate::handler::publish(&sh, &nb);
+        self.backend = nb;
+        // No page was ever mapped in the old shadow page table: nothing to give back.
+        self.space = space;
+        Ok(())
+    }
+
     /// Counters of the backend (all regions of its [`Live`](crate::Live)).
     pub fn counts(&self) -> LiveCounts {
         self.backend.shared.counters.snapshot()

@@ -439,6 +439,27 @@ impl Mapping {
 }
 
 impl Mapping {
+    /// Advises the whole mapping `MADV_HUGEPAGE` (`thp`) or `MADV_NOHUGEPAGE`, as
+    /// [`Mapping::new`] does.
+    pub fn advise_thp(&self, thp: bool) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let advice = if thp {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
+        // SAFETY: [base, base+len) is our mapping; madvise with these advices only changes
+        // whether the kernel may back it with huge pages, never what it holds.
+        let r = unsafe { libc::madvise(self.base as *mut libc::c_void, self.len, advice) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// Gives the mapping away: it is no longer this value's to unmap (a detached region's
     /// memory stays the program's). Afterwards the value covers no bytes.
     pub fn release(&mut self) {

@@ -801,3 +801,101 @@ fn interleave_discard_and_detach_keep_the_program_s_bytes_right() {
     assert!(words[(1 << 20) / 8..].iter().all(|&x| x == 0));
     assert_eq!(live.counts().stray_faults, 0);
 }
+
+/// Folio size of the page at `addr` of `r`, in bytes.
+fn folio_bytes_at(mm: &Memory, r: &LiveRegion, addr: usize) -> usize {
+    let f = r.folio_at(addr).expect("mapped");
+    mm.folio(f).nr_pages() * 4096
+}
+
+#[test]
+fn an_untouched_region_is_remade_with_the_folio_size_asked_and_a_touched_one_keeps_its_own() {
+    const LEN: usize = (6 << 20) - 4096;
+    let mm = memory(24);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    // Base pages -> 2 MiB folios: the region spans its whole mapping.
+    let mut r = live.region(RegionConfig::new(LEN, 0)).unwrap();
+    let addr = r.addr();
+    r.remake(9, 1).unwrap();
+    assert_eq!(
+        (r.addr(), r.len(), r.folio_bytes()),
+        (addr, 6 << 20, 2 << 20)
+    );
+    fill(&r, 7);
+    assert_eq!(folio_bytes_at(&mm, &r, addr + (3 << 20)), 2 << 20);
+    assert_eq!(anon_huge_kib(addr), 6 << 10);
+    let p = pages(&r, 2 << 20);
+    let mut st = vec![0; p.len()];
+    for node in [1, 0] {
+        assert_eq!(
+            r.move_pages(&p, Some(&vec![node; p.len()]), &mut st, MPOL_MF_MOVE),
+            Ok(0)
+        );
+    }
+    assert_eq!(check(&r, 7), 0);
+    // In use now: refused, and nothing changes.
+    match r.remake(0, 1) {
+        Err(LiveError::Touched { addr: a, len }) => assert_eq!((a, len), (addr, 6 << 20)),
+        other => panic!("a touched region was remade: {other:?}"),
+    }
+    assert_eq!(r.folio_bytes(), 2 << 20);
+    assert_eq!(check(&r, 7), 0);
+    assert_eq!(anon_huge_kib(addr), 6 << 10);
+    drop(r);
+    // 2 MiB folios -> base pages.
+    let mut r = live.region(RegionConfig::new(4 << 20, 9)).unwrap();
+    r.remake(0, 1).unwrap();
+    assert_eq!((r.len(), r.folio_bytes()), (4 << 20, 4096));
+    fill(&r, 9);
+    assert_eq!(folio_bytes_at(&mm, &r, r.addr() + (2 << 20)), 4096);
+    assert_eq!(anon_huge_kib(r.addr()), 0);
+    assert_eq!(check(&r, 9), 0);
+    // A folio size that is neither is refused.
+    assert!(matches!(r.remake(4, 1), Err(LiveError::InvalidConfig(_))));
+    let c = live.counts();
+    assert_eq!(c.remap_errors + c.stray_faults, 0, "{c:?}");
+}
+
+#[test]
+fn a_first_touch_racing_a_remake_is_served_by_one_region_or_the_other_and_kept() {
+    // The toucher's first touch reaches the fault handler while the main thread remakes
+    // the region, 0 to 70 µs (and the timer's slack) after the two start, a different delay each round.
+    let mm = memory(16);
+    let live = Live::new(&mm, LiveConfig::default()).unwrap();
+    let (mut remade, mut refused) = (0, 0);
+    for round in 1..=200u64 {
+        let mut r = live.region(RegionConfig::new(2 << 20, 0)).unwrap();
+        let base = r.addr();
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let s2 = start.clone();
+        let toucher = std::thread::spawn(move || {
+            s2.wait();
+            for page in 0..4 {
+                // SAFETY: the region lives until this thread is joined; the other thread
+                // only remakes it, which makes no Rust reference into its memory.
+                unsafe { std::ptr::write_volatile((base + page * 4096) as *mut u64, round) };
+            }
+        });
+        start.wait();
+        // A sleep: on two CPUs the handler thread needs the one this thread would spin on.
+        std::thread::sleep(std::time::Duration::from_micros(round % 8 * 10));
+        match r.remake(9, 1) {
+            Ok(()) => remade += 1,
+            Err(LiveError::Touched { .. }) => refused += 1,
+            Err(e) => panic!("round {round}: {e}"),
+        }
+        toucher.join().unwrap();
+        let w = r.words();
+        for (i, x) in w.iter().enumerate() {
+            let want = if i % 512 == 0 && i / 512 < 4 {
+                round
+            } else {
+                0
+            };
+            assert_eq!(x.load(Ordering::Relaxed), want, "round {round}: word {i}");
+        }
+        let c = live.counts();
+        assert_eq!(c.remap_errors + c.stray_faults, 0, "round {round}: {c:?}");
+    }
+    eprintln!("remade {remade}, refused {refused} of 200");
+}

@@ -144,6 +144,8 @@ fn stat(st: &State) -> Stat {
             pool_growths: lc.pool_growths,
             remap_errors: lc.remap_errors,
             forks: g(&c.forks),
+            regions_remade: g(&c.regions_remade),
+            thp_advice_not_followed: g(&c.thp_advice_not_followed),
         },
         live: lc,
     }

@@ -803,7 +803,9 @@ pub unsafe extern "C" fn mremap(
 
 /// `madvise(2)`: `MADV_DONTNEED` on a region gives its pages back to the pools (the range
 /// reads zero); `MADV_FREE`, `MADV_COLD` and `MADV_PAGEOUT` leave a region as it is (its
-/// pages keep their contents, which those allow); everything else goes to the kernel.
+/// pages keep their contents, which those allow); `MADV_HUGEPAGE` and `MADV_NOHUGEPAGE`
+/// remake the untouched regions they cover with the folio size they ask for (under
+/// `--thp=auto`) and go to the kernel too; everything else goes to the kernel.
 ///
 /// # Safety
 /// As glibc's.

@@ -43,6 +43,10 @@ pub(crate) struct Config {
     /// `--thp=auto`: no THP region while the program has THP disabled for itself
     /// (`PR_SET_THP_DISABLE`, as redis does at startup), as the kernel would give it none.
     pub(crate) thp_follows_prctl: bool,
+    /// `--thp=auto` where the kernel follows advice (`always` or `madvise`): a region the
+    /// program advises `MADV_HUGEPAGE` (or `MADV_NOHUGEPAGE`) before touching it is remade
+    /// with the folio size the kernel would then give it.
+    pub(crate) thp_follows_advice: bool,
     pub(crate) fault_around: usize,
 }
 
@@ -66,8 +70,9 @@ impl Config {
                     .map_err(|_| format!("PAGEMIG_RUN_PLACE={n:?}: a node number or interleave"))?,
             ),
         };
-        // "1" (--thp), "0", or what --thp=auto chose: "auto:all", "auto:malloc" (the
-        // malloc family's regions only).
+        // "1" (--thp), "0", or what --thp=auto chose where the kernel gives THPs at all:
+        // "auto:all" (every region), "auto:malloc" (the malloc family's regions only),
+        // "auto:advice" (none unless the program advises them).
         let thp = std::env::var("PAGEMIG_RUN_THP");
         let c = Config {
             threshold: env_size("PAGEMIG_RUN_THRESHOLD", 1 << 20)?.max(PAGE_SIZE),
@@ -80,6 +85,7 @@ impl Config {
                 .as_deref()
                 .is_ok_and(|v| ["1", "auto:all", "auto:malloc"].contains(&v)),
             thp_follows_prctl: thp.as_deref().is_ok_and(|v| v.starts_with("auto:")),
+            thp_follows_advice: thp.as_deref().is_ok_and(|v| v.starts_with("auto:")),
             fault_around: env_size("PAGEMIG_RUN_FAULT_AROUND", 64)?.clamp(1, 512),
         };
         if c.pool_bytes == 0 || c.pool_bytes % (2 << 20) != 0 {
@@ -97,6 +103,8 @@ pub(crate) struct Entry {
     pub(crate) start: usize,
     pub(crate) len: usize,
     pub(crate) map_len: usize,
+    /// The bytes the program asked for (`len` is that rounded up to the folio size).
+    pub(crate) asked: usize,
     pub(crate) source: Source,
     /// `None` once freed or detached. Migrations hold it shared, a chunk at a time; a free,
     /// a discard or a detach holds it exclusively.
@@ -115,6 +123,8 @@ pub(crate) struct Counters {
     pub(crate) pages_failed: AtomicU64,
     pub(crate) pages_discarded: AtomicU64,
     pub(crate) forks: AtomicU64,
+    pub(crate) regions_remade: AtomicU64,
+    pub(crate) thp_advice_not_followed: AtomicU64,
 }
 
 /// The process's tiering state (leaked: it lives as long as the process).
@@ -333,6 +343,7 @@ impl State {
             start,
             len: r.len(),
             map_len: r.mapping_len(),
+            asked: size,
             source,
             region: RwLock::new(Some(r)),
         });
@@ -384,6 +395,68 @@ impl State {
         if r.is_some() {
             drop(r);
             self.counters.regions_freed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `madvise(a, len, MADV_HUGEPAGE)` (`huge`) or `MADV_NOHUGEPAGE` with
+    /// [`Config::thp_follows_advice`]: every region the advice covers wholly and whose
+    /// folio size it changes is remade with 2 MiB folios (one of 2 MiB or more, while the
+    /// program has not disabled THP for itself) or with base pages, as the kernel chooses a
+    /// folio size at the first touch. A region with pages in use keeps its folio size (the
+    /// kernel's `khugepaged` would collapse them later; a userfaultfd region never gets
+    /// that), and so does one the advice covers in part (the kernel would split the
+    /// mapping); both are counted (`thp_advice_not_followed`).
+    fn follow_thp_advice(&self, a: usize, len: usize, huge: bool) {
+        if !self.cfg.thp_follows_advice || (huge && crate::interpose::thp_disabled()) {
+            return;
+        }
+        let end = a.saturating_add(len);
+        let (order, fault_around) = if huge {
+            (9, 1)
+        } else {
+            (0, self.cfg.fault_around)
+        };
+        for e in self.overlapping(a, len) {
+            if huge && e.asked < REGION_ALIGN {
+                continue;
+            }
+            let mut g = e.region.write().unwrap_or_else(|p| p.into_inner());
+            let Some(r) = g.as_mut() else { continue };
+            if r.folio_bytes() == PAGE_SIZE << order {
+                continue;
+            }
+            if !(a <= e.start && e.start + e.asked <= end) || r.remake(order, fault_around).is_err()
+            {
+                self.counters
+                    .thp_advice_not_followed
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.counters.regions_remade.fetch_add(1, Ordering::Relaxed);
+            // The entry's length follows the region's: a new entry in its place. A
+            // migration that holds the old one finds it empty, as after a free.
+            let r = g.take().expect("remade above");
+            drop(g);
+            let ne = Arc::new(Entry {
+                start: e.start,
+                len: r.len(),
+                map_len: r.mapping_len(),
+                asked: e.asked,
+                source: e.source,
+                region: RwLock::new(Some(r)),
+            });
+            let mut m = lock(&self.regions);
+            match m.get(&e.start) {
+                Some(cur) if Arc::ptr_eq(cur, &e) => {
+                    m.insert(e.start, ne);
+                }
+                // Freed or unmapped meanwhile by another thread of the program: so is
+                // the region (dropped here, with `ne`).
+                _ => {
+                    drop(m);
+                    self.drop_region(&ne);
+                }
+            }
         }
     }
 
@@ -490,7 +563,12 @@ pub(crate) fn munmap(st: Option<&'static State>, a: usize, len: usize) -> Action
 pub(crate) fn advice_is_followed(advice: c_int) -> bool {
     matches!(
         advice,
-        libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_COLD | libc::MADV_PAGEOUT
+        libc::MADV_DONTNEED
+            | libc::MADV_FREE
+            | libc::MADV_COLD
+            | libc::MADV_PAGEOUT
+            | libc::MADV_HUGEPAGE
+            | libc::MADV_NOHUGEPAGE
     ) || advice == MADV_DONTNEED_LOCKED
 }
 
@@ -498,10 +576,22 @@ pub(crate) fn advice_is_followed(advice: c_int) -> bool {
 const MADV_DONTNEED_LOCKED: c_int = 24;
 
 /// `madvise(a, len, advice)` for the advice [`advice_is_followed`] names: on regions,
-/// `DONTNEED` discards (the range reads zero, its frames go back to their pools) and the
-/// others keep the pages as they are; the rest of the range goes to the kernel.
+/// `DONTNEED` discards (the range reads zero, its frames go back to their pools), and
+/// `FREE`, `COLD` and `PAGEOUT` keep the pages as they are; the rest of the range goes to
+/// the kernel. `HUGEPAGE` and `NOHUGEPAGE` go to the kernel for the whole range, after
+/// the regions they cover were remade where they change the folio size
+/// ([`State::follow_thp_advice`]).
 pub(crate) fn madvise(st: Option<&'static State>, a: usize, len: usize, advice: c_int) -> Action {
     let end = a.saturating_add(len);
+    if advice == libc::MADV_HUGEPAGE || advice == libc::MADV_NOHUGEPAGE {
+        if let Some(st) = st {
+            st.follow_thp_advice(a, len, advice == libc::MADV_HUGEPAGE);
+        }
+        return Action {
+            madvise: vec![(a, len, advice)],
+            ..Default::default()
+        };
+    }
     let Some(st) = st else {
         return Action {
             madvise: vec![(a, len, advice)],
