@@ -535,7 +535,9 @@ pub(crate) fn usable(st: Option<&'static State>, a: usize) -> Option<usize> {
 }
 
 /// `munmap(a, len)`: regions wholly inside are freed (their own mappings go with them),
-/// regions partly inside are detached; the rest of the range goes to the kernel.
+/// regions partly inside are detached; the rest of the range goes to the kernel. "Wholly"
+/// is by the length the program asked for: a region of 2 MiB folios is longer when that
+/// is not a multiple of 2 MiB, and the program unmaps what it mapped.
 pub(crate) fn munmap(st: Option<&'static State>, a: usize, len: usize) -> Action {
     let end = a.saturating_add(len);
     let mut freed = Vec::new();
@@ -545,7 +547,7 @@ pub(crate) fn munmap(st: Option<&'static State>, a: usize, len: usize) -> Action
     }
     if let Some(st) = st {
         for e in st.take_overlapping(a, len) {
-            if a <= e.start && e.start + e.len <= end {
+            if a <= e.start && e.start + e.asked <= end {
                 st.drop_region(&e);
                 freed.push((e.start, e.map_len));
             } else {
