@@ -13,7 +13,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pagemig_live::control::{self, MoveRequest, Reply, Request, Response};
@@ -385,7 +385,23 @@ fn redis_session(tier: Option<&Path>) -> (String, String, bool, Moved) {
             "redis-server did not start"
         );
     }
-    std::thread::spawn(move || for _ in lines {});
+    // The server's log (it logs to standard output): shown if the session fails, since a
+    // crash report is all there is to go on then.
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log2 = log.clone();
+    let stderr = server.stderr.take().unwrap();
+    let log3 = log.clone();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            log2.lock().unwrap().push(l);
+        }
+    });
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log3.lock().unwrap().push(format!("stderr: {l}"));
+        }
+    });
+    let _show_log = LogOnPanic(log, "redis-server");
     let load = "for i = 1, 60000 do redis.call('SET', 'data:' .. i, string.rep(string.char(97 + i % 26), 200 + i % 300)) end \
                 for i = 1, 200 do for j = 1, 100 do redis.call('RPUSH', 'list:' .. i, i * j) end end return 1";
     let stop = AtomicBool::new(false);
@@ -395,18 +411,24 @@ fn redis_session(tier: Option<&Path>) -> (String, String, bool, Moved) {
         assert_eq!(redis_cli(port, &["EVAL", load, "0"]), "1");
         let digest = || redis_cli(port, &["DEBUG", "DIGEST"]);
         let d1 = digest();
-        let bench = Command::new("redis-benchmark")
-            .args(["-p", &ps, "-q", "-n", "60000", "-c", "16", "-P", "8"])
-            .args(["-t", "get,lrange_100"])
-            .output()
-            .unwrap();
-        let writes = Command::new("redis-benchmark")
-            .args([
-                "-p", &ps, "-q", "-n", "60000", "-c", "16", "-r", "50000", "-d", "512",
-            ])
-            .args(["-t", "set,lpush"])
-            .output()
-            .unwrap();
+        // redis-benchmark retries for ever when the server is gone: a time limit, so that a
+        // server that died fails the test (with its log) instead of hanging it.
+        let within = |cmd: &mut Command| {
+            output_within(cmd, Duration::from_secs(180))
+                .expect("redis-benchmark did not end within 180 s: is the server still up?")
+        };
+        let bench = within(
+            Command::new("redis-benchmark")
+                .args(["-p", &ps, "-q", "-n", "60000", "-c", "16", "-P", "8"])
+                .args(["-t", "get,lrange_100"]),
+        );
+        let writes = within(
+            Command::new("redis-benchmark")
+                .args([
+                    "-p", &ps, "-q", "-n", "60000", "-c", "16", "-r", "50000", "-d", "512",
+                ])
+                .args(["-t", "set,lpush"]),
+        );
         let ok = bench.status.success() && writes.status.success();
         // The benchmark's own keys go; the data set must be what it was.
         redis_cli(
@@ -428,6 +450,28 @@ fn redis_session(tier: Option<&Path>) -> (String, String, bool, Moved) {
         "redis-server: {st:?}"
     );
     (d1, d2, ok, moved)
+}
+
+/// Prints a program's output on stderr when the test panics while this is alive.
+struct LogOnPanic(Arc<Mutex<Vec<String>>>, &'static str);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Whatever the program still writes has a moment to arrive.
+            std::thread::sleep(Duration::from_millis(200));
+            let l = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let from = l.len().saturating_sub(200);
+            eprintln!(
+                "---- {} output (last {} lines) ----",
+                self.1,
+                l.len() - from
+            );
+            for line in &l[from..] {
+                eprintln!("{line}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -828,23 +872,42 @@ fn a_program_s_own_checks_of_every_memory_call_pass_while_its_memory_moves() {
     assert_same(&plain, &out, &moved, "semantics.c");
 }
 
-/// `cmd`'s output, or `None` (the program killed) if it has not ended within `limit`.
+/// `cmd`'s output, or `None` (the program killed) if it has not ended within `limit`. Its
+/// pipes are drained while it runs, so a program that writes more than a pipe holds
+/// (redis-benchmark's progress lines) is not held up by them.
 fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    use std::io::Read as _;
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the program");
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
     let until = std::time::Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
         if std::time::Instant::now() > until {
             let _ = child.kill();
             let _ = child.wait();
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(child.wait_with_output().unwrap())
+    };
+    Some(Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    })
 }
 
 #[test]

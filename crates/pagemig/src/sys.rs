@@ -392,7 +392,16 @@ pub mod own_threads {
             if registered(t) {
                 return true;
             }
+            #[cfg(test)]
+            tests::hook(tests::Step::SawItselfUnregistered);
             if SPAWNING.load(Ordering::Acquire) == 0 {
+                // The spawn that made this thread, if one did, registered it before it
+                // ended: asked again now, the registration is seen. (Answering from the
+                // count alone took a thread of ours that was registered between the two
+                // loads for one of the program's.)
+                if registered(t) {
+                    return true;
+                }
                 PROGRAM.set(true);
                 return false;
             }
@@ -417,6 +426,8 @@ pub mod own_threads {
         SPAWNER.store(me(), Ordering::Release);
         SPAWNING.fetch_add(1, Ordering::AcqRel);
         let r = b.spawn(f);
+        #[cfg(test)]
+        tests::hook(tests::Step::Started);
         if let Ok(h) = &r {
             let t: u64 = h.as_pthread_t();
             let slot = OWN
@@ -432,6 +443,8 @@ pub mod own_threads {
         }
         SPAWNING.fetch_sub(1, Ordering::AcqRel);
         SPAWNER.store(0, Ordering::Release);
+        #[cfg(test)]
+        tests::hook(tests::Step::Ended);
         r.map(|h| OwnThread(Some(h)))
     }
 
@@ -514,6 +527,74 @@ pub mod own_threads {
             );
             program.join().unwrap();
             fresh.join().unwrap();
+        }
+
+        /// Points of [`own_thread`] and [`spawn`] at which the test below orders the
+        /// spawned thread and its spawner.
+        #[derive(Clone, Copy, PartialEq, Debug)]
+        pub(super) enum Step {
+            /// The spawned thread found itself unregistered (the spawn count not read yet).
+            SawItselfUnregistered,
+            /// The spawner's `pthread_create` returned (the thread not registered yet).
+            Started,
+            /// The spawner registered the thread and ended the spawn.
+            Ended,
+        }
+
+        thread_local! {
+            /// Set on the two threads of the test below only: the other tests' threads
+            /// pass the hooks untouched.
+            static HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        /// The last step reached by a hooked thread.
+        static REACHED: std::sync::Mutex<Option<Step>> = std::sync::Mutex::new(None);
+        static MOVED: std::sync::Condvar = std::sync::Condvar::new();
+
+        fn wait_for(step: Step) {
+            let mut r = REACHED.lock().unwrap();
+            while *r != Some(step) {
+                r = MOVED.wait(r).unwrap();
+            }
+        }
+
+        /// Orders a hooked spawn as the race that once happened by chance: the new thread
+        /// sees itself unregistered, then its spawner registers it and ends the spawn, and
+        /// only then does the thread read the spawn count.
+        pub(super) fn hook(step: Step) {
+            if !HOOKED.get() {
+                return;
+            }
+            match step {
+                Step::Started => wait_for(Step::SawItselfUnregistered),
+                Step::Ended | Step::SawItselfUnregistered => {}
+            }
+            *REACHED.lock().unwrap() = Some(step);
+            MOVED.notify_all();
+            if step == Step::SawItselfUnregistered {
+                wait_for(Step::Ended);
+            }
+        }
+
+        #[test]
+        fn a_thread_registered_after_it_found_itself_unregistered_is_never_taken_for_the_program_s()
+        {
+            // The spawned thread asks at once and finds itself unregistered; its spawner
+            // then registers it and ends the spawn before the thread reads the spawn count.
+            // It must answer "ours". (It answered from the count alone, took itself for a
+            // program thread, and under `pagemig run` its first allocation came from the
+            // program's allocator and its exit freed it into the C library's: redis
+            // aborted with "free(): invalid pointer" in a pool thread's TLS destructors.)
+            HOOKED.set(true);
+            let h = spawn(Builder::new(), || {
+                HOOKED.set(true);
+                own_thread()
+            })
+            .unwrap();
+            HOOKED.set(false);
+            assert!(
+                h.join().unwrap(),
+                "a thread of ours took itself for the program's"
+            );
         }
     }
 }
