@@ -382,8 +382,16 @@ pub mod own_threads {
     /// it: a python importing `hashlib` while `pagemig ctl` started an `mtcopy` pool.
     #[inline]
     pub fn own_thread() -> bool {
-        if HIGH.load(Ordering::Relaxed) == 0 && SPAWNING.load(Ordering::Relaxed) == 0 {
-            // (A thread being spawned sees its spawn in flight: it starts after the count.)
+        // No thread of ours yet and no spawn in flight. The count is read first: a thread
+        // being spawned starts after its spawn was counted, and reads either the count
+        // still raised or, with acquire ordering, the spawn's end — which comes after its
+        // registration, so the registry read next shows it. (Read the other way round, the
+        // first thread ever spawned could find the registry empty, then the spawn ended,
+        // and take itself for the program's.)
+        let spawning = SPAWNING.load(Ordering::Acquire);
+        #[cfg(test)]
+        tests::hook(tests::Step::ReadTheCount);
+        if spawning == 0 && HIGH.load(Ordering::Acquire) == 0 {
             PROGRAM.set(true);
             return false;
         }
@@ -529,10 +537,12 @@ pub mod own_threads {
             fresh.join().unwrap();
         }
 
-        /// Points of [`own_thread`] and [`spawn`] at which the test below orders the
-        /// spawned thread and its spawner.
+        /// Points of [`own_thread`] and [`spawn`] at which the tests below order a spawned
+        /// thread and its spawner.
         #[derive(Clone, Copy, PartialEq, Debug)]
         pub(super) enum Step {
+            /// The spawned thread read the spawn count first (the registry not read yet).
+            ReadTheCount,
             /// The spawned thread found itself unregistered (the spawn count not read yet).
             SawItselfUnregistered,
             /// The spawner's `pthread_create` returned (the thread not registered yet).
@@ -542,37 +552,65 @@ pub mod own_threads {
         }
 
         thread_local! {
-            /// Set on the two threads of the test below only: the other tests' threads
-            /// pass the hooks untouched.
-            static HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+            /// Set on the two threads of a test below only (the other tests' threads pass
+            /// the hooks untouched): on the spawner `Started`, on the spawned thread the
+            /// one step at which it pauses (cleared when it does).
+            static ARMED: std::cell::Cell<Option<Step>> = const { std::cell::Cell::new(None) };
         }
-        /// The last step reached by a hooked thread.
+        /// Where the hooked spawn is: `None` before, then the spawned thread's step (it
+        /// paused), `Started`, `Ended`.
         static REACHED: std::sync::Mutex<Option<Step>> = std::sync::Mutex::new(None);
         static MOVED: std::sync::Condvar = std::sync::Condvar::new();
 
-        fn wait_for(step: Step) {
+        fn wait_for(want: impl Fn(Option<Step>) -> bool) {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
             let mut r = REACHED.lock().unwrap();
-            while *r != Some(step) {
-                r = MOVED.wait(r).unwrap();
+            while !want(*r) {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                assert!(!left.is_zero(), "the hooked spawn is stuck at {:?}", *r);
+                r = MOVED.wait_timeout(r, left).unwrap().0;
             }
         }
 
-        /// Orders a hooked spawn as the race that once happened by chance: the new thread
-        /// sees itself unregistered, then its spawner registers it and ends the spawn, and
-        /// only then does the thread read the spawn count.
-        pub(super) fn hook(step: Step) {
-            if !HOOKED.get() {
-                return;
-            }
-            match step {
-                Step::Started => wait_for(Step::SawItselfUnregistered),
-                Step::Ended | Step::SawItselfUnregistered => {}
-            }
+        fn reach(step: Step) {
             *REACHED.lock().unwrap() = Some(step);
             MOVED.notify_all();
-            if step == Step::SawItselfUnregistered {
-                wait_for(Step::Ended);
+        }
+
+        /// Orders a hooked spawn as the races that once happened by chance: the spawned
+        /// thread pauses at its armed step; its spawner waits for that, registers it and
+        /// ends the spawn; only then does the thread go on.
+        pub(super) fn hook(step: Step) {
+            match step {
+                Step::Started | Step::Ended if ARMED.get() == Some(Step::Started) => {
+                    if step == Step::Started {
+                        wait_for(|r| {
+                            matches!(r, Some(Step::ReadTheCount | Step::SawItselfUnregistered))
+                        });
+                    }
+                    reach(step);
+                }
+                Step::ReadTheCount | Step::SawItselfUnregistered if ARMED.get() == Some(step) => {
+                    ARMED.set(None);
+                    reach(step);
+                    wait_for(|r| r == Some(Step::Ended));
+                }
+                _ => {}
             }
+        }
+
+        /// A spawn whose new thread pauses at `at` while its spawner registers it; the
+        /// thread's answer.
+        fn hooked_spawn(at: Step) -> bool {
+            *REACHED.lock().unwrap() = None;
+            ARMED.set(Some(Step::Started));
+            let h = spawn(Builder::new(), move || {
+                ARMED.set(Some(at));
+                own_thread()
+            })
+            .unwrap();
+            ARMED.set(None);
+            h.join().unwrap()
         }
 
         #[test]
@@ -584,16 +622,44 @@ pub mod own_threads {
             // program thread, and under `pagemig run` its first allocation came from the
             // program's allocator and its exit freed it into the C library's: redis
             // aborted with "free(): invalid pointer" in a pool thread's TLS destructors.)
-            HOOKED.set(true);
-            let h = spawn(Builder::new(), || {
-                HOOKED.set(true);
-                own_thread()
-            })
-            .unwrap();
-            HOOKED.set(false);
             assert!(
-                h.join().unwrap(),
+                hooked_spawn(Step::SawItselfUnregistered),
                 "a thread of ours took itself for the program's"
+            );
+        }
+
+        /// Set in the process the test below starts.
+        const FIRST_SPAWN: &str = "PAGEMIG_TEST_FIRST_SPAWN";
+
+        #[test]
+        fn the_first_thread_ever_spawned_is_ours_however_its_spawn_and_its_first_question_interleave(
+        ) {
+            // The fast path's race needs a process in which nothing was ever spawned: this
+            // test runs itself alone in a new process of this test binary.
+            let name = "sys::own_threads::tests::the_first_thread_ever_spawned_is_ours_however_its_spawn_and_its_first_question_interleave";
+            if std::env::var_os(FIRST_SPAWN).is_none() {
+                let out = std::process::Command::new(std::env::current_exe().unwrap())
+                    .args(["--exact", name, "--test-threads", "1", "--nocapture"])
+                    .env(FIRST_SPAWN, "1")
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "{text}");
+                assert!(text.contains("1 passed"), "the test did not run: {text}");
+                return;
+            }
+            assert_eq!(
+                HIGH.load(Ordering::Acquire),
+                0,
+                "a thread was spawned before"
+            );
+            // The spawned thread's first read happens while its spawn is in flight and
+            // the registry is empty; the spawner registers it and ends the spawn before
+            // its second.
+            assert!(
+                hooked_spawn(Step::ReadTheCount),
+                "the first thread of ours took itself for the program's"
             );
         }
     }
