@@ -397,6 +397,8 @@ impl RegionBackend {
             let _ = sys::wake(&self.shared.uffd, addr & !(PAGE_SIZE - 1), PAGE_SIZE);
             return;
         }
+        #[cfg(test)]
+        fault_hook::after_the_dead_check(self);
         let Some(space) = self.space.get().and_then(|w| w.upgrade()) else {
             // Never leave a faulting thread asleep: if its region is going away there is
             // nothing to populate, and the access faults again on whatever is there then.
@@ -539,5 +541,61 @@ pub fn probe_userfaultfd() -> UffdProbe {
         features,
         has_move,
         kernel_mode_faults_allowed: sys::userfaultfd(0).is_ok(),
+    }
+}
+
+/// A test's hold on the fault handler: the fault of one region's backend pauses after the
+/// handler found the backend alive, until the test lets it go on (or 20 s pass).
+#[cfg(test)]
+pub(crate) mod fault_hook {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    use crate::moves::RegionBackend;
+
+    /// The backend whose fault pauses (0: none).
+    static HOOKED: AtomicUsize = AtomicUsize::new(0);
+    /// (a fault paused, let it go on)
+    static STATE: Mutex<(bool, bool)> = Mutex::new((false, false));
+    static MOVED: Condvar = Condvar::new();
+
+    pub(crate) fn hold(b: &std::sync::Arc<RegionBackend>) {
+        *STATE.lock().unwrap() = (false, false);
+        HOOKED.store(std::sync::Arc::as_ptr(b) as usize, Ordering::Release);
+    }
+
+    fn wait(want: impl Fn(&(bool, bool)) -> bool) {
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut s = STATE.lock().unwrap();
+        while !want(&s) {
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the held fault did not come or was not let go"
+            );
+            s = MOVED.wait_timeout(s, left).unwrap().0;
+        }
+    }
+
+    /// Waits until the held backend's fault has paused.
+    pub(crate) fn wait_paused() {
+        wait(|s| s.0);
+    }
+
+    /// Lets the paused fault go on.
+    pub(crate) fn release() {
+        STATE.lock().unwrap().1 = true;
+        MOVED.notify_all();
+    }
+
+    pub(super) fn after_the_dead_check(b: &RegionBackend) {
+        if HOOKED.load(Ordering::Acquire) != b as *const RegionBackend as usize {
+            return;
+        }
+        HOOKED.store(0, Ordering::Release);
+        STATE.lock().unwrap().0 = true;
+        MOVED.notify_all();
+        wait(|s| s.1);
     }
 }

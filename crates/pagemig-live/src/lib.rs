@@ -33,7 +33,8 @@
 //! * `move_pages` — the `do_pages_move()` analogue ([`LiveRegion::move_pages`]);
 //! * [`control`] — the protocol between `pagemig ctl` and a program under `pagemig run`;
 //! * [`kernel`] — the kernel's own `move_pages(2)` and a plain mapping, to compare against;
-//! * `sys` — the raw userfaultfd ABI (crate-private, the crate's only `unsafe` module).
+//! * `sys` — the raw userfaultfd ABI (crate-private; with `alloc`'s allocator the crate's only
+//!   `unsafe` code outside the tests of `tests`, which need the internals and a raw write).
 //!
 //! See DESIGN.md ("The live backend") for what differs from a kernel migration.
 //!
@@ -67,6 +68,9 @@ mod move_pages;
 mod moves;
 mod region;
 mod sys;
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod tests;
 
 pub use alloc::LiveAlloc;
 pub use config::{LiveConfig, RegionConfig};
