@@ -78,8 +78,8 @@ pub struct LiveCounts {
     pub pool_growths: u64,
     /// Growths refused because the new part could not be registered with the userfaultfd.
     pub pool_growth_errors: u64,
-    /// Base pages of regions given to the program for good ([`LiveRegion::detach`](crate::LiveRegion::detach)
-    /// (crate::LiveRegion::detach)): their frames stay allocated.
+    /// Base pages of regions given to the program for good
+    /// ([`LiveRegion::detach`](crate::LiveRegion::detach)): their frames stay allocated.
     pub detached_pages: u64,
     /// Folios populated by fault-around (`RegionConfig::fault_around`), beyond the
     /// faulting ones.
