@@ -307,19 +307,24 @@ pub fn markdown(rep: &BenchReport, svg_dir: Option<&Path>) -> String {
     let _ = writeln!(s, "## Phase breakdown\n");
     let _ = writeln!(
         s,
-        "Share of each phase in `migrate_pages_batch` (batch {} pages). The copy share bounds what any copy engine can give (Amdahl): with an infinitely fast copy the migration would be at most 1 / (1 − share) times faster — the series' V3 cover letter reasons the same way.\n",
+        "Share of each phase in `migrate_pages_batch` (batch {} pages). The copy share bounds what any copy engine can give (Amdahl): with an infinitely fast copy the migration would be at most 1 / (1 − share) times faster — the series' V3 cover letter reasons the same way. The other work per folio (unmap, flush and move, where the copy is held apart) sets a ceiling from the other side: the fraction of the 1-thread copy limit the engine would reach were its copy at the copy limit of its threads and that work unchanged.\n",
         rep.batch_pages
     );
-    let _ = writeln!(s, "| engine | size | unmap | flush | copy | move | copy share | Amdahl bound |\n|---|---|---|---|---|---|---|---|");
+    let one = rep.machine.copy_limit_gbps.get("1").copied().unwrap_or(0.0);
+    let _ = writeln!(s, "| engine | size | unmap | flush | copy | move | copy share | Amdahl bound | other work per folio | ceiling |\n|---|---|---|---|---|---|---|---|---|---|");
     for e in engines(rep) {
         for z in &zs {
             if let Some(r) = find(rep, &e, *z, rep.batch_pages) {
                 let p = &r.phases_ns;
                 let total = (p.unmap + p.flush + p.copy + p.r#move).max(1) as f64;
                 let (share, bound) = copy_share_and_bound(r);
+                let (other, ceiling) = crate::tables::per_folio_work(r, one)
+                    .map_or(("-".to_string(), "-".to_string()), |(w, c)| {
+                        (format!("{:.0} ns", w[0] + w[2]), format!("{c:.2}"))
+                    });
                 let _ = writeln!(
                     s,
-                    "| {e} | {} | {:.0}% | {:.1}% | {:.0}% | {:.0}% | {:.2} | {:.2}× |",
+                    "| {e} | {} | {:.0}% | {:.1}% | {:.0}% | {:.0}% | {:.2} | {:.2}× | {other} | {ceiling} |",
                     format_size(*z),
                     100.0 * p.unmap as f64 / total,
                     100.0 * p.flush as f64 / total,

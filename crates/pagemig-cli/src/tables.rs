@@ -144,6 +144,7 @@ pub fn render_table(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) 
             s.push('\n');
         }
     }
+    s.push_str(&per_folio_text(rep, sizes, engines));
     if let Some(st) = &rep.auto_state {
         let from = match (st.orders_applied, st.age_s, &st.ignored) {
             (_, _, Some(_)) => {
@@ -234,6 +235,98 @@ pub fn auto_ratio_cells(rep: &BenchReport, sizes: &[usize]) -> Option<[Vec<Strin
         cells(&|r| Some(r.vs_best.text())),
         cells(&|r| r.vs_batch.map(|b| b.text())),
     ])
+}
+
+/// The fraction of the one-thread copy limit (`limit_1t_gbps`) that moving a folio of
+/// `size_bytes` reaches when its copy runs at `limit_width_gbps` (the copy limit with as
+/// many threads as the engine copies with) and its other work takes `noncopy_ns`: the time
+/// the copy alone would take at one thread's limit, over the copy at the engine's limit
+/// plus the rest. 1 GB/s is one byte per ns.
+pub fn ceiling(
+    size_bytes: usize,
+    noncopy_ns: f64,
+    limit_1t_gbps: f64,
+    limit_width_gbps: f64,
+) -> f64 {
+    if limit_1t_gbps <= 0.0 || limit_width_gbps <= 0.0 {
+        return 0.0;
+    }
+    let at_one = size_bytes as f64 / limit_1t_gbps;
+    at_one / (size_bytes as f64 / limit_width_gbps + noncopy_ns.max(0.0))
+}
+
+/// A result's work per folio on the series' path, in ns: (unmap + flush, batch copy,
+/// move), and its [`ceiling`]. `None` where the phases do not hold the copy apart: the
+/// pipelined paths (their phases overlap), and any result with folios copied inside the
+/// move phase (`vanilla`, a batch copy declined or failed for some folios).
+pub fn per_folio_work(r: &BenchResult, limit_1t_gbps: f64) -> Option<([f64; 3], f64)> {
+    if r.pipeline || r.nr_folios == 0 || r.nr_copied_by_batch < r.nr_folios * r.runs {
+        return None;
+    }
+    let p = &r.phases_ns;
+    let n = r.nr_folios as f64;
+    let work = [
+        (p.unmap + p.flush) as f64 / n,
+        p.copy as f64 / n,
+        p.r#move as f64 / n,
+    ];
+    // The limit at the engine's width, as the run measured it.
+    let width_limit = if r.frac_of_width_limit > 0.0 {
+        r.gbps_mean / r.frac_of_width_limit
+    } else {
+        limit_1t_gbps
+    };
+    let c = ceiling(r.folio_size, work[0] + work[2], limit_1t_gbps, width_limit);
+    Some((work, c))
+}
+
+/// Per engine and folio size, the work per folio outside the copy and the ceiling it sets
+/// ([`per_folio_work`]): how close to the copy limit an engine could come at that size if
+/// only its copy got faster. Empty when no result separates its copy.
+pub fn per_folio_text(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]) -> String {
+    let one = rep.machine.copy_limit_gbps.get("1").copied().unwrap_or(0.0);
+    let cell = |e: &EngineSpec, z: usize| {
+        rep.results
+            .iter()
+            .find(|r| {
+                r.engine == e.to_string()
+                    && !r.pipeline
+                    && r.folio_size == z
+                    && r.batch_pages == rep.batch_pages
+            })
+            .and_then(|r| per_folio_work(r, one))
+    };
+    let rows: Vec<&EngineSpec> = engines
+        .iter()
+        .filter(|e| sizes.iter().any(|&z| cell(e, z).is_some()))
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "
+",
+    );
+    s.push_str(&wrap(
+        "work per folio on the series' path, ns (unmap+flush | copy | move), and its ceiling: the fraction of the 1-thread copy limit an engine would reach at that size were its copy at the copy limit of its threads and the rest of its work unchanged",
+        96,
+    ));
+    s.push_str(&format!("{:<18}", "engine"));
+    for &z in sizes {
+        s.push_str(&format!(" {:>24}", format_size(z)));
+    }
+    s.push('\n');
+    for e in rows {
+        s.push_str(&format!("{:<18}", e.to_string()));
+        for &z in sizes {
+            let c = cell(e, z).map_or("-".to_string(), |(w, c)| {
+                format!("{:.0}|{:.0}|{:.0} → {:.2}", w[0], w[1], w[2], c)
+            });
+            s.push_str(&format!(" {c:>24}"));
+        }
+        s.push('\n');
+    }
+    s
 }
 
 /// The live backend's kernel calls per migration (empty for the built-in backend).
@@ -473,7 +566,24 @@ fn format_age(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::wrap;
+    use super::{ceiling, wrap};
+
+    #[test]
+    fn the_ceiling_is_the_copy_at_the_limit_over_the_copy_and_the_rest() {
+        // 4K at 28.33 GB/s: the copy alone takes 144.6 ns, so 0.70 leaves 62 ns for the rest.
+        let c = ceiling(4096, 62.0, 28.33, 28.33);
+        assert!((c - 0.70).abs() < 0.005, "{c}");
+        // 240 ns of other work (the built-in batch path's, 2026-12-05) caps it at 0.38.
+        let c = ceiling(4096, 240.0, 28.33, 28.33);
+        assert!((c - 0.376).abs() < 0.005, "{c}");
+        // Nothing but the copy: the limit itself; a wider copy can pass one thread's.
+        assert_eq!(ceiling(4096, 0.0, 28.33, 28.33), 1.0);
+        assert!((ceiling(4096, 0.0, 20.0, 30.0) - 1.5).abs() < 1e-12);
+        // 2M: 3.6 µs of other work against a 74 µs copy.
+        let c = ceiling(2 << 20, 3600.0, 28.33, 28.33);
+        assert!((c - 0.953).abs() < 0.005, "{c}");
+        assert_eq!(ceiling(4096, 10.0, 0.0, 1.0), 0.0);
+    }
 
     #[test]
     fn wrap_breaks_at_words() {
