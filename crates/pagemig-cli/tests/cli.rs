@@ -41,6 +41,30 @@ fn quick_bench_prints_the_table_and_writes_json_with_verified_results() {
     assert!(text.contains("copy limit"));
     assert!(text.contains("vanilla") && text.contains("batch"));
     assert!(text.contains("mtcopy, by threads") && text.contains("dcbm, by channels"));
+    // The work per folio outside the copy, and its ceiling, for the engines whose phases
+    // hold the copy apart: not vanilla, which copies inside the move. Small folios carry
+    // far more of that work per byte than 2M ones.
+    let block = text
+        .split("work per folio on the series' path")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no work-per-folio table: {text}"));
+    let block: Vec<&str> = block.lines().take_while(|l| !l.is_empty()).collect();
+    assert!(!block.iter().any(|l| l.starts_with("vanilla")), "{block:?}");
+    let batch = block
+        .iter()
+        .find(|l| l.starts_with("batch "))
+        .unwrap_or_else(|| panic!("no batch row: {block:?}"));
+    let ceilings: Vec<f64> = batch
+        .split('→')
+        .skip(1)
+        .map(|c| c.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ceilings.len(), 3, "{batch}");
+    assert!(ceilings.iter().all(|&c| c > 0.0 && c < 2.0), "{batch}");
+    assert!(
+        ceilings[0] < ceilings[2],
+        "4K's ceiling not below 2M's: {batch}"
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let limit = v["machine"]["copy_limit_gbps"]["1"].as_f64().unwrap();
