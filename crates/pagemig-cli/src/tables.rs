@@ -303,10 +303,7 @@ pub fn per_folio_text(rep: &BenchReport, sizes: &[usize], engines: &[EngineSpec]
     if rows.is_empty() {
         return String::new();
     }
-    let mut s = String::from(
-        "
-",
-    );
+    let mut s = String::from("\n");
     s.push_str(&wrap(
         "work per folio on the series' path, ns (unmap+flush | copy | move), and its ceiling: the fraction of the 1-thread copy limit an engine would reach at that size were its copy at the copy limit of its threads and the rest of its work unchanged",
         96,
